@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the page-cache hot paths (filled in below).
+fn main() {}

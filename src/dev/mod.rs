@@ -1,0 +1,26 @@
+//! The block device under the page cache: bytes of the image, and the I/O queue whose
+//! completion threads finish every request, the way a disk interrupt finishes a bio.
+//!
+//! `dev` knows nothing of pages, FAT or inodes. A request carries an `end_io` callback; the
+//! layer that submitted it (the filesystem's writepage) decides what completion means, e.g.
+//! calling `end_page_writeback`. Completion never runs on the submitting thread.
+
+pub mod mem;
+pub mod queue;
+
+pub use mem::MemDevice;
+pub use queue::{Bio, BioOp, IoQueue};
+
+use crate::error::FsError;
+
+/// Byte-addressed storage the image lives on.
+pub trait BlockDevice: Send + Sync {
+    /// Read `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError>;
+    /// Write `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), FsError>;
+    /// Make every completed write durable.
+    fn flush(&self) -> Result<(), FsError>;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+}

@@ -1,0 +1,679 @@
+//! Mappings: the index -> frame map of one file, its tags and sticky errors; lookup, insert,
+//! delete; fdatawrite / fdatawait; end_page_writeback in every era.
+//!
+//! Models: mm/filemap.c (v5.10; end_page_writeback also v5.8, v6.9 folio_end_writeback, and
+//! the never-merged ALT-A).
+//!
+//! The index lives under the mapping's i_pages lock: a `BTreeMap` from page index to frame, and
+//! one ordered set per tag, so a tagged lookup costs O(log n + pages returned) - it grows with
+//! the pages tagged, never with the pages cached.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::FsError;
+use crate::mm::aops::AddressSpaceOps;
+use crate::mm::era::EndWriteback;
+use crate::mm::flags::epoch_of;
+use crate::mm::history::Op;
+use crate::mm::page::{NO_MAPPING, Page, PageRef, Pfn};
+use crate::mm::waitqueue::{lock_page, unlock_page, wake_up_page, wake_up_page_bit_with};
+use crate::mm::writeback::{SyncMode, WritebackControl, do_writepages, wait_on_page_writeback};
+use crate::mm::{HookPoint, PAGE_SHIFT, PG, PageCache};
+use crate::sync::{Arc, AtomicU32, Mutex, MutexGuard, Ordering, unchecked};
+use crate::{bug_on, vm_bug_on_page, warn_on_once};
+
+/// Page-cache index tags (xarray marks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    /// PAGECACHE_TAG_DIRTY.
+    Dirty,
+    /// PAGECACHE_TAG_WRITEBACK.
+    Writeback,
+    /// PAGECACHE_TAG_TOWRITE.
+    Towrite,
+}
+
+/// AS_EIO: a writeback failed with EIO since the last check.
+const AS_EIO: u32 = 1;
+/// AS_ENOSPC: a writeback failed with ENOSPC since the last check.
+const AS_ENOSPC: u32 = 2;
+
+/// Lookups per batch (PAGEVEC_SIZE).
+pub const PAGEVEC_SIZE: usize = 15;
+
+/// The i_pages contents.
+#[derive(Debug, Default)]
+pub(crate) struct IPages {
+    pages: BTreeMap<u64, u32>,
+    dirty: BTreeSet<u64>,
+    writeback: BTreeSet<u64>,
+    towrite: BTreeSet<u64>,
+}
+
+impl IPages {
+    fn set(&mut self, tag: Tag) -> &mut BTreeSet<u64> {
+        match tag {
+            Tag::Dirty => &mut self.dirty,
+            Tag::Writeback => &mut self.writeback,
+            Tag::Towrite => &mut self.towrite,
+        }
+    }
+
+    /// Set or clear `tag` at `index` if `pfn` is the page there.
+    pub(crate) fn tag(&mut self, index: u64, pfn: Pfn, tag: Tag, on: bool) {
+        if self.pages.get(&index) != Some(&pfn.0) {
+            return;
+        }
+        if on {
+            self.set(tag).insert(index);
+        } else {
+            self.set(tag).remove(&index);
+        }
+    }
+}
+
+/// The part of a mapping that I/O completion reaches through the frame's owner id.
+#[derive(Debug)]
+pub(crate) struct MappingCore {
+    id: u64,
+    pub(crate) i_pages: Mutex<IPages>,
+    /// AS_EIO | AS_ENOSPC.
+    errors: AtomicU32,
+    /// Where range-cyclic writeback resumes (a hint; racing updates are harmless).
+    writeback_index: unchecked::AtomicU64,
+}
+
+/// One file's (or the block device's) page cache.
+pub struct AddressSpace {
+    cache: Arc<PageCache>,
+    core: Arc<MappingCore>,
+    aops: Arc<dyn AddressSpaceOps>,
+}
+
+impl std::fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AddressSpace({})", self.core.id)
+    }
+}
+
+impl AddressSpace {
+    /// A new, empty mapping in `cache`, written back through `aops`.
+    pub fn new(cache: &Arc<PageCache>, aops: Arc<dyn AddressSpaceOps>) -> Self {
+        let id = cache.new_mapping_id();
+        let core = Arc::new(MappingCore {
+            id,
+            i_pages: Mutex::new(IPages::default()),
+            errors: AtomicU32::new(0),
+            writeback_index: unchecked::AtomicU64::new(0),
+        });
+        cache.mappings.insert(id, Arc::clone(&core));
+        AddressSpace {
+            cache: Arc::clone(cache),
+            core,
+            aops,
+        }
+    }
+
+    /// The mapping id frames record as their owner.
+    pub fn id(&self) -> u64 {
+        self.core.id
+    }
+
+    /// The page cache.
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.cache
+    }
+
+    /// The filesystem's operations.
+    pub fn aops(&self) -> &Arc<dyn AddressSpaceOps> {
+        &self.aops
+    }
+
+    pub(crate) fn i_pages(&self) -> MutexGuard<'_, IPages> {
+        self.core.i_pages.lock()
+    }
+
+    /// Pages in the mapping.
+    pub fn nrpages(&self) -> usize {
+        self.i_pages().pages.len()
+    }
+
+    /// mapping_tagged: does any page carry `tag`?
+    pub fn tagged(&self, tag: Tag) -> bool {
+        !self.i_pages().set(tag).is_empty()
+    }
+
+    /// Indexes carrying `tag` (tests and diagnostics).
+    pub fn tagged_indexes(&self, tag: Tag) -> Vec<u64> {
+        self.i_pages().set(tag).iter().copied().collect()
+    }
+
+    /// Up to `max` (index, frame) pairs with index in `[start, end)`.
+    pub(crate) fn i_pages_range(&self, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
+        self.i_pages()
+            .pages
+            .range(start..end)
+            .take(max)
+            .map(|(i, p)| (*i, *p))
+            .collect()
+    }
+
+    /// Where range-cyclic writeback resumes.
+    pub fn writeback_index(&self) -> u64 {
+        self.core.writeback_index.load(unchecked::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_writeback_index(&self, idx: u64) {
+        // Relaxed: a resume hint; two flushers racing on it only change where one starts.
+        self.core
+            .writeback_index
+            .store(idx, unchecked::Ordering::Relaxed);
+    }
+}
+
+impl Drop for AddressSpace {
+    fn drop(&mut self) {
+        // Like evicting an inode: every page goes, waiting for writeback first; then the id
+        // stops resolving for completions.
+        crate::mm::truncate::truncate_inode_pages_range(self, 0, u64::MAX);
+        self.cache.mappings.remove(&self.core.id);
+    }
+}
+
+/// find_get_page: the page at `index` with a reference, if cached.
+///
+/// Models: mm/filemap.c find_get_page() (pagecache_get_page without flags) (v5.10).
+pub fn find_get_page(mapping: &AddressSpace, index: u64) -> Option<PageRef<'_>> {
+    let cache = &*mapping.cache;
+    let pfn = *mapping.i_pages().pages.get(&index)?;
+    // The reference is taken after the i_pages lock is dropped, like the kernel's RCU lookup:
+    // the frame may be freed and reused meanwhile, so check its owner once we hold it.
+    let page = cache.page(Pfn(pfn)).try_get()?;
+    if page.mapping_id() != mapping.id() || page.index() != index {
+        return None;
+    }
+    // mark_page_accessed, cheapest form: only write the line if the bit is not set yet.
+    let referenced = cache.mask(PG::Referenced);
+    if !page.frame().flags.test(referenced) {
+        page.frame().flags.set(referenced);
+    }
+    Some(page)
+}
+
+/// find_lock_page: the page at `index`, locked and still in this mapping.
+pub fn find_lock_page(mapping: &AddressSpace, index: u64) -> Option<PageRef<'_>> {
+    loop {
+        let page = find_get_page(mapping, index)?;
+        lock_page(*page);
+        if page.mapping_id() == mapping.id() && page.index() == index {
+            return Some(page);
+        }
+        // Truncated (and maybe reused) while we slept on the lock: look again.
+        unlock_page(*page);
+    }
+}
+
+/// find_or_create_page: the page at `index`, locked; a new one (not uptodate, zeroed) is
+/// allocated and inserted locked when none is cached.
+pub fn find_or_create_page(mapping: &AddressSpace, index: u64) -> Result<PageRef<'_>, FsError> {
+    loop {
+        if let Some(p) = find_lock_page(mapping, index) {
+            return Ok(p);
+        }
+        let page = mapping.cache.alloc_page()?;
+        // __SetPageLocked on a page nobody else can see yet.
+        crate::mm::waitqueue::trylock_page(*page);
+        page.with_data_mut(|d| d.fill(0));
+        match add_to_page_cache_lru(mapping, &page, index) {
+            Ok(()) => return Ok(page),
+            Err(()) => {
+                // Lost a race with another inserter (or a reclaim still removing the old page).
+                unlock_page(*page);
+                drop(page);
+                crate::sync::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// add_to_page_cache_lru: insert a locked page at `index`; Err if the slot is taken.
+fn add_to_page_cache_lru(mapping: &AddressSpace, page: &PageRef<'_>, index: u64) -> Result<(), ()> {
+    let cache = &*mapping.cache;
+    vm_bug_on_page!(cache.bug(), !page.locked(), &**page);
+    {
+        let mut ip = mapping.i_pages();
+        if ip.pages.contains_key(&index) {
+            return Err(());
+        }
+        ip.pages.insert(index, page.pfn().0);
+        page.frame().index.store(index, Ordering::Release);
+        page.frame().mapping.store(mapping.id(), Ordering::Release);
+    }
+    // The page cache's own reference.
+    let cache_ref = page.get();
+    let _ = cache_ref.into_raw();
+    let w = page.flags();
+    page.record(Op::AddToCache, 0, w, w, index as u32);
+    cache.lru_add(page.page());
+    Ok(())
+}
+
+/// delete_from_page_cache: remove a locked page from its mapping and drop the cache's reference.
+///
+/// Models: mm/filemap.c delete_from_page_cache() (v5.10).
+pub fn delete_from_page_cache(mapping: &AddressSpace, page: Page<'_>) {
+    let cache = &*mapping.cache;
+    bug_on!(cache.bug(), !page.locked(), &page);
+    let index = page.index();
+    {
+        mapping.i_pages().remove_page(index, page.pfn());
+        page.frame().mapping.store(NO_MAPPING, Ordering::Release);
+    }
+    // A dirty page leaving the cache loses data unless the caller cancelled it on purpose
+    // (truncate does): the kernel warns and fixes the accounting.
+    if warn_on_once!(cache.bug(), page.dirty(), &page)
+        && page.frame().flags.test_and_clear(cache.mask(PG::Dirty))
+    {
+        cache.stats.nr_dirty.dec();
+    }
+    let w = page.flags();
+    page.record(Op::DeleteFromCache, 0, w, w, index as u32);
+    cache.lru_del(page);
+    drop(PageRef::from_raw(page));
+}
+
+/// Up to `max` pages tagged `tag` in `[*index, end]`, with references; moves `*index` past the
+/// last one found (find_get_pages_range_tag).
+pub fn find_get_pages_range_tag<'m>(
+    mapping: &'m AddressSpace,
+    index: &mut u64,
+    end: u64,
+    tag: Tag,
+    max: usize,
+) -> Vec<PageRef<'m>> {
+    let mut out = Vec::with_capacity(max);
+    if *index > end {
+        return out;
+    }
+    let found: Vec<(u64, u32)> = {
+        let ip = mapping.i_pages();
+        ip.set_ref(tag)
+            .range(*index..=end)
+            .take(max)
+            .filter_map(|i| ip.pages.get(i).map(|p| (*i, *p)))
+            .collect()
+    };
+    for (idx, pfn) in found {
+        *index = idx.saturating_add(1);
+        if let Some(p) = mapping.cache.page(Pfn(pfn)).try_get() {
+            if p.mapping_id() == mapping.id() && p.index() == idx {
+                out.push(p);
+            }
+        }
+    }
+    if out.is_empty() && *index <= end {
+        // Everything found was being freed; nothing else is tagged in range.
+        *index = end.saturating_add(1);
+    }
+    out
+}
+
+impl IPages {
+    /// Remove `pfn` at `index` and all its tags (reclaim's __delete_from_page_cache).
+    pub(crate) fn remove_page(&mut self, index: u64, pfn: Pfn) {
+        if self.pages.get(&index) == Some(&pfn.0) {
+            self.pages.remove(&index);
+            self.dirty.remove(&index);
+            self.writeback.remove(&index);
+            self.towrite.remove(&index);
+        }
+    }
+
+    fn set_ref(&self, tag: Tag) -> &BTreeSet<u64> {
+        match tag {
+            Tag::Dirty => &self.dirty,
+            Tag::Writeback => &self.writeback,
+            Tag::Towrite => &self.towrite,
+        }
+    }
+}
+
+/// tag_pages_for_writeback: copy DIRTY to TOWRITE for every index in `[start, end]`.
+pub fn tag_pages_for_writeback(mapping: &AddressSpace, start: u64, end: u64) {
+    let mut ip = mapping.i_pages();
+    let dirty: Vec<u64> = ip.dirty.range(start..=end).copied().collect();
+    ip.towrite.extend(dirty);
+}
+
+/// mapping_set_error: remember a writeback error for the next fsync.
+pub fn mapping_set_error(mapping: &AddressSpace, err: &FsError) {
+    let bit = if matches!(err, FsError::NoSpace | FsError::PreviousNoSpace) {
+        AS_ENOSPC
+    } else {
+        AS_EIO
+    };
+    mapping.core.errors.fetch_or(bit, Ordering::AcqRel);
+}
+
+/// filemap_check_errors: report (and clear) a remembered writeback error, ENOSPC first.
+pub fn filemap_check_errors(mapping: &AddressSpace) -> Result<(), FsError> {
+    let e = mapping.core.errors.swap(0, Ordering::AcqRel);
+    if e & AS_ENOSPC != 0 {
+        Err(FsError::PreviousNoSpace)
+    } else if e & AS_EIO != 0 {
+        Err(FsError::PreviousIo)
+    } else {
+        Ok(())
+    }
+}
+
+/// __filemap_fdatawrite_range: start writeback of the dirty pages in bytes `[start, end]`.
+pub fn filemap_fdatawrite_range_mode(
+    mapping: &AddressSpace,
+    start: u64,
+    end: u64,
+    mode: SyncMode,
+) -> Result<(), FsError> {
+    if !mapping.tagged(Tag::Dirty) {
+        return Ok(());
+    }
+    let mut wbc = WritebackControl::range(mode, start, end);
+    do_writepages(mapping, &mut wbc)
+}
+
+/// filemap_fdatawrite_range: data-integrity writeback (WB_SYNC_ALL) of bytes `[start, end]`.
+pub fn filemap_fdatawrite_range(
+    mapping: &AddressSpace,
+    start: u64,
+    end: u64,
+) -> Result<(), FsError> {
+    filemap_fdatawrite_range_mode(mapping, start, end, SyncMode::All)
+}
+
+/// filemap_fdatawrite: WB_SYNC_ALL writeback of the whole mapping.
+pub fn filemap_fdatawrite(mapping: &AddressSpace) -> Result<(), FsError> {
+    filemap_fdatawrite_range(mapping, 0, u64::MAX)
+}
+
+/// filemap_flush: WB_SYNC_NONE writeback of the whole mapping.
+pub fn filemap_flush(mapping: &AddressSpace) -> Result<(), FsError> {
+    filemap_fdatawrite_range_mode(mapping, 0, u64::MAX, SyncMode::None)
+}
+
+/// filemap_fdatawait_range: wait for writeback of bytes `[start, end]` to end, without the
+/// page lock, then report a remembered error.
+///
+/// Models: mm/filemap.c __filemap_fdatawait_range() + filemap_check_errors() (v5.10).
+pub fn filemap_fdatawait_range(
+    mapping: &AddressSpace,
+    start: u64,
+    end: u64,
+) -> Result<(), FsError> {
+    let mut index = start >> PAGE_SHIFT;
+    let end = end >> PAGE_SHIFT;
+    loop {
+        let batch =
+            find_get_pages_range_tag(mapping, &mut index, end, Tag::Writeback, PAGEVEC_SIZE);
+        if batch.is_empty() {
+            break;
+        }
+        for page in &batch {
+            wait_on_page_writeback(page.page());
+            page.clear_error();
+        }
+    }
+    filemap_check_errors(mapping)
+}
+
+/// filemap_write_and_wait_range: fdatawrite then fdatawait (unless the write failed with EIO).
+pub fn filemap_write_and_wait_range(
+    mapping: &AddressSpace,
+    start: u64,
+    end: u64,
+) -> Result<(), FsError> {
+    let w = filemap_fdatawrite_range(mapping, start, end);
+    if matches!(w, Err(FsError::Io(_)) | Err(FsError::PreviousIo)) {
+        return w;
+    }
+    let r = filemap_fdatawait_range(mapping, start, end);
+    w.and(r)
+}
+
+/// Clear PG_writeback with `rmw` (returns the old word) under the owning mapping's i_pages lock,
+/// keeping the WRITEBACK tag and the counters in step: the bookkeeping half of
+/// test_clear_page_writeback / __folio_end_writeback.
+pub(crate) fn clear_writeback_bookkeeping(page: Page<'_>, rmw: impl FnOnce() -> u64) -> u64 {
+    let cache = page.cache;
+    let wb = cache.mask(PG::Writeback);
+    let core = cache
+        .mappings
+        .get(&page.mapping_id())
+        .map(|c| Arc::clone(c.value()));
+    let old = match core {
+        Some(core) => {
+            let mut ip = core.i_pages.lock();
+            let old = rmw();
+            if old & wb != 0 {
+                ip.tag(page.index(), page.pfn(), Tag::Writeback, false);
+            }
+            old
+        }
+        // Not in any mapping (truncated while under writeback): only the bit.
+        None => rmw(),
+    };
+    if old & wb != 0 {
+        cache.stats.wb_ends.inc();
+        cache.stats.nr_writeback.dec();
+        page.record(Op::ClearWriteback, 0, old, old & !wb, 0);
+    }
+    old
+}
+
+/// end_page_writeback: the I/O of a writeback is complete; clear PG_writeback and wake waiters,
+/// in the shape of the cache's era.
+///
+/// Models: mm/filemap.c end_page_writeback() (v5.8, v5.9: no reference; v5.10/v5.11: pinned,
+/// 073861ed77b6), folio_end_writeback() (v6.9: XOR), and ALT-A (never merged, SEMANTICS 1.6).
+///
+/// # Context
+/// Runs on an I/O completion thread. Holds no page lock; before 073861ed77b6 holds no reference
+/// either, so the frame may be freed and reused by the time the wake runs (SEMANTICS S2).
+///
+/// ```text
+///   CPU1 (this function)           CPU2                          CPU3 (write_cache_pages)
+///   clear PG_writeback (W1 ends)
+///   ...stalls...                   lock; start W2; unlock
+///                                  redirty
+///                                                                lock; dirty && W -> sleep
+///   wake: CPU3 woken by W1's end                                 `if`: BUG_ON(PageWriteback)
+/// ```
+pub fn end_page_writeback(page: Page<'_>) {
+    let cache = page.cache;
+    let wb = cache.mask(PG::Writeback);
+    let waiters = cache.mask(PG::Waiters);
+    let mode = cache.switches().end_wb;
+    if page.test(PG::Reclaim) {
+        page.frame().flags.clear(cache.mask(PG::Reclaim));
+        cache.rotate_reclaimable_page(page);
+    }
+    let pin = match mode {
+        EndWriteback::NoRef => None,
+        _ => Some(page.get()),
+    };
+    // Diagnostics for the reused-frame check (S2t): which allocation of the frame we are ending.
+    let generation = page.generation();
+    match mode {
+        EndWriteback::NoRef | EndWriteback::Ref => {
+            let old = clear_writeback_bookkeeping(page, || page.frame().flags.clear(wb));
+            if bug_on!(cache.bug(), old & wb == 0, &page) {
+                return;
+            }
+            // smp_mb__after_atomic(): implied, PG_waiters is in the word we just changed.
+            cache.hook(HookPoint::EndWritebackWindow, page.pfn());
+            // Hugh's VM_BUG_ON(PageTail): looking at PG_waiters of a frame that has since been
+            // freed and handed to someone else. Only possible without the pin.
+            vm_bug_on_page!(cache.bug(), page.generation() != generation, &page);
+            wake_up_page(page, PG::Writeback, epoch_of(old));
+        }
+        EndWriteback::Xor => {
+            if vm_bug_on_page!(cache.bug(), !page.writeback(), &page) {
+                return;
+            }
+            let old = clear_writeback_bookkeeping(page, || page.frame().flags.xor(wb));
+            cache.hook(HookPoint::EndWritebackWindow, page.pfn());
+            if old & waiters != 0 {
+                crate::mm::waitqueue::wake_up_page_bit(page, PG::Writeback, epoch_of(old));
+            }
+        }
+        EndWriteback::ClearUnderLock => {
+            let epoch = page.wb_epoch();
+            let old = clear_writeback_bookkeeping(page, || {
+                let (old, done) = page.frame().flags.clear_unless(wb, waiters);
+                if done || old & wb == 0 {
+                    return old;
+                }
+                // Waiters: clear and wake in one bucket-locked section, so no waiter for a
+                // newer writeback can be queued between the clear and the wake.
+                let mut cleared = old;
+                wake_up_page_bit_with(page, PG::Writeback, epoch, || {
+                    cleared = page.frame().flags.clear(wb);
+                });
+                cleared
+            });
+            bug_on!(cache.bug(), old & wb == 0, &page);
+            cache.hook(HookPoint::EndWritebackWindow, page.pfn());
+        }
+    }
+    drop(pin);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::mm::testing::{SyncAops, cache_for};
+    use crate::mm::writeback::set_page_dirty;
+    use crate::mm::{ALL_ERAS, Era};
+
+    #[test]
+    fn find_or_create_inserts_locked_and_finds_again() {
+        let c = cache_for(Era::V5_10, 8);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        let p = find_or_create_page(&m, 7).expect("page");
+        assert!(p.locked());
+        assert_eq!(p.index(), 7);
+        assert_eq!(p.refcount(), 2, "cache + caller");
+        unlock_page(*p);
+        let pfn = p.pfn();
+        drop(p);
+        let q = find_get_page(&m, 7).expect("cached");
+        assert_eq!(q.pfn(), pfn);
+        assert!(find_get_page(&m, 8).is_none());
+        assert_eq!(m.nrpages(), 1);
+    }
+
+    #[test]
+    fn delete_frees_the_frame_for_another_mapping() {
+        let c = cache_for(Era::V5_9, 1);
+        let a = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        let b = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        let p = find_or_create_page(&a, 0).expect("page");
+        let pfn = p.pfn();
+        delete_from_page_cache(&a, *p);
+        unlock_page(*p);
+        drop(p);
+        assert_eq!(a.nrpages(), 0);
+        let q = find_or_create_page(&b, 3).expect("the one frame, reused");
+        assert_eq!(q.pfn(), pfn);
+        assert_eq!(q.mapping_id(), b.id());
+        unlock_page(*q);
+    }
+
+    #[test]
+    fn tagged_lookup_returns_only_tagged_pages_in_batches() {
+        let c = cache_for(Era::V5_11, 64);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        for i in 0..40u64 {
+            let p = find_or_create_page(&m, i).expect("page");
+            if i % 2 == 0 {
+                set_page_dirty(&m, *p);
+            }
+            unlock_page(*p);
+        }
+        let mut index = 0;
+        let first = find_get_pages_range_tag(&m, &mut index, u64::MAX, Tag::Dirty, PAGEVEC_SIZE);
+        assert_eq!(first.len(), PAGEVEC_SIZE);
+        assert!(first.iter().all(|p| p.index() % 2 == 0));
+        assert_eq!(index, 29);
+        let rest = find_get_pages_range_tag(&m, &mut index, u64::MAX, Tag::Dirty, PAGEVEC_SIZE);
+        assert_eq!(rest.len(), 5);
+        let none = find_get_pages_range_tag(&m, &mut index, u64::MAX, Tag::Dirty, PAGEVEC_SIZE);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn sticky_errors_are_reported_once() {
+        let c = cache_for(Era::V5_10, 1);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        assert!(filemap_check_errors(&m).is_ok());
+        mapping_set_error(&m, &FsError::NoSpace);
+        mapping_set_error(&m, &FsError::Corrupted("x"));
+        assert!(matches!(
+            filemap_check_errors(&m),
+            Err(FsError::PreviousNoSpace)
+        ));
+        assert!(filemap_check_errors(&m).is_ok());
+    }
+
+    #[test]
+    fn end_page_writeback_clears_tag_and_bit_in_every_era() {
+        for era in ALL_ERAS {
+            let c = cache_for(era, 2);
+            let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+            let p = find_or_create_page(&m, 0).expect("page");
+            crate::mm::writeback::set_page_writeback(*p);
+            assert_eq!(m.tagged_indexes(Tag::Writeback), vec![0]);
+            unlock_page(*p);
+            end_page_writeback(*p);
+            assert!(!p.writeback(), "{era}");
+            assert!(m.tagged_indexes(Tag::Writeback).is_empty(), "{era}");
+            assert_eq!(c.stats().wb_ends, 1);
+            assert_eq!(p.refcount(), 2, "{era}: a pin, if taken, is dropped");
+        }
+    }
+
+    #[test]
+    fn end_page_writeback_of_a_clean_page_is_a_bug() {
+        for era in ALL_ERAS {
+            let mut cfg = crate::mm::CacheConfig::new(era, 1);
+            cfg.on_bug = crate::bug::OnBug::Warn;
+            let c = PageCache::new(cfg).expect("cache");
+            let p = c.alloc_page().expect("page");
+            end_page_writeback(*p);
+            let expect = u64::from(era != Era::V6_9 || crate::bug::debug_vm());
+            assert_eq!(c.bug().total(), expect, "{era}");
+        }
+    }
+
+    #[test]
+    fn fdatawait_waits_for_writeback_and_reports_errors() {
+        let c = cache_for(Era::V5_11, 2);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        let p = find_or_create_page(&m, 0).expect("page");
+        crate::mm::writeback::set_page_writeback(*p);
+        unlock_page(*p);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                p.set_error();
+                mapping_set_error(&m, &FsError::Corrupted("test"));
+                end_page_writeback(*p);
+            });
+            assert!(matches!(
+                filemap_fdatawait_range(&m, 0, u64::MAX),
+                Err(FsError::PreviousIo)
+            ));
+        });
+        assert!(!p.writeback());
+        assert!(!p.error(), "fdatawait clears PG_error");
+    }
+}

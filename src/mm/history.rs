@@ -1,0 +1,320 @@
+//! Per-frame event history: the last [`HISTORY_LEN`] things that happened to a frame.
+//!
+//! Model-only (the kernel has nothing like it). A BUG report prints this ring so the interleaving
+//! that led to the failure can be read off it: which thread cleared PG_writeback, which started
+//! the next writeback, which slept, which thread's wake ended the sleep, and with which epoch.
+//!
+//! The ring is lock-free and invisible to the model checker (`sync::unchecked`): recording an
+//! event must not add schedule points to the protocol, nor cost a lock on the lock_page path.
+//! Each slot is four words; the header word doubles as a sequence lock (0 while being written),
+//! so a reader racing a writer sees a slot either whole or not at all.
+
+use std::fmt::Write as _;
+
+use crate::mm::flags::{FlagLayout, PG_BITS, epoch_of};
+use crate::sync::thread_name;
+use crate::sync::unchecked::{AtomicU32, AtomicU64, Ordering};
+
+/// Events kept per frame.
+pub const HISTORY_LEN: usize = 32;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Frame handed out by the allocator (arg: generation).
+    Alloc = 1,
+    /// Frame returned to the free list.
+    Free,
+    /// Inserted into a mapping (arg: index).
+    AddToCache,
+    /// Removed from its mapping (arg: index).
+    DeleteFromCache,
+    /// PG_locked taken (arg: 1 if the taker slept first).
+    Lock,
+    /// PG_locked released.
+    Unlock,
+    /// PG_dirty set.
+    SetDirty,
+    /// PG_dirty cleared for I/O.
+    ClearDirtyForIo,
+    /// PG_dirty cancelled (truncate).
+    CancelDirty,
+    /// PG_writeback set (epoch: the new writeback).
+    SetWriteback,
+    /// PG_writeback cleared (epoch: the writeback that ended).
+    ClearWriteback,
+    /// A waker walked the bucket for this frame (arg: entries woken).
+    Wake,
+    /// This thread's wait on a bit started (bit: which; epoch: the writeback it waits for).
+    WaitStart,
+    /// This thread's wait ended (arg: the thread that woke it, 0 if none; epoch: of the waker).
+    WaitEnd,
+    /// A wait ended by a wake from an older writeback epoch (arg: waker's epoch).
+    StaleWake,
+    /// The waker refused to wake (bit set again; E0 / ALT-B).
+    WakeRefused,
+    /// The frame was reclaimed.
+    Reclaim,
+    /// A BUG or VM_BUG fired on this frame.
+    Bug,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        use Op::*;
+        const ALL: [Op; 18] = [
+            Alloc,
+            Free,
+            AddToCache,
+            DeleteFromCache,
+            Lock,
+            Unlock,
+            SetDirty,
+            ClearDirtyForIo,
+            CancelDirty,
+            SetWriteback,
+            ClearWriteback,
+            Wake,
+            WaitStart,
+            WaitEnd,
+            StaleWake,
+            WakeRefused,
+            Reclaim,
+            Bug,
+        ];
+        ALL.iter().copied().find(|o| *o as u8 == v)
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Alloc => "alloc",
+            Op::Free => "free",
+            Op::AddToCache => "add_to_page_cache",
+            Op::DeleteFromCache => "delete_from_page_cache",
+            Op::Lock => "lock_page",
+            Op::Unlock => "unlock_page",
+            Op::SetDirty => "set_page_dirty",
+            Op::ClearDirtyForIo => "clear_page_dirty_for_io",
+            Op::CancelDirty => "cancel_dirty_page",
+            Op::SetWriteback => "set_page_writeback",
+            Op::ClearWriteback => "clear_page_writeback",
+            Op::Wake => "wake_up_page_bit",
+            Op::WaitStart => "wait_on_page_bit:sleep",
+            Op::WaitEnd => "wait_on_page_bit:woken",
+            Op::StaleWake => "STALE WAKE",
+            Op::WakeRefused => "wake refused (bit set)",
+            Op::Reclaim => "reclaim",
+            Op::Bug => "BUG",
+        }
+    }
+}
+
+/// One recorded event, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Per-frame sequence number (1 = first event ever on this frame).
+    pub seq: u32,
+    /// Thread tag (see `sync::thread_tag`).
+    pub thread: u16,
+    /// What happened.
+    pub op: Op,
+    /// Bit involved (waits), or 0.
+    pub bit: u8,
+    /// Nanoseconds since the cache was built.
+    pub t_ns: u64,
+    /// PG bits before.
+    pub before: u32,
+    /// PG bits after.
+    pub after: u32,
+    /// Writeback epoch the event belongs to.
+    pub epoch: u32,
+    /// Op-specific argument.
+    pub arg: u32,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    header: AtomicU64,
+    t_ns: AtomicU64,
+    flags: AtomicU64,
+    epoch_arg: AtomicU64,
+}
+
+/// The ring of one frame.
+#[derive(Debug, Default)]
+pub struct History {
+    next: AtomicU32,
+    slots: [Slot; HISTORY_LEN],
+}
+
+/// Arguments of one [`History::record`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct Rec {
+    /// What happened.
+    pub op: Op,
+    /// Bit (for waits) or 0.
+    pub bit: u8,
+    /// Flags word before (epoch in the upper half).
+    pub before: u64,
+    /// Flags word after.
+    pub after: u64,
+    /// Op-specific argument.
+    pub arg: u32,
+}
+
+impl History {
+    /// Append one event (overwriting the oldest).
+    pub fn record(&self, rec: Rec, thread: u32, t_ns: u64) {
+        // Relaxed: the counter only spreads writers over slots; the header's Release below is
+        // what publishes the slot's contents to readers.
+        let seq = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let slot = &self.slots[(seq as usize) % HISTORY_LEN];
+        slot.header.store(0, Ordering::Relaxed);
+        slot.t_ns.store(t_ns, Ordering::Relaxed);
+        slot.flags.store(
+            (rec.before & PG_BITS) | (rec.after << 32),
+            Ordering::Relaxed,
+        );
+        let epoch = epoch_of(rec.after).max(epoch_of(rec.before));
+        slot.epoch_arg.store(
+            u64::from(epoch) | (u64::from(rec.arg) << 32),
+            Ordering::Relaxed,
+        );
+        let header = u64::from(seq)
+            | (u64::from(thread & 0xffff) << 32)
+            | ((rec.op as u64) << 48)
+            | (u64::from(rec.bit) << 56);
+        // Release: pairs with the Acquire in `events`; a reader that sees this header sees the
+        // fields stored above.
+        slot.header.store(header, Ordering::Release);
+    }
+
+    /// The recorded events, oldest first; slots being rewritten right now are left out.
+    pub fn events(&self) -> Vec<Event> {
+        let mut out = Vec::with_capacity(HISTORY_LEN);
+        for slot in &self.slots {
+            let h1 = slot.header.load(Ordering::Acquire);
+            if h1 == 0 {
+                continue;
+            }
+            let t_ns = slot.t_ns.load(Ordering::Relaxed);
+            let flags = slot.flags.load(Ordering::Relaxed);
+            let ea = slot.epoch_arg.load(Ordering::Relaxed);
+            // Acquire on the re-read keeps the field loads above from moving after it: a
+            // header unchanged across the reads means the fields belong to it.
+            if slot.header.load(Ordering::Acquire) != h1 {
+                continue;
+            }
+            let Some(op) = Op::from_u8((h1 >> 48) as u8) else {
+                continue;
+            };
+            out.push(Event {
+                seq: h1 as u32,
+                thread: (h1 >> 32) as u16,
+                op,
+                bit: (h1 >> 56) as u8,
+                t_ns,
+                before: flags as u32,
+                after: (flags >> 32) as u32,
+                epoch: ea as u32,
+                arg: (ea >> 32) as u32,
+            });
+        }
+        out.sort_by_key(|e| e.seq);
+        out
+    }
+
+    /// The events as report lines.
+    pub fn render(&self, layout: &FlagLayout) -> String {
+        let mut s = String::new();
+        let events = self.events();
+        let t0 = events.first().map(|e| e.t_ns).unwrap_or(0);
+        for e in &events {
+            let bit = match e.op {
+                Op::WaitStart | Op::WaitEnd | Op::StaleWake | Op::Wake | Op::WakeRefused => {
+                    match layout.flag_at(e.bit) {
+                        Some(f) => format!(" bit={}", f.name()),
+                        None => format!(" bit={}", e.bit),
+                    }
+                }
+                _ => String::new(),
+            };
+            let arg = match e.op {
+                Op::WaitEnd if e.arg != 0 => format!(" woken-by={}", thread_name(e.arg)),
+                Op::WaitEnd => " woken-by=none".to_string(),
+                Op::StaleWake => format!(" waker-epoch={}", e.arg),
+                Op::Wake => format!(" woke={}", e.arg),
+                Op::AddToCache | Op::DeleteFromCache => format!(" index={}", e.arg),
+                Op::Lock if e.arg != 0 => " (after sleeping)".to_string(),
+                Op::Alloc => format!(" gen={}", e.arg),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "  #{:<5} +{:>9.3}ms {:<28} {:<26} epoch={:<3} {} -> {}{}{}",
+                e.seq,
+                (e.t_ns.saturating_sub(t0)) as f64 / 1e6,
+                thread_name(u32::from(e.thread)),
+                e.op.name(),
+                e.epoch,
+                layout.describe(u64::from(e.before)),
+                layout.describe(u64::from(e.after)),
+                bit,
+                arg,
+            );
+        }
+        s
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::mm::flags::{LAYOUT_CLASSIC, PG};
+
+    #[test]
+    fn ring_keeps_the_last_events_in_order() {
+        let h = History::default();
+        let l = &LAYOUT_CLASSIC;
+        for i in 0..(HISTORY_LEN as u32 + 5) {
+            let rec = Rec {
+                op: Op::Lock,
+                bit: 0,
+                before: 0,
+                after: l.mask(PG::Locked),
+                arg: i,
+            };
+            h.record(rec, 3, u64::from(i));
+        }
+        let ev = h.events();
+        assert_eq!(ev.len(), HISTORY_LEN);
+        assert_eq!(ev[0].seq, 6);
+        assert_eq!(ev[0].arg, 5);
+        assert!(ev.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        assert_eq!(ev[0].after, l.mask(PG::Locked) as u32);
+    }
+
+    #[test]
+    fn render_names_ops_flags_and_epochs() {
+        let h = History::default();
+        let l = &LAYOUT_CLASSIC;
+        let wb = l.mask(PG::Writeback) | (2u64 << 32);
+        h.record(
+            Rec {
+                op: Op::SetWriteback,
+                bit: 0,
+                before: 0,
+                after: wb,
+                arg: 0,
+            },
+            1,
+            10,
+        );
+        let text = h.render(l);
+        assert!(text.contains("set_page_writeback"), "{text}");
+        assert!(text.contains("epoch=2"), "{text}");
+        assert!(text.contains("none -> writeback"), "{text}");
+    }
+}
