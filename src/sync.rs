@@ -13,14 +13,36 @@
 //!   perform a checked operation while holding an unchecked lock, or loom (which runs every model
 //!   thread on one OS thread) can block the whole process on it.
 //!
-//! Sleeping is `thread::park` / `Thread::unpark` with a per-waiter WOKEN flag, which std and loom
-//! both model; parking_lot's own parking is never used by checked code (it hangs loom).
+//! Sleeping is a per-waiter [`Sleeper`] (park/unpark in production, a loom `Notify` under loom)
+//! with a WOKEN flag beside it; parking_lot's own parking is never used by checked code (it hangs
+//! loom).
 
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use parking_lot::{Mutex, MutexGuard};
     pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-    pub(crate) use std::thread::{self, Thread};
+    pub(crate) use std::thread;
+
+    /// A sleeping place for one thread: what a wait-queue entry sleeps on.
+    ///
+    /// Production: park/unpark of the thread that created it (futex-based in std).
+    #[derive(Debug)]
+    pub(crate) struct Sleeper(std::thread::Thread);
+
+    impl Sleeper {
+        /// A sleeper for the calling thread.
+        pub(crate) fn new() -> Self {
+            Sleeper(std::thread::current())
+        }
+        /// Sleep until woken (or spuriously); only the creating thread may call it.
+        pub(crate) fn sleep(&self) {
+            std::thread::park();
+        }
+        /// Wake the sleeper, or make its next sleep return at once.
+        pub(crate) fn wake(&self) {
+            self.0.unpark();
+        }
+    }
 
     /// Spin-loop hint; loom turns it into a yield.
     #[inline]
@@ -32,7 +54,28 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-    pub(crate) use loom::thread::{self, Thread};
+    pub(crate) use loom::thread;
+
+    /// A sleeping place for one thread, on a loom `Notify`.
+    ///
+    /// Why not park/unpark under loom: loom's `unpark` makes a thread runnable even while it is
+    /// blocked on a loom mutex, which then fails loom's own lock assertion; a waker can unpark a
+    /// thread that has meanwhile gone on to wait for a lock. A `Notify` only wakes a thread
+    /// waiting on that very object, and keeps the token semantics of park/unpark.
+    #[derive(Debug)]
+    pub(crate) struct Sleeper(loom::sync::Notify);
+
+    impl Sleeper {
+        pub(crate) fn new() -> Self {
+            Sleeper(loom::sync::Notify::new())
+        }
+        pub(crate) fn sleep(&self) {
+            self.0.wait();
+        }
+        pub(crate) fn wake(&self) {
+            self.0.notify();
+        }
+    }
 
     /// A loom mutex with parking_lot's API shape (no poisoning), so call sites are identical.
     #[derive(Debug)]

@@ -8,8 +8,6 @@
 //! one ordered set per tag, so a tagged lookup costs O(log n + pages returned) - it grows with
 //! the pages tagged, never with the pages cached.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::error::FsError;
 use crate::mm::aops::AddressSpaceOps;
 use crate::mm::era::EndWriteback;
@@ -18,20 +16,13 @@ use crate::mm::history::Op;
 use crate::mm::page::{NO_MAPPING, Page, PageRef, Pfn};
 use crate::mm::waitqueue::{lock_page, unlock_page, wake_up_page, wake_up_page_bit_with};
 use crate::mm::writeback::{SyncMode, WritebackControl, do_writepages, wait_on_page_writeback};
+use crate::mm::xarray::XArray;
 use crate::mm::{HookPoint, PAGE_SHIFT, PG, PageCache};
 use crate::sync::{Arc, AtomicU32, Mutex, MutexGuard, Ordering, unchecked};
 use crate::{bug_on, vm_bug_on_page, warn_on_once};
 
 /// Page-cache index tags (xarray marks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tag {
-    /// PAGECACHE_TAG_DIRTY.
-    Dirty,
-    /// PAGECACHE_TAG_WRITEBACK.
-    Writeback,
-    /// PAGECACHE_TAG_TOWRITE.
-    Towrite,
-}
+pub use crate::mm::xarray::Mark as Tag;
 
 /// AS_EIO: a writeback failed with EIO since the last check.
 const AS_EIO: u32 = 1;
@@ -41,42 +32,11 @@ const AS_ENOSPC: u32 = 2;
 /// Lookups per batch (PAGEVEC_SIZE).
 pub const PAGEVEC_SIZE: usize = 15;
 
-/// The i_pages contents.
-#[derive(Debug, Default)]
-pub(crate) struct IPages {
-    pages: BTreeMap<u64, u32>,
-    dirty: BTreeSet<u64>,
-    writeback: BTreeSet<u64>,
-    towrite: BTreeSet<u64>,
-}
-
-impl IPages {
-    fn set(&mut self, tag: Tag) -> &mut BTreeSet<u64> {
-        match tag {
-            Tag::Dirty => &mut self.dirty,
-            Tag::Writeback => &mut self.writeback,
-            Tag::Towrite => &mut self.towrite,
-        }
-    }
-
-    /// Set or clear `tag` at `index` if `pfn` is the page there.
-    pub(crate) fn tag(&mut self, index: u64, pfn: Pfn, tag: Tag, on: bool) {
-        if self.pages.get(&index) != Some(&pfn.0) {
-            return;
-        }
-        if on {
-            self.set(tag).insert(index);
-        } else {
-            self.set(tag).remove(&index);
-        }
-    }
-}
-
 /// The part of a mapping that I/O completion reaches through the frame's owner id.
 #[derive(Debug)]
 pub(crate) struct MappingCore {
     id: u64,
-    pub(crate) i_pages: Mutex<IPages>,
+    pub(crate) i_pages: Mutex<XArray>,
     /// AS_EIO | AS_ENOSPC.
     errors: AtomicU32,
     /// Where range-cyclic writeback resumes (a hint; racing updates are harmless).
@@ -102,7 +62,7 @@ impl AddressSpace {
         let id = cache.new_mapping_id();
         let core = Arc::new(MappingCore {
             id,
-            i_pages: Mutex::new(IPages::default()),
+            i_pages: Mutex::new(XArray::default()),
             errors: AtomicU32::new(0),
             writeback_index: unchecked::AtomicU64::new(0),
         });
@@ -129,33 +89,28 @@ impl AddressSpace {
         &self.aops
     }
 
-    pub(crate) fn i_pages(&self) -> MutexGuard<'_, IPages> {
+    pub(crate) fn i_pages(&self) -> MutexGuard<'_, XArray> {
         self.core.i_pages.lock()
     }
 
     /// Pages in the mapping.
     pub fn nrpages(&self) -> usize {
-        self.i_pages().pages.len()
+        self.i_pages().len()
     }
 
     /// mapping_tagged: does any page carry `tag`?
     pub fn tagged(&self, tag: Tag) -> bool {
-        !self.i_pages().set(tag).is_empty()
+        self.i_pages().marked(tag)
     }
 
     /// Indexes carrying `tag` (tests and diagnostics).
     pub fn tagged_indexes(&self, tag: Tag) -> Vec<u64> {
-        self.i_pages().set(tag).iter().copied().collect()
+        self.i_pages().marked_indexes(tag)
     }
 
     /// Up to `max` (index, frame) pairs with index in `[start, end)`.
     pub(crate) fn i_pages_range(&self, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
-        self.i_pages()
-            .pages
-            .range(start..end)
-            .take(max)
-            .map(|(i, p)| (*i, *p))
-            .collect()
+        self.i_pages().find_range(start, end, max)
     }
 
     /// Where range-cyclic writeback resumes.
@@ -185,7 +140,7 @@ impl Drop for AddressSpace {
 /// Models: mm/filemap.c find_get_page() (pagecache_get_page without flags) (v5.10).
 pub fn find_get_page(mapping: &AddressSpace, index: u64) -> Option<PageRef<'_>> {
     let cache = &*mapping.cache;
-    let pfn = *mapping.i_pages().pages.get(&index)?;
+    let pfn = mapping.i_pages().get(index)?;
     // The reference is taken after the i_pages lock is dropped, like the kernel's RCU lookup:
     // the frame may be freed and reused meanwhile, so check its owner once we hold it.
     let page = cache.page(Pfn(pfn)).try_get()?;
@@ -242,10 +197,9 @@ fn add_to_page_cache_lru(mapping: &AddressSpace, page: &PageRef<'_>, index: u64)
     vm_bug_on_page!(cache.bug(), !page.locked(), &**page);
     {
         let mut ip = mapping.i_pages();
-        if ip.pages.contains_key(&index) {
+        if !ip.insert(index, page.pfn().0) {
             return Err(());
         }
-        ip.pages.insert(index, page.pfn().0);
         page.frame().index.store(index, Ordering::Release);
         page.frame().mapping.store(mapping.id(), Ordering::Release);
     }
@@ -266,7 +220,7 @@ pub fn delete_from_page_cache(mapping: &AddressSpace, page: Page<'_>) {
     bug_on!(cache.bug(), !page.locked(), &page);
     let index = page.index();
     {
-        mapping.i_pages().remove_page(index, page.pfn());
+        mapping.i_pages().remove(index, page.pfn().0);
         page.frame().mapping.store(NO_MAPPING, Ordering::Release);
     }
     // A dirty page leaving the cache loses data unless the caller cancelled it on purpose
@@ -295,14 +249,7 @@ pub fn find_get_pages_range_tag<'m>(
     if *index > end {
         return out;
     }
-    let found: Vec<(u64, u32)> = {
-        let ip = mapping.i_pages();
-        ip.set_ref(tag)
-            .range(*index..=end)
-            .take(max)
-            .filter_map(|i| ip.pages.get(i).map(|p| (*i, *p)))
-            .collect()
-    };
+    let found = mapping.i_pages().find_marked(tag, *index, end, max);
     for (idx, pfn) in found {
         *index = idx.saturating_add(1);
         if let Some(p) = mapping.cache.page(Pfn(pfn)).try_get() {
@@ -318,31 +265,11 @@ pub fn find_get_pages_range_tag<'m>(
     out
 }
 
-impl IPages {
-    /// Remove `pfn` at `index` and all its tags (reclaim's __delete_from_page_cache).
-    pub(crate) fn remove_page(&mut self, index: u64, pfn: Pfn) {
-        if self.pages.get(&index) == Some(&pfn.0) {
-            self.pages.remove(&index);
-            self.dirty.remove(&index);
-            self.writeback.remove(&index);
-            self.towrite.remove(&index);
-        }
-    }
-
-    fn set_ref(&self, tag: Tag) -> &BTreeSet<u64> {
-        match tag {
-            Tag::Dirty => &self.dirty,
-            Tag::Writeback => &self.writeback,
-            Tag::Towrite => &self.towrite,
-        }
-    }
-}
-
 /// tag_pages_for_writeback: copy DIRTY to TOWRITE for every index in `[start, end]`.
 pub fn tag_pages_for_writeback(mapping: &AddressSpace, start: u64, end: u64) {
-    let mut ip = mapping.i_pages();
-    let dirty: Vec<u64> = ip.dirty.range(start..=end).copied().collect();
-    ip.towrite.extend(dirty);
+    mapping
+        .i_pages()
+        .copy_mark(Tag::Dirty, Tag::Towrite, start, end);
 }
 
 /// mapping_set_error: remember a writeback error for the next fsync.
@@ -454,7 +381,7 @@ pub(crate) fn clear_writeback_bookkeeping(page: Page<'_>, rmw: impl FnOnce() -> 
             let mut ip = core.i_pages.lock();
             let old = rmw();
             if old & wb != 0 {
-                ip.tag(page.index(), page.pfn(), Tag::Writeback, false);
+                ip.set_mark(page.index(), page.pfn().0, Tag::Writeback, false);
             }
             old
         }

@@ -122,8 +122,8 @@ pub struct Event {
     pub op: Op,
     /// Bit involved (waits), or 0.
     pub bit: u8,
-    /// Nanoseconds since the cache was built.
-    pub t_ns: u64,
+    /// Raw timestamp (the cache converts it to nanoseconds).
+    pub t_raw: u64,
     /// PG bits before.
     pub before: u32,
     /// PG bits after.
@@ -137,7 +137,7 @@ pub struct Event {
 #[derive(Debug, Default)]
 struct Slot {
     header: AtomicU64,
-    t_ns: AtomicU64,
+    t_raw: AtomicU64,
     flags: AtomicU64,
     epoch_arg: AtomicU64,
 }
@@ -166,13 +166,13 @@ pub struct Rec {
 
 impl History {
     /// Append one event (overwriting the oldest).
-    pub fn record(&self, rec: Rec, thread: u32, t_ns: u64) {
+    pub fn record(&self, rec: Rec, thread: u32, t_raw: u64) {
         // Relaxed: the counter only spreads writers over slots; the header's Release below is
         // what publishes the slot's contents to readers.
         let seq = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let slot = &self.slots[(seq as usize) % HISTORY_LEN];
         slot.header.store(0, Ordering::Relaxed);
-        slot.t_ns.store(t_ns, Ordering::Relaxed);
+        slot.t_raw.store(t_raw, Ordering::Relaxed);
         slot.flags.store(
             (rec.before & PG_BITS) | (rec.after << 32),
             Ordering::Relaxed,
@@ -199,7 +199,7 @@ impl History {
             if h1 == 0 {
                 continue;
             }
-            let t_ns = slot.t_ns.load(Ordering::Relaxed);
+            let t_raw = slot.t_raw.load(Ordering::Relaxed);
             let flags = slot.flags.load(Ordering::Relaxed);
             let ea = slot.epoch_arg.load(Ordering::Relaxed);
             // Acquire on the re-read keeps the field loads above from moving after it: a
@@ -215,7 +215,7 @@ impl History {
                 thread: (h1 >> 32) as u16,
                 op,
                 bit: (h1 >> 56) as u8,
-                t_ns,
+                t_raw,
                 before: flags as u32,
                 after: (flags >> 32) as u32,
                 epoch: ea as u32,
@@ -226,11 +226,11 @@ impl History {
         out
     }
 
-    /// The events as report lines.
-    pub fn render(&self, layout: &FlagLayout) -> String {
+    /// The events as report lines; `to_ns` turns a raw timestamp into nanoseconds.
+    pub fn render(&self, layout: &FlagLayout, to_ns: &dyn Fn(u64) -> u64) -> String {
         let mut s = String::new();
         let events = self.events();
-        let t0 = events.first().map(|e| e.t_ns).unwrap_or(0);
+        let t0 = events.first().map(|e| to_ns(e.t_raw)).unwrap_or(0);
         for e in &events {
             let bit = match e.op {
                 Op::WaitStart | Op::WaitEnd | Op::StaleWake | Op::Wake | Op::WakeRefused => {
@@ -255,7 +255,7 @@ impl History {
                 s,
                 "  #{:<5} +{:>9.3}ms {:<28} {:<26} epoch={:<3} {} -> {}{}{}",
                 e.seq,
-                (e.t_ns.saturating_sub(t0)) as f64 / 1e6,
+                (to_ns(e.t_raw).saturating_sub(t0)) as f64 / 1e6,
                 thread_name(u32::from(e.thread)),
                 e.op.name(),
                 e.epoch,
@@ -312,7 +312,7 @@ mod tests {
             1,
             10,
         );
-        let text = h.render(l);
+        let text = h.render(l, &|r| r);
         assert!(text.contains("set_page_writeback"), "{text}");
         assert!(text.contains("epoch=2"), "{text}");
         assert!(text.contains("none -> writeback"), "{text}");

@@ -39,13 +39,14 @@ pub mod truncate;
 pub mod vmscan;
 pub mod waitqueue;
 pub mod writeback;
+pub mod xarray;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use aops::AddressSpaceOps;
 pub use era::{ALL_ERAS, Era, EraSwitches};
@@ -58,6 +59,7 @@ pub use writeback::{SyncMode, WritebackControl};
 use crate::bug::{BugReporter, OnBug};
 use crate::mm::filemap::MappingCore;
 use crate::mm::flags::FlagLayout;
+use crate::mm::history::History;
 use crate::mm::page::Frame;
 use crate::mm::stats::Stats;
 use crate::mm::vmscan::Lru;
@@ -147,8 +149,10 @@ pub struct PageCache {
     pub(crate) stats: Stats,
     hook: Option<Hook>,
     wake_delay_ns: unchecked::AtomicU64,
-    history: bool,
-    start: Instant,
+    /// Per-frame event rings, apart from the frames so that a frame stays a few cache lines.
+    histories: Option<Box<[History]>>,
+    clock: quanta::Clock,
+    start_raw: u64,
 }
 
 impl std::fmt::Debug for PageCache {
@@ -173,6 +177,9 @@ impl PageCache {
         // LIFO free list, lowest frame on top: a freed frame is the next one handed out, which
         // is what lets a just-freed frame go to another mapping at once (SEMANTICS S2).
         let free: Vec<u32> = (0..cfg.frames as u32).rev().collect();
+        // A TSC-based clock: reading it costs a few ns where clock_gettime costs 20+, and every
+        // flag change records a timestamp.
+        let clock = quanta::Clock::new();
         Ok(Arc::new(PageCache {
             era: cfg.era,
             sw,
@@ -188,8 +195,11 @@ impl PageCache {
             wake_delay_ns: unchecked::AtomicU64::new(
                 u64::try_from(cfg.wake_delay.as_nanos()).unwrap_or(u64::MAX),
             ),
-            history: cfg.history,
-            start: Instant::now(),
+            histories: cfg
+                .history
+                .then(|| (0..cfg.frames).map(|_| History::default()).collect()),
+            start_raw: clock.raw(),
+            clock,
         }))
     }
 
@@ -265,12 +275,20 @@ impl PageCache {
         }
     }
 
+    /// The event ring of a frame, when histories are on.
     #[inline]
-    pub(crate) fn history_on(&self) -> bool {
-        self.history
+    pub(crate) fn history(&self, pfn: Pfn) -> Option<&History> {
+        self.histories.as_ref().map(|h| &h[pfn.0 as usize])
     }
 
-    pub(crate) fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// A raw timestamp for the history (convert with [`PageCache::raw_to_ns`]).
+    #[inline]
+    pub(crate) fn now_raw(&self) -> u64 {
+        self.clock.raw()
+    }
+
+    /// Nanoseconds since the cache was built, from a raw timestamp.
+    pub(crate) fn raw_to_ns(&self, raw: u64) -> u64 {
+        self.clock.delta_as_nanos(self.start_raw, raw)
     }
 }

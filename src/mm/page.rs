@@ -16,7 +16,7 @@ use std::ops::Deref;
 
 use crate::bug::Dump;
 use crate::mm::flags::{Flags, PG_BITS, epoch_of};
-use crate::mm::history::{History, Op, Rec};
+use crate::mm::history::{Op, Rec};
 use crate::mm::{PAGE_SIZE, PG, PageCache};
 use crate::sync::unchecked;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, thread_tag};
@@ -42,7 +42,6 @@ pub(crate) struct Frame {
     /// Bumped on every allocation; diagnostics and the reused-frame check only.
     pub(crate) generation: unchecked::AtomicU64,
     data: unchecked::RwLock<Box<[u8]>>,
-    history: History,
 }
 
 impl Frame {
@@ -54,7 +53,6 @@ impl Frame {
             index: AtomicU64::new(0),
             generation: unchecked::AtomicU64::new(0),
             data: unchecked::RwLock::new(vec![0u8; PAGE_SIZE].into_boxed_slice()),
-            history: History::default(),
         }
     }
 }
@@ -229,8 +227,8 @@ impl<'a> Page<'a> {
     /// Append an event to the frame's history.
     #[inline]
     pub(crate) fn record(&self, op: Op, bit: u8, before: u64, after: u64, arg: u32) {
-        if self.cache.history_on() {
-            self.frame().history.record(
+        if let Some(h) = self.cache.history(self.pfn) {
+            h.record(
                 Rec {
                     op,
                     bit,
@@ -239,14 +237,17 @@ impl<'a> Page<'a> {
                     arg,
                 },
                 thread_tag(),
-                self.cache.now_ns(),
+                self.cache.now_raw(),
             );
         }
     }
 
     /// The recorded events of this frame, oldest first.
     pub fn history(&self) -> Vec<crate::mm::history::Event> {
-        self.frame().history.events()
+        self.cache
+            .history(self.pfn)
+            .map(|h| h.events())
+            .unwrap_or_default()
     }
 }
 
@@ -273,9 +274,9 @@ impl Dump for Page<'_> {
             self.cache.era(),
             layout.name,
         );
-        if self.cache.history_on() {
+        if let Some(h) = self.cache.history(self.pfn) {
             let _ = writeln!(s, "history of frame {} (oldest first):", self.pfn.0);
-            s.push_str(&self.frame().history.render(layout));
+            s.push_str(&h.render(layout, &|raw| self.cache.raw_to_ns(raw)));
         } else {
             let _ = writeln!(s, "history: off");
         }

@@ -206,7 +206,7 @@ impl PageCache {
         let mapping = page.mapping_id();
         if let Some(core) = self.mappings.get(&mapping).map(|c| Arc::clone(c.value())) {
             let mut ip = core.i_pages.lock();
-            ip.remove_page(page.index(), page.pfn());
+            ip.remove(page.index(), page.pfn().0);
         }
         page.frame().mapping.store(NO_MAPPING, Ordering::Release);
         let w = page.flags();

@@ -8,11 +8,12 @@
 //! 256 buckets hashed by frame number: unrelated frames share buckets, exactly as in the kernel,
 //! and a wake is keyed by (frame, bit), never by (file, index).
 //!
-//! Sleeping is `park()` on a per-waiter WOKEN flag. The waker stores the flag with Release and
-//! then unparks; the waiter loads it with Acquire around `park()` (pairs with that store), so a
-//! waiter that sees WOKEN also sees everything the waker did before waking it, such as DONE
-//! (lock handed over). Park tokens make a wake that lands between "queued" and "park()" return at
-//! once, the role `set_current_state()` plays in the kernel.
+//! Sleeping is on a per-waiter `Sleeper` (park/unpark in production) beside a WOKEN flag. The
+//! waker stores the flag with Release and then wakes the sleeper; the waiter loads it with
+//! Acquire around its sleep (pairs with that store), so a waiter that sees WOKEN also sees
+//! everything the waker did before waking it, such as DONE (lock handed over). Wake tokens make a
+//! wake that lands between "queued" and "sleep" return at once, the role `set_current_state()`
+//! plays in the kernel.
 //!
 //! # Context
 //! Waiters may sleep; they hold no spinlock-like lock when they do. A bucket lock is held only
@@ -26,7 +27,7 @@ use crate::mm::history::Op;
 use crate::mm::page::{Page, PageRef, Pfn};
 use crate::mm::{HookPoint, PG};
 use crate::sync::unchecked;
-use crate::sync::{Arc, AtomicU32, Mutex, MutexGuard, Ordering, Thread, thread, thread_tag};
+use crate::sync::{Arc, AtomicU32, Mutex, MutexGuard, Ordering, Sleeper, thread_tag};
 use crate::vm_bug_on_page;
 
 /// Buckets in the wait table (PAGE_WAIT_TABLE_BITS = 8).
@@ -62,7 +63,7 @@ pub enum Behavior {
 /// One sleeping (or about to sleep) task, or a walk bookmark.
 #[derive(Debug)]
 pub(crate) struct WaitEntry {
-    thread: Thread,
+    sleeper: Sleeper,
     pfn: Pfn,
     bit: u8,
     /// WQ_FLAG_* plus WQ_LINKED. Written by the waiter before it links the entry and after it
@@ -76,7 +77,7 @@ pub(crate) struct WaitEntry {
 impl WaitEntry {
     fn new(pfn: Pfn, bit: u8, flags: u32) -> Arc<WaitEntry> {
         Arc::new(WaitEntry {
-            thread: thread::current(),
+            sleeper: Sleeper::new(),
             pfn,
             bit,
             flags: AtomicU32::new(flags),
@@ -189,7 +190,7 @@ fn wake_page_function(page: Page<'_>, e: &WaitEntry, key: &mut WakeKey) -> WakeR
     // WOKEN sees DONE, the oracle fields above, and the unlink that clears WQ_LINKED with it.
     e.flags
         .store((f | WQ_FLAG_WOKEN) & !WQ_LINKED, Ordering::Release);
-    e.thread.unpark();
+    e.sleeper.wake();
     key.woken += 1;
     WakeRet::Woke
 }
@@ -401,7 +402,7 @@ fn wait_woken(
             // Acquire: pairs with the Release store of WOKEN in wake_page_function.
             let fl = entry.flags.load(Ordering::Acquire);
             if fl & WQ_FLAG_WOKEN == 0 {
-                thread::park();
+                entry.sleeper.sleep();
                 continue;
             }
             if behavior != Behavior::Exclusive || fl & WQ_FLAG_DONE != 0 {
@@ -467,8 +468,8 @@ fn wait_looping(
                 page.record(Op::WaitStart, bitno, word, word, 0);
             }
             cache.hook(HookPoint::WaitSleep, page.pfn);
-            // May return spuriously (a stale park token): the re-test below handles it.
-            thread::park();
+            // May return spuriously (a stale wake token): the re-test below handles it.
+            entry.sleeper.sleep();
         }
         let done = match behavior {
             Behavior::Exclusive => page.frame().flags.test_and_set_lock(mask) & mask == 0,

@@ -91,7 +91,7 @@ pub fn set_page_dirty(mapping: &AddressSpace, page: Page<'_>) -> bool {
     if page.mapping_id() == mapping.id() {
         mapping
             .i_pages()
-            .tag(page.index(), page.pfn(), Tag::Dirty, true);
+            .set_mark(page.index(), page.pfn().0, Tag::Dirty, true);
     }
     true
 }
@@ -167,13 +167,13 @@ pub fn test_set_page_writeback(
     if let Some(ip) = guard.as_mut() {
         let (idx, pfn) = (page.index(), page.pfn());
         if !was {
-            ip.tag(idx, pfn, Tag::Writeback, true);
+            ip.set_mark(idx, pfn.0, Tag::Writeback, true);
         }
         if !page.dirty() {
-            ip.tag(idx, pfn, Tag::Dirty, false);
+            ip.set_mark(idx, pfn.0, Tag::Dirty, false);
         }
         if !keep_write {
-            ip.tag(idx, pfn, Tag::Towrite, false);
+            ip.set_mark(idx, pfn.0, Tag::Towrite, false);
         }
     }
     drop(guard);
