@@ -208,22 +208,28 @@ fn check_write_back_cleans(mapping: &AddressSpace, pfns: &[Pfn]) {
     assert_eq!(mapping.cache().stats().wb_ends - before, WRITEBACK_PAGES);
 }
 
-fn bench_write_cache_pages(c: &mut Criterion) {
-    let cache = cache_for_pages(WRITEBACK_PAGES);
+fn write_cache_pages_case(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, history: bool) {
+    let frames = usize::try_from(WRITEBACK_PAGES).expect("fits") + SPARE_FRAMES;
+    let cache = new_cache(Era::V5_10, frames, history);
     let mapping = new_mapping(&cache);
     let pfns = populate(&mapping, WRITEBACK_PAGES);
     check_write_back_cleans(&mapping, &pfns);
-    let mut g = c.benchmark_group("write_cache_pages");
-    g.sample_size(10);
-    g.warm_up_time(Duration::from_secs(1));
-    g.measurement_time(Duration::from_secs(10));
-    g.bench_function("100k_dirty", |b| {
+    g.bench_function(name, |b| {
         b.iter_batched(
             || dirty(&mapping, &pfns),
             |()| write_back_all(&mapping),
             BatchSize::PerIteration,
         );
     });
+}
+
+fn bench_write_cache_pages(c: &mut Criterion) {
+    let mut g = c.benchmark_group("write_cache_pages");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(10));
+    write_cache_pages_case(&mut g, "100k_dirty", true);
+    write_cache_pages_case(&mut g, "100k_dirty/history_off", false);
     g.finish();
 }
 

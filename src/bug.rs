@@ -96,6 +96,7 @@ pub struct BugReporter {
     hits: Mutex<HashMap<String, u64>>,
     total: AtomicU64,
     last: Mutex<Option<String>>,
+    warned: Mutex<std::collections::HashSet<usize>>,
     before_abort: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -116,6 +117,7 @@ impl BugReporter {
             hits: Mutex::new(HashMap::new()),
             total: AtomicU64::new(0),
             last: Mutex::new(None),
+            warned: Mutex::new(std::collections::HashSet::new()),
             before_abort: Mutex::new(None),
         }
     }
@@ -171,7 +173,11 @@ impl BugReporter {
     /// Called by the macros when an assertion fails. Returns only under policies that carry on.
     pub fn fire(&self, site: &'static Site, dump: Option<&dyn Dump>) {
         if site.tier == Tier::Warn {
-            // WARN_ON_ONCE: the macro keeps the once-per-site state; always carries on.
+            // WARN_ON_ONCE, once per site and reporter (one mount, one era): a process that
+            // runs several caches reports each one's first warning. Always carries on.
+            if !self.warned.lock().insert(std::ptr::from_ref(site) as usize) {
+                return;
+            }
             let report = self.format(site, dump, true);
             eprint!("{report}");
             log::warn!("WARNING at {}: {}", site.location(), site.cond);
@@ -302,10 +308,8 @@ macro_rules! warn_on_once {
 #[macro_export]
 macro_rules! __warn_once {
     ($rep:expr, $cond:expr, $dump:expr) => {{
-        static ONCE: $crate::sync::unchecked::AtomicBool =
-            $crate::sync::unchecked::AtomicBool::new(false);
         let c: bool = $cond;
-        if c && !ONCE.swap(true, $crate::sync::unchecked::Ordering::Relaxed) {
+        if c {
             static SITE: $crate::bug::Site = $crate::bug::Site {
                 file: file!(),
                 line: line!(),

@@ -80,7 +80,8 @@ pub enum HookPoint {
     EndWritebackWindow,
     /// A waiter is queued on (frame, bit) and about to sleep.
     WaitSleep,
-    /// write_cache_pages: after tagging TOWRITE, before the first lookup.
+    /// write_cache_pages: after tagging TOWRITE, before the first lookup (no frame yet: the
+    /// hook gets `Pfn(u32::MAX)`).
     WcpAfterTag,
     /// write_cache_pages: a page was looked up, before lock_page.
     WcpBeforeLock,

@@ -375,6 +375,11 @@ impl PageCache {
     /// The last reference went: check the frame (PAGE_FLAGS_CHECK_AT_FREE) and free it.
     fn free_frame(&self, page: Page<'_>) {
         let f = page.frame();
+        // __page_cache_release: a page reclaim put back on the LRU after it left the page
+        // cache leaves the LRU here.
+        if f.flags.test(self.mask(PG::Lru)) {
+            self.lru_del(page);
+        }
         let bad = self.mask(PG::Locked) | self.mask(PG::Writeback) | self.mask(PG::Lru);
         let word = f.flags.load();
         if warn_on_once!(self.bug(), word & bad != 0, &page) {

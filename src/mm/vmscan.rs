@@ -167,26 +167,30 @@ impl PageCache {
             }
             budget = budget.saturating_sub(isolated.len());
             for p in isolated {
-                let page = self.page(Pfn(p));
-                if self.reclaim_one(page) {
+                // isolate_lru_page holds a reference: the frame cannot be freed (and handed to
+                // someone else) while reclaim looks at it, so the putback below can never put
+                // a free frame on the LRU. No reference to be had: it is being freed already.
+                let Some(page) = self.page(Pfn(p)).try_get() else {
+                    continue;
+                };
+                if self.reclaim_one(page.page()) {
+                    let _ = page.into_raw(); // frozen and freed: the reference went with it
                     freed += 1;
                 } else if page.mapping_id() != NO_MAPPING {
-                    self.lru_add(page);
+                    self.lru_add(page.page());
                 }
             }
         }
         freed
     }
 
-    /// shrink_page_list for one isolated page: true if the frame went back to the free list.
+    /// shrink_page_list for one isolated page whose one reference the caller holds: true if the
+    /// frame went back to the free list (the caller's reference with it).
     fn reclaim_one(&self, page: Page<'_>) -> bool {
         if page.frame().flags.test_and_clear(self.mask(PG::Referenced)) {
             return false;
         }
-        let Some(r) = page.try_get() else {
-            return false;
-        };
-        if !trylock_page(*r) {
+        if !trylock_page(page) {
             return false;
         }
         if page.dirty() || page.writeback() || page.mapping_id() == NO_MAPPING {
@@ -194,19 +198,17 @@ impl PageCache {
                 // Ask end_page_writeback to rotate it to the old end when it is done.
                 page.frame().flags.set(self.mask(PG::Reclaim));
             }
-            unlock_page(*r);
+            unlock_page(page);
             return false;
         }
         // __remove_mapping: only the page cache's reference and ours may exist.
         if !page.ref_freeze(2) {
-            unlock_page(*r);
+            unlock_page(page);
             return false;
         }
-        let _ = r.into_raw();
         let mapping = page.mapping_id();
         if let Some(core) = self.mappings.get(&mapping).map(|c| Arc::clone(c.value())) {
-            let mut ip = core.i_pages.lock();
-            ip.remove(page.index(), page.pfn().0);
+            core.i_pages.lock().remove(page.index(), page.pfn().0);
         }
         page.frame().mapping.store(NO_MAPPING, Ordering::Release);
         let w = page.flags();

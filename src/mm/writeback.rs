@@ -19,7 +19,7 @@ use crate::mm::history::Op;
 use crate::mm::page::{Page, PageRef};
 use crate::mm::waitqueue::{unlock_page, wait_on_page_bit};
 use crate::mm::{HookPoint, PAGE_SHIFT, PG};
-use crate::{bug_on, vm_bug_on_page, warn_on_once};
+use crate::{bug_on, vm_bug_on_page};
 
 /// WB_SYNC_NONE or WB_SYNC_ALL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,8 +145,9 @@ pub fn test_set_page_writeback(
 ) -> bool {
     let cache = page.cache;
     let wb = cache.mask(PG::Writeback);
-    // Recommended in every era (LT0; K618 has it): the setter holds the page lock.
-    warn_on_once!(cache.bug(), !page.locked(), &page);
+    // Recommended in every era (LT0 suggested it; v6.18 has it as VM_BUG_ON_FOLIO): the setter
+    // holds the page lock.
+    vm_bug_on_page!(cache.bug(), !page.locked(), &page);
     if cache.era() == crate::mm::Era::V6_9 {
         vm_bug_on_page!(cache.bug(), page.writeback(), &page);
     }

@@ -1,17 +1,17 @@
 //! The page lock and the writeback wait on their own: mutual exclusion and no lost wake-up, in
 //! every era (loom fails a model that deadlocks, i.e. a waiter nobody wakes).
 
-use super::harness::{explore, model_cache};
+use super::harness::{bound, eras, explore, model_cache};
+use crate::mm::PG;
 use crate::mm::filemap::end_page_writeback;
 use crate::mm::waitqueue::{lock_page, unlock_page, wait_on_page_bit};
 use crate::mm::writeback::set_page_writeback;
-use crate::mm::{ALL_ERAS, PG};
 use crate::sync::{Arc, AtomicU32, Ordering};
 
 #[test]
 fn lock_page_excludes_and_never_loses_a_wakeup() {
-    for era in ALL_ERAS {
-        let found = explore(&format!("lock {era}"), move || {
+    for era in eras() {
+        let found = explore(&format!("lock {era}"), bound(2), move || {
             let cache = model_cache(era, 1);
             let pfn = cache.alloc_page().expect("frame").into_raw().pfn();
             let inside = Arc::new(AtomicU32::new(0));
@@ -38,8 +38,8 @@ fn lock_page_excludes_and_never_loses_a_wakeup() {
 
 #[test]
 fn writeback_waiter_is_always_woken() {
-    for era in ALL_ERAS {
-        let found = explore(&format!("wb-wait {era}"), move || {
+    for era in eras() {
+        let found = explore(&format!("wb-wait {era}"), bound(3), move || {
             let cache = model_cache(era, 1);
             let p = cache.alloc_page().expect("frame").into_raw();
             lock_page(p);
@@ -65,7 +65,7 @@ fn writeback_waiter_is_always_woken() {
 /// The shim's checked mutex itself: no lost update, no deadlock.
 #[test]
 fn shim_mutex_counts() {
-    let found = explore("shim-mutex", || {
+    let found = explore("shim-mutex", bound(3), || {
         let m = Arc::new(crate::sync::Mutex::new(0u32));
         let ts: Vec<_> = (0..3)
             .map(|_| {
