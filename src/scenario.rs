@@ -280,6 +280,17 @@ impl Env {
         }
     }
 
+    /// SEMANTICS 6 item 13 while a waiter sleeps: its frame must show PG_waiters.
+    fn check_invariant(&self) -> Result<(), FsError> {
+        let bad = self.cache.wait_invariant_violations();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            log::error!("scenario: queued waiters on frames without PG_waiters: {bad:?}");
+            Err(FsError::Corrupted("wait-table invariant broken"))
+        }
+    }
+
     /// The waiter (CPU3) is asleep on the page and the held completion (CPU1) is let go; wait
     /// until whatever its wake did has settled, then let the second writeback finish.
     fn release_window_then_finish(&self, woken_before: u64) -> Result<(), FsError> {
@@ -337,6 +348,7 @@ fn run_s1(era: Era) -> Result<Outcome, FsError> {
             .spawn_scoped(s, || filemap_fdatawrite_range(&m, 0, u64::MAX))
             .map_err(FsError::Io)?;
         env.pauser.wait_arrivals(HookPoint::WaitSleep, 1)?; // CPU3 asleep on W2
+        env.check_invariant()?;
         env.release_window_then_finish(woken_before)?;
         cpu3.join()
             .map_err(|_| FsError::Io(std::io::Error::other("cpu3 panicked")))??;
@@ -382,6 +394,7 @@ fn run_s2(era: Era) -> Result<Outcome, FsError> {
             .spawn_scoped(s, || filemap_fdatawrite_range(&b, 0, u64::MAX))
             .map_err(FsError::Io)?;
         env.pauser.wait_arrivals(HookPoint::WaitSleep, 1)?;
+        env.check_invariant()?;
         env.release_window_then_finish(woken_before)?;
         cpu3.join()
             .map_err(|_| FsError::Io(std::io::Error::other("cpu3 panicked")))??;

@@ -396,6 +396,21 @@ pub(crate) fn clear_writeback_bookkeeping(page: Page<'_>, rmw: impl FnOnce() -> 
     old
 }
 
+/// test_clear_page_writeback: clear PG_writeback and the WRITEBACK tag; true if it was set.
+///
+/// Models: mm/page-writeback.c test_clear_page_writeback() (v5.10).
+pub fn test_clear_page_writeback(page: Page<'_>) -> bool {
+    let wb = page.cache.mask(PG::Writeback);
+    clear_page_writeback_word(page) & wb != 0
+}
+
+/// test_clear_page_writeback returning the old flags word (bit and epoch of the writeback that
+/// ended, from the clearing RMW itself).
+fn clear_page_writeback_word(page: Page<'_>) -> u64 {
+    let wb = page.cache.mask(PG::Writeback);
+    clear_writeback_bookkeeping(page, || page.frame().flags.clear(wb))
+}
+
 /// end_page_writeback: the I/O of a writeback is complete; clear PG_writeback and wake waiters,
 /// in the shape of the cache's era.
 ///
@@ -431,7 +446,7 @@ pub fn end_page_writeback(page: Page<'_>) {
     let generation = page.generation();
     match mode {
         EndWriteback::NoRef | EndWriteback::Ref => {
-            let old = clear_writeback_bookkeeping(page, || page.frame().flags.clear(wb));
+            let old = clear_page_writeback_word(page);
             if bug_on!(cache.bug(), old & wb == 0, &page) {
                 return;
             }

@@ -127,6 +127,28 @@ impl WaitTable {
     }
 }
 
+impl crate::mm::PageCache {
+    /// The wait-table invariant (SEMANTICS 6, item 13): a queued entry for a frame implies the
+    /// frame's PG_waiters is set (PG_waiters may be set with no entry; never the reverse).
+    /// Returns the frames that break it.
+    pub fn wait_invariant_violations(&self) -> Vec<Pfn> {
+        let waiters = self.mask(PG::Waiters);
+        let mut bad = Vec::new();
+        for bucket in self.waitq.buckets.iter() {
+            let q = bucket.lock();
+            for e in q.iter() {
+                let f = e.flags.load(Ordering::Relaxed);
+                let frame_flags = self.page(e.pfn).flags();
+                if f & WQ_FLAG_BOOKMARK == 0 && frame_flags & waiters == 0 && !bad.contains(&e.pfn)
+                {
+                    bad.push(e.pfn);
+                }
+            }
+        }
+        bad
+    }
+}
+
 /// What a wake is for (struct wait_page_key).
 struct WakeKey {
     pfn: Pfn,
@@ -633,6 +655,7 @@ mod tests {
                 }
                 assert!(!got.load(std::sync::atomic::Ordering::SeqCst));
                 assert!(p.test(PG::Waiters), "{era}: waiter must set PG_waiters");
+                assert!(c.wait_invariant_violations().is_empty(), "{era}");
                 unlock_page(*p);
             });
             assert!(got.load(std::sync::atomic::Ordering::SeqCst), "{era}");

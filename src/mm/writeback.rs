@@ -481,6 +481,33 @@ mod tests {
     }
 
     #[test]
+    fn keepwrite_leaves_towrite_and_redirty_counts_a_skip() {
+        let c = cache_for(Era::V5_10, 2);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        let p = find_or_create_page(&m, 0).expect("page");
+        set_page_dirty(&m, *p);
+        tag_pages_for_writeback(&m, 0, 0);
+        assert!(clear_page_dirty_for_io(*p));
+        set_page_writeback_keepwrite(*p);
+        assert_eq!(
+            m.tagged_indexes(Tag::Towrite),
+            vec![0],
+            "keepwrite keeps TOWRITE"
+        );
+        let mut wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
+        redirty_page_for_writepage(&m, &mut wbc, *p);
+        assert_eq!(wbc.pages_skipped, 1);
+        assert!(
+            p.dirty() && p.writeback(),
+            "dirty and under writeback at once"
+        );
+        unlock_page(*p);
+        assert!(crate::mm::filemap::test_clear_page_writeback(*p));
+        assert!(!crate::mm::filemap::test_clear_page_writeback(*p));
+        assert!(m.tagged_indexes(Tag::Writeback).is_empty());
+    }
+
+    #[test]
     fn writepage_error_is_sticky_for_integrity_and_stops_background() {
         let c = cache_for(Era::V5_11, 16);
         let aops = Arc::new(SyncAops::failing_at(2));
