@@ -291,6 +291,26 @@ impl Env {
         }
     }
 
+    /// CPU3: a WB_SYNC_ALL writer of `m` on its own thread. Once it sleeps on the page, let
+    /// the held completion go, settle, finish the second writeback, and drain the device.
+    fn cpu3_integrity_writeback(&self, m: &AddressSpace) -> Result<(), FsError> {
+        let woken_before = self.cache.stats().wakes_writeback;
+        std::thread::scope(|s| -> Result<(), FsError> {
+            let cpu3 = std::thread::Builder::new()
+                .name("cpu3-fdatawrite".into())
+                .spawn_scoped(s, || filemap_fdatawrite_range(m, 0, u64::MAX))
+                .map_err(FsError::Io)?;
+            self.pauser.wait_arrivals(HookPoint::WaitSleep, 1)?; // asleep on the new writeback
+            self.check_invariant()?;
+            self.release_window_then_finish(woken_before)?;
+            cpu3.join()
+                .map_err(|_| FsError::Io(std::io::Error::other("cpu3 panicked")))??;
+            Ok(())
+        })?;
+        self.queue.drain();
+        Ok(())
+    }
+
     /// The waiter (CPU3) is asleep on the page and the held completion (CPU1) is let go; wait
     /// until whatever its wake did has settled, then let the second writeback finish.
     fn release_window_then_finish(&self, woken_before: u64) -> Result<(), FsError> {
@@ -341,20 +361,7 @@ fn run_s1(era: Era) -> Result<Outcome, FsError> {
     env.queue.plug();
     filemap_flush(&m)?; // CPU2: lock, clean, W2 starts, unlock
     env.write(&m, 0, b'C')?; // redirtied under W2
-    let woken_before = env.cache.stats().wakes_writeback;
-    std::thread::scope(|s| -> Result<(), FsError> {
-        let cpu3 = std::thread::Builder::new()
-            .name("cpu3-fdatawrite".into())
-            .spawn_scoped(s, || filemap_fdatawrite_range(&m, 0, u64::MAX))
-            .map_err(FsError::Io)?;
-        env.pauser.wait_arrivals(HookPoint::WaitSleep, 1)?; // CPU3 asleep on W2
-        env.check_invariant()?;
-        env.release_window_then_finish(woken_before)?;
-        cpu3.join()
-            .map_err(|_| FsError::Io(std::io::Error::other("cpu3 panicked")))??;
-        Ok(())
-    })?;
-    env.queue.drain();
+    env.cpu3_integrity_writeback(&m)?;
     Ok(env.outcome(era, Scenario::S1, false))
 }
 
@@ -387,20 +394,7 @@ fn run_s2(era: Era) -> Result<Outcome, FsError> {
     }
     filemap_flush(&b)?; // CPU4: WB starts on the reused frame
     env.write(&b, 0, b'C')?; // redirtied under WB
-    let woken_before = env.cache.stats().wakes_writeback;
-    std::thread::scope(|s| -> Result<(), FsError> {
-        let cpu3 = std::thread::Builder::new()
-            .name("cpu3-fdatawrite".into())
-            .spawn_scoped(s, || filemap_fdatawrite_range(&b, 0, u64::MAX))
-            .map_err(FsError::Io)?;
-        env.pauser.wait_arrivals(HookPoint::WaitSleep, 1)?;
-        env.check_invariant()?;
-        env.release_window_then_finish(woken_before)?;
-        cpu3.join()
-            .map_err(|_| FsError::Io(std::io::Error::other("cpu3 panicked")))??;
-        Ok(())
-    })?;
-    env.queue.drain();
+    env.cpu3_integrity_writeback(&b)?;
     Ok(env.outcome(era, Scenario::S2, true))
 }
 

@@ -5,9 +5,11 @@
 //! layer that submitted it (the filesystem's writepage) decides what completion means, e.g.
 //! calling `end_page_writeback`. Completion never runs on the submitting thread.
 
+pub mod file;
 pub mod mem;
 pub mod queue;
 
+pub use file::{FileDevice, Placement};
 pub use mem::MemDevice;
 pub use queue::{Bio, BioOp, IoQueue};
 

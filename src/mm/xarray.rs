@@ -159,47 +159,33 @@ impl XArray {
 
     /// Up to `max` (index, frame) pairs carrying `mark` with index in `[start, end]`, in order.
     pub fn find_marked(&self, mark: Mark, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
-        let mut out = Vec::new();
-        if start > end {
-            return out;
-        }
         let m = mark as usize;
-        for &id in self.marked[m].range(start >> NODE_SHIFT..=end >> NODE_SHIFT) {
-            let node = &self.nodes[&id];
-            let base = id << NODE_SHIFT;
-            let lo = if id == start >> NODE_SHIFT {
-                start & NODE_MASK
-            } else {
-                0
-            };
-            let hi = if id == end >> NODE_SHIFT {
-                end & NODE_MASK
-            } else {
-                NODE_MASK
-            };
-            let mut bits = node.marks[m] & span(lo, hi);
-            while bits != 0 {
-                let b = u64::from(bits.trailing_zeros());
-                out.push((base + b, node.slot[b as usize]));
-                if out.len() == max {
-                    return out;
-                }
-                bits &= bits - 1;
-            }
-        }
-        out
+        self.scan(&self.marked[m], start, end, max, |node| node.marks[m])
     }
 
     /// Up to `max` (index, frame) pairs with index in `[start, end)`, in order.
     pub fn find_range(&self, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
-        let mut out = Vec::new();
         if start >= end {
+            return Vec::new();
+        }
+        self.scan(&self.order, start, end - 1, max, |node| node.present)
+    }
+
+    /// Entries in `[start, last]` of the nodes listed in `ids` whose bit is set in `bits_of`.
+    fn scan(
+        &self,
+        ids: &BTreeSet<u64>,
+        start: u64,
+        last: u64,
+        max: usize,
+        bits_of: impl Fn(&Node) -> u64,
+    ) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        if start > last {
             return out;
         }
-        let last = end - 1;
-        for &id in self.order.range(start >> NODE_SHIFT..=last >> NODE_SHIFT) {
+        for &id in ids.range(start >> NODE_SHIFT..=last >> NODE_SHIFT) {
             let node = &self.nodes[&id];
-            let base = id << NODE_SHIFT;
             let lo = if id == start >> NODE_SHIFT {
                 start & NODE_MASK
             } else {
@@ -210,10 +196,10 @@ impl XArray {
             } else {
                 NODE_MASK
             };
-            let mut bits = node.present & span(lo, hi);
+            let mut bits = bits_of(node) & span(lo, hi);
             while bits != 0 {
                 let b = u64::from(bits.trailing_zeros());
-                out.push((base + b, node.slot[b as usize]));
+                out.push(((id << NODE_SHIFT) + b, node.slot[b as usize]));
                 if out.len() == max {
                     return out;
                 }
