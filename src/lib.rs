@@ -8,6 +8,7 @@
 //! * [`mm`]: the page cache: frames, flags, wait queues, mappings, writeback, truncate, reclaim,
 //!   in the semantics of a selectable kernel era.
 //! * [`fat`]: FAT12/16/32 + VFAT (so far its on-disk formats).
+//! * [`fs`]: generic helpers between FAT and the cache (so far the block-device mapping).
 //! * [`dev`]: the block device under the cache: an in-memory image with I/O completion threads.
 //! * [`bug`]: BUG_ON / VM_BUG_ON_PAGE / WARN_ON_ONCE with kernel-style reports and page history.
 //! * [`error`]: the one error type and its errno mapping.
@@ -17,6 +18,7 @@ pub mod bug;
 pub mod dev;
 pub mod error;
 pub mod fat;
+pub mod fs;
 pub mod mm;
 pub mod scenario;
 pub(crate) mod sync;

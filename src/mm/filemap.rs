@@ -274,12 +274,30 @@ pub fn tag_pages_for_writeback(mapping: &AddressSpace, start: u64, end: u64) {
 
 /// mapping_set_error: remember a writeback error for the next fsync.
 pub fn mapping_set_error(mapping: &AddressSpace, err: &FsError) {
-    let bit = if matches!(err, FsError::NoSpace | FsError::PreviousNoSpace) {
-        AS_ENOSPC
-    } else {
-        AS_EIO
+    set_error_bit(&mapping.core, err);
+}
+
+fn set_error_bit(core: &MappingCore, err: &FsError) {
+    let bit = match err {
+        FsError::NoSpace | FsError::PreviousNoSpace => AS_ENOSPC,
+        _ => AS_EIO,
     };
-    mapping.core.errors.fetch_or(bit, Ordering::AcqRel);
+    // AcqRel: pairs with the swap in filemap_check_errors; whoever sees the bit sees it once.
+    core.errors.fetch_or(bit, Ordering::AcqRel);
+}
+
+impl PageCache {
+    /// mapping_set_error for an I/O completion that kept only the mapping id (the mapping may
+    /// be gone by then; the error then has nobody left to report to).
+    pub fn set_mapping_error(&self, mapping_id: u64, err: &FsError) {
+        if let Some(core) = self
+            .mappings
+            .get(&mapping_id)
+            .map(|c| Arc::clone(c.value()))
+        {
+            set_error_bit(&core, err);
+        }
+    }
 }
 
 /// filemap_check_errors: report (and clear) a remembered writeback error, ENOSPC first.

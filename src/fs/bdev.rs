@@ -1,0 +1,332 @@
+//! The block-device mapping: the volume's bytes as pages of the page cache.
+//!
+//! Models: fs/block_dev.c (the bdev inode's mapping, blkdev_writepage / blkdev_readpage) and the
+//! buffer-head helpers FAT uses for metadata (sb_bread, mark_buffer_dirty, sync_dirty_buffer)
+//! (v5.10), reduced to whole pages: page `i` of this mapping holds volume bytes
+//! `[i * PAGE_SIZE, (i + 1) * PAGE_SIZE)`.
+//!
+//! FAT sectors and directory clusters live here, in the same cache and under the same era as
+//! file data, so metadata writeback takes part in the races too. Reads and writes go through the
+//! device's I/O queue: a page read completes on a completion thread, which fills the page, marks
+//! it uptodate and unlocks it (the reader sleeps in lock_page meanwhile); a writeback completes
+//! there too, with end_page_writeback.
+
+use std::time::Duration;
+
+use crate::dev::{Bio, BioOp, IoQueue};
+use crate::error::FsError;
+use crate::mm::filemap::{
+    AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
+    filemap_fdatawrite_range, find_or_create_page,
+};
+use crate::mm::waitqueue::{lock_page, unlock_page};
+use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback};
+use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
+use crate::sync::Arc;
+
+/// writepage and readpage of the block-device mapping: straight to the I/O queue.
+#[derive(Debug)]
+pub struct BdevAops {
+    queue: Arc<IoQueue>,
+    size: u64,
+}
+
+impl BdevAops {
+    /// Page I/O for a device of `size` bytes behind `queue`.
+    pub fn new(queue: Arc<IoQueue>, size: u64) -> Self {
+        BdevAops { queue, size }
+    }
+
+    /// The bytes of page `index` that lie on the device (the last page may be partial).
+    fn span(&self, index: u64) -> Result<(u64, usize), FsError> {
+        let off = index << PAGE_SHIFT;
+        if off >= self.size {
+            log::error!(
+                "bdev: page {index} is past the end of the device ({} bytes)",
+                self.size
+            );
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        Ok((off, (self.size - off).min(PAGE_SIZE as u64) as usize))
+    }
+
+    /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
+    /// sets PG_uptodate (or PG_error) and unlocks it.
+    pub fn readpage(&self, cache: &Arc<PageCache>, page: &PageRef<'_>) -> Result<(), FsError> {
+        let (offset, len) = self.span(page.index())?;
+        let cache = Arc::clone(cache);
+        let pfn = page.pfn();
+        self.queue.submit(Bio {
+            op: BioOp::Read { offset, len },
+            end_io: Box::new(move |r| {
+                let p = cache.page(pfn);
+                match r {
+                    Ok(data) => {
+                        p.with_data_mut(|d| {
+                            d[..data.len()].copy_from_slice(&data);
+                            d[data.len()..].fill(0);
+                        });
+                        p.set_uptodate();
+                    }
+                    Err(e) => {
+                        log::error!("bdev: read of page at {offset} failed: {e}");
+                        p.set_error();
+                    }
+                }
+                unlock_page(p);
+            }),
+        });
+        Ok(())
+    }
+}
+
+impl AddressSpaceOps for BdevAops {
+    fn writepage(
+        &self,
+        mapping: &AddressSpace,
+        page: &PageRef<'_>,
+        _wbc: &mut WritebackControl,
+    ) -> Result<(), FsError> {
+        let (offset, len) = match self.span(page.index()) {
+            Ok(s) => s,
+            Err(e) => {
+                unlock_page(page.page());
+                return Err(e);
+            }
+        };
+        set_page_writeback(page.page());
+        let data = page.with_data(|d| d[..len].to_vec());
+        unlock_page(page.page());
+        let cache = Arc::clone(mapping.cache());
+        let pfn = page.pfn();
+        let mapping_id = mapping.id();
+        self.queue.submit(Bio {
+            op: BioOp::Write { offset, data },
+            end_io: Box::new(move |r| {
+                let p = cache.page(pfn);
+                if let Err(e) = r {
+                    log::error!("bdev: write of page at {offset} failed: {e}");
+                    p.set_error();
+                    cache.set_mapping_error(mapping_id, &e);
+                }
+                end_page_writeback(p);
+            }),
+        });
+        Ok(())
+    }
+}
+
+/// The volume seen through the page cache, with byte-level access for metadata.
+#[derive(Debug)]
+pub struct Bdev {
+    mapping: AddressSpace,
+    aops: Arc<BdevAops>,
+    queue: Arc<IoQueue>,
+}
+
+impl Bdev {
+    /// The block-device mapping of the device behind `queue`, in `cache`.
+    pub fn new(cache: &Arc<PageCache>, queue: Arc<IoQueue>) -> Self {
+        let size = queue.device().size();
+        let aops = Arc::new(BdevAops::new(Arc::clone(&queue), size));
+        let mapping = AddressSpace::new(cache, Arc::clone(&aops) as Arc<dyn AddressSpaceOps>);
+        Bdev {
+            mapping,
+            aops,
+            queue,
+        }
+    }
+
+    /// The mapping (for writeback and truncate).
+    pub fn mapping(&self) -> &AddressSpace {
+        &self.mapping
+    }
+
+    /// Volume size in bytes.
+    pub fn size(&self) -> u64 {
+        self.queue.device().size()
+    }
+
+    /// Page `index`, locked and uptodate (read from the device if it was not cached).
+    pub fn read_page_locked(&self, index: u64) -> Result<PageRef<'_>, FsError> {
+        let page = find_or_create_page(&self.mapping, index)?;
+        if page.uptodate() {
+            return Ok(page);
+        }
+        page.clear_error();
+        self.aops.readpage(self.mapping.cache(), &page)?;
+        // The completion unlocks the page; taking the lock again is the wait for it.
+        lock_page(page.page());
+        if !page.uptodate() {
+            unlock_page(page.page());
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        Ok(page)
+    }
+
+    /// Read `buf.len()` bytes at volume offset `offset` through the cache.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+        self.for_each_page(offset, buf.len(), |page, in_page, at, len| {
+            page.with_data(|d| buf[at..at + len].copy_from_slice(&d[in_page..in_page + len]));
+            false
+        })
+    }
+
+    /// Write `data` at volume offset `offset` into the cache; the pages become dirty and reach
+    /// the device at the next writeback (or [`Bdev::sync`]).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        self.for_each_page(offset, data.len(), |page, in_page, at, len| {
+            page.with_data_mut(|d| d[in_page..in_page + len].copy_from_slice(&data[at..at + len]));
+            true
+        })
+    }
+
+    /// Visit the pages covering `[offset, offset + len)` locked; `f(page, offset in page,
+    /// offset in the caller's buffer, length)` returns whether it dirtied the page.
+    fn for_each_page(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(&PageRef<'_>, usize, usize, usize) -> bool,
+    ) -> Result<(), FsError> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.size())
+        {
+            log::error!(
+                "bdev: access {offset}+{len} past the volume ({} bytes)",
+                self.size()
+            );
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let in_page = (pos as usize) & (PAGE_SIZE - 1);
+            let n = (PAGE_SIZE - in_page).min(len - done);
+            let page = self.read_page_locked(pos >> PAGE_SHIFT)?;
+            if f(&page, in_page, done, n) {
+                set_page_dirty(&self.mapping, page.page());
+            }
+            unlock_page(page.page());
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write back every dirty page, wait for it, and flush the device: a returned sync is
+    /// durable.
+    pub fn sync(&self) -> Result<(), FsError> {
+        let w = filemap_fdatawrite_range(&self.mapping, 0, u64::MAX);
+        let r = filemap_fdatawait_range(&self.mapping, 0, u64::MAX);
+        w.and(r)?;
+        self.flush_device()
+    }
+
+    /// Flush the device's write cache (blkdev_issue_flush).
+    pub fn flush_device(&self) -> Result<(), FsError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.queue.submit(Bio {
+            op: BioOp::Flush,
+            end_io: Box::new(move |r| {
+                // The receiver waits below; if it is gone there is nobody left to tell.
+                let _ = tx.send(r.map(|_| ()));
+            }),
+        });
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(r) => r,
+            Err(_) => Err(FsError::Io(std::io::Error::other(
+                "device flush never completed",
+            ))),
+        }
+    }
+
+    /// Report (and clear) a writeback error recorded on the mapping.
+    pub fn check_errors(&self) -> Result<(), FsError> {
+        filemap_check_errors(&self.mapping)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::bug::OnBug;
+    use crate::dev::{BlockDevice, MemDevice};
+    use crate::mm::{CacheConfig, Era};
+
+    fn setup(size: usize, frames: usize) -> (Arc<MemDevice>, Arc<IoQueue>, Arc<PageCache>) {
+        let dev = Arc::new(MemDevice::new(size));
+        let q = Arc::new(IoQueue::new(dev.clone(), 2, Duration::ZERO).expect("queue"));
+        let cfg = CacheConfig {
+            on_bug: OnBug::Panic,
+            ..CacheConfig::new(Era::V5_11, frames)
+        };
+        (dev, q, PageCache::new(cfg).expect("cache"))
+    }
+
+    #[test]
+    fn bytes_across_pages_reach_the_device_on_sync_and_read_back_cold() {
+        let (dev, q, cache) = setup(5 * PAGE_SIZE + 512, 16);
+        dev.write_at(8000, b"old").expect("seed");
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        let mut buf = [0u8; 3];
+        b.read(8000, &mut buf).expect("read");
+        assert_eq!(&buf, b"old", "read through the cache from the device");
+        let data: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+        b.write(3000, &data).expect("write");
+        assert_eq!(
+            dev.snapshot()[3000],
+            0,
+            "not on the device before writeback"
+        );
+        b.sync().expect("sync");
+        assert_eq!(&dev.snapshot()[3000..9000], &data[..]);
+        assert!(dev.flushes() >= 1);
+        // A fresh cache reads it all back from the device, last partial page included.
+        let (_, _, cache2) = setup(16, 16);
+        let b2 = Bdev::new(&cache2, q);
+        let mut back = vec![0u8; 6000];
+        b2.read(3000, &mut back).expect("read back");
+        assert_eq!(back, data);
+        let mut tail = [0u8; 512];
+        b2.read(5 * PAGE_SIZE as u64, &mut tail)
+            .expect("partial last page");
+    }
+
+    #[test]
+    fn out_of_range_is_eio_and_write_errors_are_sticky() {
+        let (dev, q, cache) = setup(2 * PAGE_SIZE, 4);
+        let b = Bdev::new(&cache, q);
+        let mut buf = [0u8; 8];
+        let e = b
+            .read(2 * PAGE_SIZE as u64 - 4, &mut buf)
+            .expect_err("past the end");
+        assert_eq!(e.errno(), libc::EIO);
+        dev.fail_writes(0, PAGE_SIZE as u64);
+        b.write(10, b"x").expect("cached write");
+        assert!(
+            b.sync().is_err(),
+            "the failed writeback is reported by sync"
+        );
+        assert!(b.check_errors().is_ok(), "and only once");
+    }
+
+    #[test]
+    fn concurrent_readers_of_one_page_share_one_read() {
+        let (dev, q, cache) = setup(4 * PAGE_SIZE, 8);
+        dev.write_at(PAGE_SIZE as u64, &[7u8; PAGE_SIZE])
+            .expect("seed");
+        q.set_latency(Duration::from_millis(5));
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut buf = [0u8; 16];
+                    b.read(PAGE_SIZE as u64 + 100, &mut buf).expect("read");
+                    assert_eq!(buf, [7u8; 16]);
+                });
+            }
+        });
+        assert_eq!(q.completed(), 1, "one read I/O for four readers");
+    }
+}
