@@ -2,11 +2,16 @@
 //!
 //! Today: `fatcache demo` runs the race interleavings of SEMANTICS section 5 (S1, S2) on the
 //! page-cache core with real threads, in every era, and prints one line per era and scenario
-//! plus the first BUG report; `fatcache eras` lists the eras. Mounting comes with the FUSE layer.
+//! plus the first BUG report; `fatcache eras` lists the eras; `fatcache mkfs` makes a new image.
+//! Mounting comes with the FUSE layer.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fatcache::FsError;
+use fatcache::fat::bpb::FatType;
+use fatcache::fat::mkfs::{MkfsOptions, mkfs, parse_size};
 use fatcache::mm::{ALL_ERAS, Era};
 use fatcache::scenario::{self, Scenario};
 
@@ -37,6 +42,27 @@ enum Cmd {
     },
     /// List the kernel eras and what each one models.
     Eras,
+    /// Make a new FAT12/16/32 image file, with mkfs.fat's default cluster sizes.
+    Mkfs {
+        /// The image file to create.
+        image: PathBuf,
+        /// Size in bytes, or with K, M or G (binary units: 1440K, 64M, 1G).
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+        /// FAT type: 12, 16 or 32; default: chosen by size like mkfs.fat.
+        #[arg(long, value_parser = parse_fat_arg)]
+        fat: Option<FatType>,
+        /// Volume label, up to 11 ASCII characters (stored upper-cased).
+        #[arg(long)]
+        label: Option<String>,
+        /// Volume serial number in hex (1234ABCD or 1234-ABCD), for reproducible images;
+        /// default: from the clock.
+        #[arg(long, value_parser = parse_volume_id)]
+        volume_id: Option<u32>,
+        /// Overwrite the file if it exists and is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -45,6 +71,30 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
         "s2" => Ok(Scenario::S2),
         _ => Err(format!("unknown scenario {s:?}: expected s1 or s2")),
     }
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| match e {
+        FsError::Invalid(why) => why.to_string(),
+        other => other.to_string(),
+    })
+}
+
+fn parse_fat_arg(s: &str) -> Result<FatType, String> {
+    match s {
+        "12" => Ok(FatType::Fat12),
+        "16" => Ok(FatType::Fat16),
+        "32" => Ok(FatType::Fat32),
+        _ => Err(format!("unknown FAT type {s:?}: expected 12, 16 or 32")),
+    }
+}
+
+fn parse_volume_id(s: &str) -> Result<u32, String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.is_empty() || hex.len() > 8 {
+        return Err(format!("volume id {s:?}: expected up to 8 hex digits"));
+    }
+    u32::from_str_radix(&hex, 16).map_err(|_| format!("volume id {s:?}: not hexadecimal"))
 }
 
 fn main() -> ExitCode {
@@ -62,6 +112,41 @@ fn main() -> ExitCode {
             scenario,
             all_reports,
         } => demo(era, scenario, all_reports),
+        Cmd::Mkfs {
+            image,
+            size,
+            fat,
+            label,
+            volume_id,
+            force,
+        } => {
+            let opts = MkfsOptions {
+                size,
+                fat,
+                label,
+                volume_id,
+                force,
+            };
+            make_image(&image, &opts)
+        }
+    }
+}
+
+fn make_image(image: &Path, opts: &MkfsOptions) -> ExitCode {
+    match mkfs(image, opts) {
+        Ok(report) => {
+            println!("{}: {report}", image.display());
+            ExitCode::SUCCESS
+        }
+        Err(FsError::Exists) => {
+            let path = image.display();
+            eprintln!("fatcache mkfs: {path} exists and is not empty; --force overwrites it");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fatcache mkfs: {}: {e}", image.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

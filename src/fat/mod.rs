@@ -3,11 +3,17 @@
 //! Models: fs/fat (v5.10) for behaviour; Microsoft's FAT specification (fatgen103) for the
 //! on-disk format.
 //!
-//! So far the pure on-disk formats, which touch neither the cache nor the device:
+//! So far the on-disk formats, the FAT table, and mkfs:
 //! * [`bpb`]: boot sector, BIOS parameter block, FSInfo.
+//! * [`mkfs`]: a new, empty volume in an image file, with mkfs.fat's defaults (this one writes).
 //! * [`name`]: VFAT long names and 8.3 short names.
+//! * [`store`]: the FAT of a mounted volume, in the page cache's block-device mapping.
+//! * [`table`]: the file allocation table: entries, cluster chains, allocation and freeing.
 //! * [`time`]: DOS date and time.
 
 pub mod bpb;
+pub mod mkfs;
 pub mod name;
+pub mod store;
+pub mod table;
 pub mod time;
