@@ -20,15 +20,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::bug::OnBug;
-use crate::dev::{Bio, BioOp, IoQueue, MemDevice};
+use crate::dev::{IoQueue, MemDevice};
 use crate::error::FsError;
+use crate::fs::bdev::BdevAops;
 use crate::mm::filemap::{
-    AddressSpace, end_page_writeback, filemap_fdatawrite_range, filemap_flush, find_or_create_page,
+    AddressSpace, filemap_fdatawrite_range, filemap_flush, find_or_create_page,
 };
 use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
-use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback};
-use crate::mm::{AddressSpaceOps, CacheConfig, Era, HookPoint, PAGE_SIZE, PageCache, PageRef, Pfn};
+use crate::mm::writeback::set_page_dirty;
+use crate::mm::{CacheConfig, Era, HookPoint, PAGE_SIZE, PageCache, Pfn};
 use crate::sync::Arc;
 use crate::sync::unchecked::{Condvar, Mutex};
 
@@ -178,44 +179,6 @@ impl Pauser {
     }
 }
 
-/// writepage straight to the device: page `index` of the mapping lands at
-/// `(base + index) * PAGE_SIZE`, and the bio's completion ends the writeback.
-struct RawAops {
-    queue: Arc<IoQueue>,
-    base: u64,
-}
-
-impl AddressSpaceOps for RawAops {
-    fn writepage(
-        &self,
-        mapping: &AddressSpace,
-        page: &PageRef<'_>,
-        _wbc: &mut WritebackControl,
-    ) -> Result<(), FsError> {
-        set_page_writeback(page.page());
-        let data = page.with_data(|d| d.to_vec());
-        unlock_page(page.page());
-        let cache = Arc::clone(mapping.cache());
-        let pfn = page.pfn();
-        let m_err = mapping.id();
-        self.queue.submit(Bio {
-            op: BioOp::Write {
-                offset: (self.base + page.index()) * PAGE_SIZE as u64,
-                data,
-            },
-            end_io: Box::new(move |r| {
-                let p = cache.page(pfn);
-                if let Err(e) = r {
-                    log::error!("scenario: write of mapping {m_err} failed: {e}");
-                    p.set_error();
-                }
-                end_page_writeback(p);
-            }),
-        });
-        Ok(())
-    }
-}
-
 struct Env {
     cache: Arc<PageCache>,
     queue: Arc<IoQueue>,
@@ -246,14 +209,11 @@ impl Env {
         })
     }
 
+    /// A file mapping laid on eight pages of the device from page `base` on.
     fn mapping(&self, base: u64) -> AddressSpace {
-        AddressSpace::new(
-            &self.cache,
-            Arc::new(RawAops {
-                queue: Arc::clone(&self.queue),
-                base,
-            }),
-        )
+        let range = 8 * PAGE_SIZE as u64;
+        let aops = BdevAops::linear(Arc::clone(&self.queue), base * PAGE_SIZE as u64, range);
+        AddressSpace::new(&self.cache, Arc::new(aops))
     }
 
     /// A write() into page `index`: lock (no writeback wait: FAT has no stable pages), copy,

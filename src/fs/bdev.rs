@@ -24,30 +24,45 @@ use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback}
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
 use crate::sync::Arc;
 
-/// writepage and readpage of the block-device mapping: straight to the I/O queue.
+/// writepage and readpage of a mapping laid linearly on the device: page `i` is device bytes
+/// `base + i * PAGE_SIZE ..`, straight to the I/O queue. The block-device mapping is the case
+/// `base = 0` over the whole device.
 #[derive(Debug)]
 pub struct BdevAops {
     queue: Arc<IoQueue>,
+    base: u64,
     size: u64,
 }
 
 impl BdevAops {
-    /// Page I/O for a device of `size` bytes behind `queue`.
+    /// Page I/O for the whole device (`size` bytes) behind `queue`.
     pub fn new(queue: Arc<IoQueue>, size: u64) -> Self {
-        BdevAops { queue, size }
+        BdevAops {
+            queue,
+            base: 0,
+            size,
+        }
     }
 
-    /// The bytes of page `index` that lie on the device (the last page may be partial).
+    /// Page I/O for the `size` bytes of the device that start at byte `base`.
+    pub fn linear(queue: Arc<IoQueue>, base: u64, size: u64) -> Self {
+        BdevAops { queue, base, size }
+    }
+
+    /// The device bytes of page `index` (the last page may be partial).
     fn span(&self, index: u64) -> Result<(u64, usize), FsError> {
         let off = index << PAGE_SHIFT;
         if off >= self.size {
             log::error!(
-                "bdev: page {index} is past the end of the device ({} bytes)",
+                "bdev: page {index} is past the end of the range ({} bytes)",
                 self.size
             );
             return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
         }
-        Ok((off, (self.size - off).min(PAGE_SIZE as u64) as usize))
+        Ok((
+            self.base + off,
+            (self.size - off).min(PAGE_SIZE as u64) as usize,
+        ))
     }
 
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
