@@ -618,6 +618,17 @@ pub fn names_equal(a: &str, b: &str) -> bool {
         .eq(sb.chars().map(simple_upper))
 }
 
+/// The key under which a name is found: two names have the same key exactly when
+/// [`names_equal`] holds (trailing dots dropped, simple upper case).
+pub fn fold_name(name: &str) -> String {
+    let stripped = vfat_striptail(name);
+    if stripped.is_empty() {
+        return name.to_string();
+    }
+    stripped.chars().map(simple_upper).collect()
+}
+
+/// Upper case of one char where Unicode has a one-char form, the folding FAT lookups use.
 fn simple_upper(c: char) -> char {
     let mut upper = c.to_uppercase();
     match (upper.next(), upper.next()) {
