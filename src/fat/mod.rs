@@ -11,6 +11,7 @@
 //! * [`store`]: the FAT of a mounted volume, in the page cache's block-device mapping.
 //! * [`table`]: the file allocation table: entries, cluster chains, allocation and freeing.
 //! * [`time`]: DOS date and time.
+//! * [`volume`]: a mounted volume, read-only so far: directories, lookup, file data, label.
 
 pub mod bpb;
 pub mod dirent;
@@ -19,3 +20,4 @@ pub mod name;
 pub mod store;
 pub mod table;
 pub mod time;
+pub mod volume;

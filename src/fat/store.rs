@@ -6,6 +6,7 @@
 use crate::error::FsError;
 use crate::fat::table::FatStore;
 use crate::fs::bdev::Bdev;
+use crate::sync::Arc;
 
 impl FatStore for Bdev {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
@@ -14,6 +15,18 @@ impl FatStore for Bdev {
 
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         Bdev::write(self, offset, buf)
+    }
+}
+
+/// A shared store is a store: a mount shares one block-device mapping between the FAT and the
+/// directories, so both see the same cached pages.
+impl<T: FatStore + ?Sized> FatStore for Arc<T> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+        T::read(self, offset, buf)
+    }
+
+    fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
+        T::write(self, offset, buf)
     }
 }
 

@@ -1,0 +1,362 @@
+//! Reads the FAT images of `fat-images/` through `fatcache::fat::volume::Volume` and checks
+//! them against `fat-images/MANIFEST.md`: the whole tree by `read_dir`, every file's bytes by
+//! `read_file` (size and FNV-1a 64), the label, path lookup and its errors, and reads at odd
+//! offsets across cluster boundaries. Each image is read from a private copy in a temporary
+//! directory. The FAT32 image is made by `make-images.sh fat32`; that test prints a line and
+//! skips when dosfstools or mtools are missing.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fatcache::FsError;
+use fatcache::dev::Placement;
+use fatcache::fat::dirent::DirEntry;
+use fatcache::fat::volume::{DirRef, Volume};
+
+const MANIFEST: &str = "fat-images/MANIFEST.md";
+const CACHE_FRAMES: usize = 512;
+
+/// Size and FNV-1a 64 of a file; `None` for a directory.
+type Kind = Option<(u64, u64)>;
+
+/// One `## Image` section of the manifest, reduced to what these tests check.
+#[derive(Debug, Default)]
+struct Image {
+    name: String,
+    label: String,
+    /// The image whose table this one repeats (`tree: same as ...`).
+    tree_of: Option<String>,
+    not_in_image: Vec<String>,
+    deleted: Vec<String>,
+    tree: BTreeMap<String, Kind>,
+}
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The texts between pairs of backticks in `s`.
+fn backticked(s: &str) -> Vec<String> {
+    s.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+/// 64-bit FNV-1a, the checksum the manifest carries.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A table row: `` | `/path` | kind | bytes | `fnv` | `sha256` | ``.
+fn parse_row(line: &str) -> (String, Kind) {
+    let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+    let [path, kind, size, fnv, _] = cells[..] else {
+        panic!("manifest row without five cells: {line:?}");
+    };
+    let path = backticked(path).remove(0);
+    let kind = match kind {
+        "dir" => None,
+        "file" => {
+            let fnv = backticked(fnv).remove(0);
+            let fnv = u64::from_str_radix(&fnv, 16).expect("fnv1a64 in hex");
+            Some((size.parse().expect("file size"), fnv))
+        }
+        _ => panic!("manifest row of unknown kind: {line:?}"),
+    };
+    (path, kind)
+}
+
+/// Applies one `- key: value` line to `image`.
+fn apply_key(image: &mut Image, key: &str, value: &str) {
+    match key {
+        "volume label" => image.label = backticked(value).remove(0),
+        "tree" if value != "listed below" => image.tree_of = backticked(value).pop(),
+        "not in this image" => image.not_in_image.extend(backticked(value)),
+        "deleted entries" => image.deleted = backticked(value),
+        _ => {}
+    }
+}
+
+/// Reads the manifest; an image with `tree: same as` gets the other's tree minus its absentees.
+fn manifest() -> Vec<Image> {
+    let text = fs::read_to_string(repo_path(MANIFEST)).expect("read the manifest");
+    let mut images: Vec<Image> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("## Image ") {
+            let name = backticked(rest).remove(0);
+            images.push(Image {
+                name,
+                ..Image::default()
+            });
+        } else if let Some(image) = images.last_mut() {
+            if let Some((k, v)) = line.strip_prefix("- ").and_then(|l| l.split_once(": ")) {
+                apply_key(image, k, v);
+            } else if line.starts_with("| `/") {
+                let (path, kind) = parse_row(line);
+                image.tree.insert(path, kind);
+            }
+        }
+    }
+    for i in 0..images.len() {
+        let Some(of) = images[i].tree_of.clone() else {
+            continue;
+        };
+        let source = images.iter().find(|im| im.name == of).expect("tree source");
+        let mut tree = source.tree.clone();
+        for gone in &images[i].not_in_image {
+            assert!(tree.remove(gone).is_some(), "{gone} not in {of}");
+        }
+        images[i].tree = tree;
+    }
+    images
+}
+
+fn image(name: &str) -> Image {
+    let found = manifest().into_iter().find(|i| i.name == name);
+    found.unwrap_or_else(|| panic!("no image {name} in the manifest"))
+}
+
+/// A directory removed on drop, so a failing test leaves nothing behind.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let name = format!("volume_read-{test}-{}", std::process::id());
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// A private copy of a shipped image: the one in git is never opened.
+    fn copy_of(&self, image: &str) -> PathBuf {
+        let to = self.0.join(image);
+        fs::copy(repo_path("fat-images").join(image), &to).expect("copy image");
+        to
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(path: &Path) -> Volume {
+    Volume::open(path, Placement::default(), CACHE_FRAMES).expect("Volume::open")
+}
+
+/// The whole file through `read_file`, in reads of an odd size so they straddle clusters.
+fn read_all(vol: &Volume, entry: &DirEntry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1531];
+    loop {
+        let n = vol
+            .read_file(entry, out.len() as u64, &mut buf)
+            .expect("read_file");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Walks the tree from `dir` (named `prefix`), recording every path with its kind.
+fn walk(vol: &Volume, dir: DirRef, prefix: &str, out: &mut BTreeMap<String, Kind>) {
+    for item in vol.read_dir(dir).expect("read_dir") {
+        let path = format!("{prefix}/{}", item.name);
+        assert!(!item.entry.is_volume_label(), "{path}: label listed");
+        if item.entry.is_dir() {
+            out.insert(path.clone(), None);
+            let sub = vol.dir_ref(&item.entry).expect("dir_ref");
+            walk(vol, sub, &path, out);
+        } else {
+            let data = read_all(vol, &item.entry);
+            assert_eq!(data.len() as u64, u64::from(item.entry.size), "{path}");
+            out.insert(path.clone(), Some((data.len() as u64, fnv1a64(&data))));
+        }
+        check_lookups(vol, dir, &item.name, &item.entry);
+    }
+}
+
+/// `name` is found in `dir` in other cases and by its short name, always as `entry`.
+fn check_lookups(vol: &Volume, dir: DirRef, name: &str, entry: &DirEntry) {
+    let short = entry.name.to_string();
+    for alt in [
+        name.to_ascii_uppercase(),
+        name.to_ascii_lowercase(),
+        short.clone(),
+        short.to_ascii_lowercase(),
+    ] {
+        let found = vol
+            .lookup(dir, &alt)
+            .unwrap_or_else(|e| panic!("{alt}: {e}"));
+        assert_eq!(found, *entry, "lookup of {alt:?} (for {name:?})");
+    }
+}
+
+/// Walks the whole image and compares it with the manifest.
+fn check_image(img: &Image, path: &Path) -> Volume {
+    let vol = open(path);
+    let mut tree = BTreeMap::new();
+    walk(&vol, DirRef::Root, "", &mut tree);
+    let (want, got): (Vec<_>, Vec<_>) = (img.tree.keys().collect(), tree.keys().collect());
+    assert_eq!(got, want, "{}: paths", img.name);
+    assert_eq!(tree, img.tree, "{}: kinds, sizes, checksums", img.name);
+    let label = vol.label().expect("label");
+    assert_eq!(
+        label.as_deref(),
+        Some(img.label.as_str()),
+        "{}: label",
+        img.name
+    );
+    for gone in &img.deleted {
+        assert!(
+            matches!(vol.lookup_path(gone), Err(FsError::NotFound)),
+            "{gone}"
+        );
+    }
+    vol
+}
+
+fn file(vol: &Volume, path: &str) -> DirEntry {
+    vol.lookup_path(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Reads of `len` at `offset` equal the matching slice of the whole file.
+fn check_odd_reads(vol: &Volume, path: &str, cases: &[(u64, usize)]) {
+    let entry = file(vol, path);
+    let whole = read_all(vol, &entry);
+    for &(offset, len) in cases {
+        let mut buf = vec![0xAAu8; len];
+        let n = vol.read_file(&entry, offset, &mut buf).expect("read_file");
+        let start = usize::try_from(offset).expect("offset").min(whole.len());
+        let end = (start + len).min(whole.len());
+        assert_eq!(n, end - start, "{path} at {offset} len {len}");
+        assert_eq!(buf[..n], whole[start..end], "{path} at {offset} len {len}");
+    }
+}
+
+fn assert_err(vol: &Volume, path: &str, errno: i32) {
+    match vol.lookup_path(path) {
+        Err(e) => assert_eq!(e.errno(), errno, "{path}: {e}"),
+        Ok(entry) => panic!("{path}: found {entry:?}"),
+    }
+}
+
+#[test]
+fn volume_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Volume>();
+}
+
+#[test]
+fn fat12_floppy_reads_as_the_manifest_says() {
+    let tmp = TempDir::new("fat12");
+    let img = image("floppy-fat12.img");
+    let vol = check_image(&img, &tmp.copy_of(&img.name));
+    assert_eq!(file(&vol, "/dir1/Dir2/dir3/three.TXT").size, 1000);
+    assert!(file(&vol, "/").is_dir());
+    assert!(file(&vol, "/Dir1//").is_dir());
+    assert_eq!(vol.read_dir(DirRef::Root).expect("root").len(), 6);
+    assert_err(&vol, "/DIR1/MISSING.TXT", libc::ENOENT);
+    assert_err(&vol, "/NOSUCH/ONE.TXT", libc::ENOENT);
+    assert_err(&vol, "/README.TXT/ONE.TXT", libc::ENOTDIR);
+    assert_err(&vol, "/DIR1/ONE.TXT/x", libc::ENOTDIR);
+    let cases = [
+        (0, 1),
+        (511, 2),
+        (1023, 1027),
+        (4095, 4099),
+        (20473, 100),
+        (20480, 10),
+        (30000, 10),
+    ];
+    check_odd_reads(&vol, "/data.bin", &cases);
+    check_odd_reads(&vol, "/odd.txt", &[(511, 513), (4999, 7), (777, 3333)]);
+    let empty = file(&vol, "/EMPTY.TXT");
+    assert_eq!(vol.read_file(&empty, 0, &mut [0u8; 8]).expect("read"), 0);
+    // A size past what the chain holds is a corrupted volume (EIO), not a short read.
+    let mut lying = file(&vol, "/README.TXT");
+    lying.size = 5000;
+    let err = vol
+        .read_file(&lying, 1000, &mut [0u8; 8])
+        .expect_err("chain too short");
+    assert!(matches!(err, FsError::Corrupted(_)), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    let dir = file(&vol, "/DIR1");
+    assert!(matches!(
+        vol.read_file(&dir, 0, &mut [0u8; 8]),
+        Err(FsError::IsDir)
+    ));
+}
+
+#[test]
+fn fat16_small_reads_as_the_manifest_says() {
+    let tmp = TempDir::new("fat16");
+    let img = image("small-fat16.img");
+    let vol = check_image(&img, &tmp.copy_of(&img.name));
+    check_fat16_tree(&vol);
+}
+
+/// Lookups and odd reads that `small-fat16.img` and the FAT32 image share.
+fn check_fat16_tree(vol: &Volume) {
+    let deep = "/LONG DIRECTORY NAME for nested tests/Level 2/LEVEL THREE/Deep File.TXT";
+    assert_eq!(file(vol, deep).size, 2900);
+    assert_eq!(file(vol, "/mixedcase.TXT").size, 71);
+    assert_err(vol, "/many/file-301.txt", libc::ENOENT);
+    assert_err(vol, "/makefile/x", libc::ENOTDIR);
+    check_odd_reads(
+        vol,
+        "/frag/fragmented.bin",
+        &[(1000, 100), (1023, 2), (4097, 999)],
+    );
+    check_odd_reads(
+        vol,
+        "/many-clusters.txt",
+        &[(511, 65537), (329_999, 9), (12345, 1)],
+    );
+    assert_eq!(
+        vol.read_dir(vol.dir_ref(&file(vol, "/many")).expect("dir"))
+            .expect("many")
+            .len(),
+        300
+    );
+}
+
+#[test]
+fn fat32_made_here_reads_as_the_manifest_says() {
+    let test = "fat32_made_here_reads_as_the_manifest_says";
+    let missing = ["mkfs.fat", "mcopy", "mmd", "mdel"]
+        .into_iter()
+        .find(|t| !has_tool(t));
+    if let Some(tool) = missing {
+        println!("skipping {test}: {tool} not found (needs dosfstools and mtools)");
+        return;
+    }
+    let tmp = TempDir::new("fat32");
+    let status = Command::new("bash")
+        .arg(repo_path("fat-images/make-images.sh"))
+        .arg("fat32")
+        .arg(&tmp.0)
+        .status()
+        .expect("run make-images.sh");
+    assert!(status.success(), "make-images.sh fat32: {status}");
+    let img = image("fat32-64m.img");
+    let vol = check_image(&img, &tmp.0.join(&img.name));
+    check_fat16_tree(&vol);
+}
+
+/// Whether `name` is on PATH or in the sbin directories, where dosfstools installs.
+fn has_tool(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| dir.join(name).is_file())
+}
