@@ -6,227 +6,22 @@
 //! hold the tree of `small-fat16.img`. Checks that need dosfstools or mtools print a line and
 //! skip when the tools are missing.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use fatcache::fat::bpb::{Bpb, FatType};
+use common::{Entry, Image, TempDir, find_image, fnv1a64, manifest, repo_path, tools, tree_of};
+use fatcache::fat::bpb::Bpb;
 
-const MANIFEST: &str = "fat-images/MANIFEST.md";
+/// The prefix of this binary's temporary directories.
+const TEMP: &str = "fat_images";
 const SCRIPT: &str = "fat-images/make-images.sh";
 const FAT16_IMAGE: &str = "small-fat16.img";
 const FAT32_IMAGE: &str = "fat32-64m.img";
-
-/// One file or directory of an image, as the manifest lists it.
-#[derive(Debug)]
-struct Entry {
-    /// Absolute path inside the image, `/` separated.
-    path: String,
-    /// Size in bytes and FNV-1a 64 of a file; `None` for a directory.
-    file: Option<(u64, u64)>,
-}
-
-/// One `## Image` section of the manifest.
-#[derive(Debug)]
-struct Image {
-    name: String,
-    shipped: bool,
-    image_bytes: u64,
-    fat_type: FatType,
-    bytes_per_cluster: u32,
-    label: String,
-    volume_id: u32,
-    /// Names deleted after they were written: their entries remain, marked 0xE5.
-    deleted: Vec<String>,
-    /// The image whose table this one repeats, for an image without its own table.
-    tree_of: Option<String>,
-    /// Paths of `tree_of`'s table that this image lacks.
-    not_in_image: Vec<String>,
-    entries: Vec<Entry>,
-}
-
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The texts between pairs of backticks in `s`.
-fn backticked(s: &str) -> Vec<&str> {
-    s.split('`').skip(1).step_by(2).collect()
-}
-
-/// The one backticked text in `s`.
-fn one_backticked<'a>(s: &'a str, what: &str) -> &'a str {
-    match backticked(s)[..] {
-        [v] => v,
-        _ => panic!("{what}: expected one `...` value in {s:?}"),
-    }
-}
-
-/// 64-bit FNV-1a, the checksum the manifest carries.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn parse_fat_type(s: &str) -> FatType {
-    match s {
-        "FAT12" => FatType::Fat12,
-        "FAT16" => FatType::Fat16,
-        "FAT32" => FatType::Fat32,
-        _ => panic!("unknown FAT type {s:?} in the manifest"),
-    }
-}
-
-/// A table row: `` | `/path` | file | 123 | `fnv` | `sha256` | `` or `` | `/path` | dir | ... ``.
-fn parse_row(line: &str) -> Entry {
-    let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-    let [path, kind, size, fnv, _sha256] = cells[..] else {
-        panic!("manifest row without five cells: {line:?}");
-    };
-    let path = one_backticked(path, "path").to_owned();
-    let file = match kind {
-        "dir" => None,
-        "file" => {
-            let size = size.parse().expect("manifest file size");
-            let fnv = one_backticked(fnv, "fnv1a64");
-            Some((size, u64::from_str_radix(fnv, 16).expect("fnv1a64 in hex")))
-        }
-        _ => panic!("manifest row of unknown kind: {line:?}"),
-    };
-    Entry { path, file }
-}
-
-/// The lines of one `## Image` section, before interpretation.
-#[derive(Debug, Default)]
-struct Section {
-    name: String,
-    /// The `- key: value` lines, in order; a key may repeat.
-    keys: Vec<(String, String)>,
-    entries: Vec<Entry>,
-}
-
-/// Builds one image's description from its `- key: value` lines and table rows.
-fn image_from(section: Section) -> Image {
-    let Section {
-        name,
-        keys,
-        entries,
-    } = section;
-    let get = |key: &str| -> &str {
-        keys.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("{name}: no '- {key}:' line in the manifest"))
-    };
-    let id = one_backticked(get("volume id"), "volume id");
-    let id = id.strip_prefix("0x").expect("volume id starts with 0x");
-    let tree = get("tree");
-    let tree_of = (tree != "listed below").then(|| one_backticked(tree, "tree").to_owned());
-    let not_in_image = keys
-        .iter()
-        .filter(|(k, _)| k == "not in this image")
-        .flat_map(|(_, v)| backticked(v))
-        .map(str::to_owned)
-        .collect();
-    Image {
-        shipped: get("shipped") == "yes",
-        image_bytes: get("image bytes").parse().expect("image bytes"),
-        fat_type: parse_fat_type(get("FAT type")),
-        bytes_per_cluster: get("bytes per cluster").parse().expect("bytes per cluster"),
-        label: one_backticked(get("volume label"), "volume label").to_owned(),
-        volume_id: u32::from_str_radix(id, 16).expect("volume id in hex"),
-        deleted: backticked(get("deleted entries"))
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        tree_of,
-        not_in_image,
-        entries,
-        name,
-    }
-}
-
-/// Reads the manifest: one `Image` per `` ## Image `name` `` section.
-fn manifest() -> Vec<Image> {
-    let text = fs::read_to_string(repo_path(MANIFEST)).expect("read fat-images/MANIFEST.md");
-    let mut sections: Vec<Section> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("## Image ") {
-            let name = one_backticked(rest, "image name").to_owned();
-            sections.push(Section {
-                name,
-                ..Section::default()
-            });
-        } else if let Some(section) = sections.last_mut() {
-            if let Some((key, value)) = line.strip_prefix("- ").and_then(|l| l.split_once(": ")) {
-                section.keys.push((key.to_owned(), value.to_owned()));
-            } else if line.starts_with("| `/") {
-                section.entries.push(parse_row(line));
-            }
-        }
-    }
-    sections.into_iter().map(image_from).collect()
-}
-
-fn find_image<'a>(images: &'a [Image], name: &str) -> &'a Image {
-    images
-        .iter()
-        .find(|i| i.name == name)
-        .unwrap_or_else(|| panic!("no image {name} in the manifest"))
-}
-
-/// `name` on PATH or in the sbin directories, where dosfstools installs.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// All of `names`, or `None` after printing why `test` skips.
-fn tools<const N: usize>(test: &str, names: [&str; N]) -> Option<[PathBuf; N]> {
-    let found = names.map(find_tool);
-    if let Some(i) = found.iter().position(Option::is_none) {
-        let name = names[i];
-        println!("skipping {test}: {name} not found (needs dosfstools and mtools)");
-        return None;
-    }
-    Some(found.map(|p| p.expect("checked above")))
-}
-
-/// A directory under `target/` removed on drop, so a failing test leaves nothing behind.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let name = format!("fat_images-{test}-{}", std::process::id());
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    /// A private copy of a shipped image, so no tool can touch the one in git.
-    fn copy_of(&self, image: &str) -> PathBuf {
-        let to = self.0.join(image);
-        let from = repo_path("fat-images").join(image);
-        fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-        to
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs an mtools command: no geometry check, and a UTF-8 locale so that non-ASCII
 /// arguments become the right long names.
@@ -390,7 +185,7 @@ fn shipped_files_read_by_mtools_match_manifest_sizes_and_checksums() {
         return;
     };
     let images = manifest();
-    let tmp = TempDir::new("read");
+    let tmp = TempDir::new(TEMP, "read");
     for image in shipped(&images) {
         let img = tmp.copy_of(&image.name);
         let entries: Vec<&Entry> = image.entries.iter().collect();
@@ -404,7 +199,7 @@ fn shipped_images_pass_fsck_fat() {
         return;
     };
     let images = manifest();
-    let tmp = TempDir::new("fsck");
+    let tmp = TempDir::new(TEMP, "fsck");
     for image in shipped(&images) {
         check_fsck_clean(&fsck, &tmp.copy_of(&image.name));
     }
@@ -419,7 +214,7 @@ fn fat32_image_made_at_test_time_passes_fsck_and_holds_the_fat16_tree() {
     };
     let images = manifest();
     let fat32 = find_image(&images, FAT32_IMAGE);
-    let tmp = TempDir::new("fat32");
+    let tmp = TempDir::new(TEMP, "fat32");
     let out = Command::new(bash)
         .arg(repo_path(SCRIPT))
         .arg("fat32")
@@ -438,11 +233,7 @@ fn fat32_image_made_at_test_time_passes_fsck_and_holds_the_fat16_tree() {
         .as_deref()
         .expect("the FAT32 image repeats a tree");
     let source = find_image(&images, of);
-    let entries: Vec<&Entry> = source
-        .entries
-        .iter()
-        .filter(|e| !fat32.not_in_image.contains(&e.path))
-        .collect();
+    let entries = tree_of(&images, fat32);
     assert_eq!(entries.len() + 1, source.entries.len(), "one path left out");
     check_tree(&mdir, &mtype, &img, fat32, &entries);
 }

@@ -5,146 +5,35 @@
 //! directory. The FAT32 image is made by `make-images.sh fat32`; that test prints a line and
 //! skips when dosfstools or mtools are missing.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::{Image, TempDir, find_image, fnv1a64, manifest, repo_path, tools, tree_of};
 use fatcache::FsError;
 use fatcache::dev::Placement;
 use fatcache::fat::dirent::DirEntry;
 use fatcache::fat::volume::{DirRef, Volume};
 
-const MANIFEST: &str = "fat-images/MANIFEST.md";
+/// The prefix of this binary's temporary directories.
+const TEMP: &str = "volume_read";
 const CACHE_FRAMES: usize = 512;
 
 /// Size and FNV-1a 64 of a file; `None` for a directory.
 type Kind = Option<(u64, u64)>;
 
-/// One `## Image` section of the manifest, reduced to what these tests check.
-#[derive(Debug, Default)]
-struct Image {
-    name: String,
-    label: String,
-    /// The image whose table this one repeats (`tree: same as ...`).
-    tree_of: Option<String>,
-    not_in_image: Vec<String>,
-    deleted: Vec<String>,
-    tree: BTreeMap<String, Kind>,
-}
-
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The texts between pairs of backticks in `s`.
-fn backticked(s: &str) -> Vec<String> {
-    s.split('`').skip(1).step_by(2).map(str::to_owned).collect()
-}
-
-/// 64-bit FNV-1a, the checksum the manifest carries.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// A table row: `` | `/path` | kind | bytes | `fnv` | `sha256` | ``.
-fn parse_row(line: &str) -> (String, Kind) {
-    let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-    let [path, kind, size, fnv, _] = cells[..] else {
-        panic!("manifest row without five cells: {line:?}");
-    };
-    let path = backticked(path).remove(0);
-    let kind = match kind {
-        "dir" => None,
-        "file" => {
-            let fnv = backticked(fnv).remove(0);
-            let fnv = u64::from_str_radix(&fnv, 16).expect("fnv1a64 in hex");
-            Some((size.parse().expect("file size"), fnv))
-        }
-        _ => panic!("manifest row of unknown kind: {line:?}"),
-    };
-    (path, kind)
-}
-
-/// Applies one `- key: value` line to `image`.
-fn apply_key(image: &mut Image, key: &str, value: &str) {
-    match key {
-        "volume label" => image.label = backticked(value).remove(0),
-        "tree" if value != "listed below" => image.tree_of = backticked(value).pop(),
-        "not in this image" => image.not_in_image.extend(backticked(value)),
-        "deleted entries" => image.deleted = backticked(value),
-        _ => {}
-    }
-}
-
-/// Reads the manifest; an image with `tree: same as` gets the other's tree minus its absentees.
-fn manifest() -> Vec<Image> {
-    let text = fs::read_to_string(repo_path(MANIFEST)).expect("read the manifest");
-    let mut images: Vec<Image> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("## Image ") {
-            let name = backticked(rest).remove(0);
-            images.push(Image {
-                name,
-                ..Image::default()
-            });
-        } else if let Some(image) = images.last_mut() {
-            if let Some((k, v)) = line.strip_prefix("- ").and_then(|l| l.split_once(": ")) {
-                apply_key(image, k, v);
-            } else if line.starts_with("| `/") {
-                let (path, kind) = parse_row(line);
-                image.tree.insert(path, kind);
-            }
-        }
-    }
-    for i in 0..images.len() {
-        let Some(of) = images[i].tree_of.clone() else {
-            continue;
-        };
-        let source = images.iter().find(|im| im.name == of).expect("tree source");
-        let mut tree = source.tree.clone();
-        for gone in &images[i].not_in_image {
-            assert!(tree.remove(gone).is_some(), "{gone} not in {of}");
-        }
-        images[i].tree = tree;
-    }
-    images
-}
-
-fn image(name: &str) -> Image {
-    let found = manifest().into_iter().find(|i| i.name == name);
-    found.unwrap_or_else(|| panic!("no image {name} in the manifest"))
-}
-
-/// A directory removed on drop, so a failing test leaves nothing behind.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let name = format!("volume_read-{test}-{}", std::process::id());
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    /// A private copy of a shipped image: the one in git is never opened.
-    fn copy_of(&self, image: &str) -> PathBuf {
-        let to = self.0.join(image);
-        fs::copy(repo_path("fat-images").join(image), &to).expect("copy image");
-        to
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// The image `name` of the manifest and its whole tree, each path with its kind; an image
+/// with `tree: same as` gets the other's tree minus its absentees.
+fn image(name: &str) -> (Image, BTreeMap<String, Kind>) {
+    let images = manifest();
+    let tree = tree_of(&images, find_image(&images, name))
+        .into_iter()
+        .map(|e| (e.path.clone(), e.file))
+        .collect();
+    let found = images.into_iter().find(|i| i.name == name);
+    (found.expect("found above"), tree)
 }
 
 fn open(path: &Path) -> Volume {
@@ -201,13 +90,13 @@ fn check_lookups(vol: &Volume, dir: DirRef, name: &str, entry: &DirEntry) {
 }
 
 /// Walks the whole image and compares it with the manifest.
-fn check_image(img: &Image, path: &Path) -> Volume {
+fn check_image(img: &Image, want: &BTreeMap<String, Kind>, path: &Path) -> Volume {
     let vol = open(path);
     let mut tree = BTreeMap::new();
     walk(&vol, DirRef::Root, "", &mut tree);
-    let (want, got): (Vec<_>, Vec<_>) = (img.tree.keys().collect(), tree.keys().collect());
-    assert_eq!(got, want, "{}: paths", img.name);
-    assert_eq!(tree, img.tree, "{}: kinds, sizes, checksums", img.name);
+    let (paths, got): (Vec<_>, Vec<_>) = (want.keys().collect(), tree.keys().collect());
+    assert_eq!(got, paths, "{}: paths", img.name);
+    assert_eq!(tree, *want, "{}: kinds, sizes, checksums", img.name);
     let label = vol.label().expect("label");
     assert_eq!(
         label.as_deref(),
@@ -258,9 +147,9 @@ fn volume_is_send_and_sync() {
 
 #[test]
 fn fat12_floppy_reads_as_the_manifest_says() {
-    let tmp = TempDir::new("fat12");
-    let img = image("floppy-fat12.img");
-    let vol = check_image(&img, &tmp.copy_of(&img.name));
+    let tmp = TempDir::new(TEMP, "fat12");
+    let (img, tree) = image("floppy-fat12.img");
+    let vol = check_image(&img, &tree, &tmp.copy_of(&img.name));
     assert_eq!(file(&vol, "/dir1/Dir2/dir3/three.TXT").size, 1000);
     assert!(file(&vol, "/").is_dir());
     assert!(file(&vol, "/Dir1//").is_dir());
@@ -299,9 +188,9 @@ fn fat12_floppy_reads_as_the_manifest_says() {
 
 #[test]
 fn fat16_small_reads_as_the_manifest_says() {
-    let tmp = TempDir::new("fat16");
-    let img = image("small-fat16.img");
-    let vol = check_image(&img, &tmp.copy_of(&img.name));
+    let tmp = TempDir::new(TEMP, "fat16");
+    let (img, tree) = image("small-fat16.img");
+    let vol = check_image(&img, &tree, &tmp.copy_of(&img.name));
     check_fat16_tree(&vol);
 }
 
@@ -333,14 +222,10 @@ fn check_fat16_tree(vol: &Volume) {
 #[test]
 fn fat32_made_here_reads_as_the_manifest_says() {
     let test = "fat32_made_here_reads_as_the_manifest_says";
-    let missing = ["mkfs.fat", "mcopy", "mmd", "mdel"]
-        .into_iter()
-        .find(|t| !has_tool(t));
-    if let Some(tool) = missing {
-        println!("skipping {test}: {tool} not found (needs dosfstools and mtools)");
+    let Some(_) = tools(test, ["mkfs.fat", "mcopy", "mmd", "mdel"]) else {
         return;
-    }
-    let tmp = TempDir::new("fat32");
+    };
+    let tmp = TempDir::new(TEMP, "fat32");
     let status = Command::new("bash")
         .arg(repo_path("fat-images/make-images.sh"))
         .arg("fat32")
@@ -348,15 +233,7 @@ fn fat32_made_here_reads_as_the_manifest_says() {
         .status()
         .expect("run make-images.sh");
     assert!(status.success(), "make-images.sh fat32: {status}");
-    let img = image("fat32-64m.img");
-    let vol = check_image(&img, &tmp.0.join(&img.name));
+    let (img, tree) = image("fat32-64m.img");
+    let vol = check_image(&img, &tree, &tmp.0.join(&img.name));
     check_fat16_tree(&vol);
-}
-
-/// Whether `name` is on PATH or in the sbin directories, where dosfstools installs.
-fn has_tool(name: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .any(|dir| dir.join(name).is_file())
 }
