@@ -5,13 +5,16 @@
 //! plus the first BUG report; `fatcache eras` lists the eras; `fatcache mkfs` makes a new image.
 //! Mounting comes with the FUSE layer.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fatcache::FsError;
+use fatcache::dev::Placement;
 use fatcache::fat::bpb::FatType;
 use fatcache::fat::mkfs::{MkfsOptions, mkfs, parse_size};
+use fatcache::fat::volume::Volume;
 use fatcache::mm::{ALL_ERAS, Era};
 use fatcache::scenario::{self, Scenario};
 
@@ -42,6 +45,21 @@ enum Cmd {
     },
     /// List the kernel eras and what each one models.
     Eras,
+    /// List a directory of an image, read through fatcache's own page cache (read-only).
+    Ls {
+        /// The image file (opened read-only).
+        image: PathBuf,
+        /// The directory; default: the root.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Print a file of an image to standard output, read through the page cache (read-only).
+    Cat {
+        /// The image file (opened read-only).
+        image: PathBuf,
+        /// The file.
+        path: String,
+    },
     /// Make a new FAT12/16/32 image file, with mkfs.fat's default cluster sizes.
     Mkfs {
         /// The image file to create.
@@ -101,6 +119,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Ls { image, path } => report(ls(&image, &path)),
+        Cmd::Cat { image, path } => report(cat(&image, &path)),
         Cmd::Eras => {
             for e in ALL_ERAS {
                 println!("{:<6} {}", e.name(), e.describe());
@@ -198,5 +218,72 @@ fn demo(era: Option<Era>, which: Option<Scenario>, all_reports: bool) -> ExitCod
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Frames of the page cache `ls` and `cat` read through (16 MiB).
+const READ_CACHE_FRAMES: usize = 4096;
+
+fn open_read_only(image: &Path) -> Result<Volume, FsError> {
+    let place = Placement {
+        read_only: true,
+        ..Placement::default()
+    };
+    Volume::open(image, place, READ_CACHE_FRAMES)
+}
+
+fn ls(image: &Path, path: &str) -> Result<(), FsError> {
+    let vol = open_read_only(image)?;
+    let dir = vol.dir_ref(&vol.lookup_path(path)?)?;
+    let mut out = std::io::stdout().lock();
+    for item in vol.read_dir(dir)? {
+        let kind = if item.entry.is_dir() { "d" } else { "-" };
+        if !written(writeln!(
+            out,
+            "{kind} {:>10}  {}",
+            item.entry.size, item.name
+        ))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A write to standard output: Ok(false) once the reader has gone (`| head`), which ends the
+/// command quietly as it does for cat(1).
+fn written(r: std::io::Result<()>) -> Result<bool, FsError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cat(image: &Path, path: &str) -> Result<(), FsError> {
+    let vol = open_read_only(image)?;
+    let entry = vol.lookup_path(path)?;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    loop {
+        let n = vol.read_file(&entry, offset, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !written(out.write_all(&buf[..n]))? {
+            return Ok(());
+        }
+        offset += n as u64;
+    }
+}
+
+/// Exit status and message for a command's result, as a shell user expects them.
+fn report(r: Result<(), FsError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fatcache: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
