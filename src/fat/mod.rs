@@ -6,6 +6,7 @@
 //! So far the on-disk formats, the FAT table, and mkfs:
 //! * [`bpb`]: boot sector, BIOS parameter block, FSInfo.
 //! * [`dirent`]: directory entries: the short entry, directory walks, free slots, name index.
+//! * [`inode`]: a file's data mapping: page reads through `get_block` and a cluster cache.
 //! * [`mkfs`]: a new, empty volume in an image file, with mkfs.fat's defaults (this one writes).
 //! * [`name`]: VFAT long names and 8.3 short names.
 //! * [`store`]: the FAT of a mounted volume, in the page cache's block-device mapping.
@@ -15,6 +16,7 @@
 
 pub mod bpb;
 pub mod dirent;
+pub mod inode;
 pub mod mkfs;
 pub mod name;
 pub mod store;

@@ -1,11 +1,15 @@
-//! A mounted FAT volume, read-only: the boot sector, the FAT, directories and file data, all
-//! read through the page cache's block-device mapping ([`Bdev`]).
+//! A mounted FAT volume, read-only: the boot sector, the FAT and directories read through the
+//! page cache's block-device mapping ([`Bdev`]); file data through each file's own mapping
+//! ([`FatInode`], pages mapped by `get_block`).
 //!
-//! Owns the stack of one mount: the image file, its I/O queue, the page cache, the `Bdev` and
-//! the [`FatTable`] over it. Directories are read whole (root region or cluster chain) and
-//! walked with [`iterate`]; each directory's scan and [`NameIndex`] are cached, which is sound
-//! only because nothing here writes. Writes (create, extend, rename, unlink) come in a later
-//! slice, together with invalidation of that cache.
+//! Owns the stack of one mount: the image file, its I/O queue, the page cache, the `Bdev`, the
+//! [`FatTable`] over it and the inode cache (files keyed by first cluster; an empty file has
+//! no cluster and needs no mapping). Directory data still goes through the `Bdev` path for now;
+//! moving it to directory inodes' mappings comes later. Directories are read whole (root region
+//! or cluster chain) and walked with [`iterate`]; each directory's scan and [`NameIndex`] are
+//! cached, which is sound only because nothing here writes. Writes (create, extend, rename,
+//! unlink) come in a later slice, together with invalidation of that cache (and of the inodes'
+//! cluster caches).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,10 +19,12 @@ use crate::dev::{FileDevice, IoQueue, Placement};
 use crate::error::FsError;
 use crate::fat::bpb::{Bpb, FatType};
 use crate::fat::dirent::{ATTR_DIR, DirEntry, NameIndex, Slot, SlotKind, iterate};
+use crate::fat::inode::FatInode;
 use crate::fat::name::ShortnameMode;
 use crate::fat::table::FatTable;
 use crate::fs::bdev::Bdev;
-use crate::mm::{CacheConfig, Era, PageCache};
+use crate::mm::waitqueue::unlock_page;
+use crate::mm::{CacheConfig, Era, PAGE_SHIFT, PAGE_SIZE, PageCache};
 use crate::sync::{Arc, Mutex};
 
 /// Completion threads of the I/O queue of a volume.
@@ -70,13 +76,15 @@ impl CachedDir {
 /// A FAT volume mounted read-only.
 #[derive(Debug)]
 pub struct Volume {
-    /// Kept so the cache outlives every mapping in it.
-    _cache: Arc<PageCache>,
+    cache: Arc<PageCache>,
+    queue: Arc<IoQueue>,
     bdev: Arc<Bdev>,
-    table: FatTable<Arc<Bdev>>,
+    table: Arc<FatTable<Arc<Bdev>>>,
     bpb: Bpb,
     mode: ShortnameMode,
     dirs: Mutex<HashMap<DirRef, Arc<CachedDir>>>,
+    /// File inodes by first cluster.
+    inodes: Mutex<HashMap<u32, Arc<FatInode<Arc<Bdev>>>>>,
 }
 
 impl Volume {
@@ -85,18 +93,20 @@ impl Volume {
         let dev = Arc::new(FileDevice::open(path, placement)?);
         let queue = Arc::new(IoQueue::new(dev, IO_THREADS, Duration::ZERO)?);
         let cache = PageCache::new(CacheConfig::new(Era::V5_11, cache_frames))?;
-        let bdev = Arc::new(Bdev::new(&cache, queue));
+        let bdev = Arc::new(Bdev::new(&cache, Arc::clone(&queue)));
         let mut boot = [0u8; BOOT_SECTOR];
         bdev.read(0, &mut boot)?;
         let bpb = Bpb::parse(&boot)?;
-        let table = FatTable::new(&bpb, Arc::clone(&bdev), None)?;
+        let table = Arc::new(FatTable::new(&bpb, Arc::clone(&bdev), None)?);
         Ok(Volume {
-            _cache: cache,
+            cache,
+            queue,
             bdev,
             table,
             bpb,
             mode: ShortnameMode::default(),
             dirs: Mutex::new(HashMap::new()),
+            inodes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -177,7 +187,8 @@ impl Volume {
 
     /// Reads file data at `offset` into `buf`; returns the bytes read, short at end of file.
     ///
-    /// A chain shorter than the size says is `Corrupted` (EIO), as in the kernel.
+    /// Through the file's page-cache mapping: a cached page is served without I/O. A chain
+    /// shorter than the size says is `Corrupted` (EIO), as in the kernel.
     pub fn read_file(
         &self,
         entry: &DirEntry,
@@ -192,40 +203,42 @@ impl Volume {
             return Ok(0);
         }
         let want = usize::try_from(size - offset).map_or(buf.len(), |left| left.min(buf.len()));
-        let chain = self.file_chain(entry)?;
-        let cluster_bytes = u64::from(self.bpb.bytes_per_cluster());
+        let inode = self.inode(entry)?;
         let mut done = 0;
         while done < want {
             let pos = offset + done as u64;
-            let cluster = chain_cluster(&chain, pos / cluster_bytes)?;
-            let within = pos % cluster_bytes;
-            let n =
-                usize::try_from(cluster_bytes - within).map_or(want - done, |n| n.min(want - done));
-            let at = self.cluster_offset(cluster)? + within;
-            self.bdev.read(at, &mut buf[done..done + n])?;
+            let in_page = (pos as usize) & (PAGE_SIZE - 1);
+            let n = (PAGE_SIZE - in_page).min(want - done);
+            let page = inode.read_page_locked(pos >> PAGE_SHIFT)?;
+            page.with_data(|d| buf[done..done + n].copy_from_slice(&d[in_page..in_page + n]));
+            unlock_page(page.page());
             done += n;
         }
         Ok(done)
     }
 
-    /// The clusters of a non-empty file, checked to hold all of its size.
-    fn file_chain(&self, entry: &DirEntry) -> Result<Vec<u32>, FsError> {
-        if entry.first_cluster == 0 {
-            log::error!("fat: file of {} bytes has no first cluster", entry.size);
+    /// The inode of the non-empty file `entry`, from the cache or made now.
+    fn inode(&self, entry: &DirEntry) -> Result<Arc<FatInode<Arc<Bdev>>>, FsError> {
+        let (first, size) = (entry.first_cluster, u64::from(entry.size));
+        if first == 0 {
+            log::error!("fat: file of {size} bytes has no first cluster");
             return Err(FsError::Corrupted("file data without a cluster"));
         }
-        let chain = self.table.chain(entry.first_cluster)?;
-        let held = chain.len() as u64 * u64::from(self.bpb.bytes_per_cluster());
-        if held < u64::from(entry.size) {
+        let mut inodes = self.inodes.lock();
+        let inode = inodes.entry(first).or_insert_with(|| {
+            let key = (first, size, false);
+            let (table, queue) = (Arc::clone(&self.table), Arc::clone(&self.queue));
+            Arc::new(FatInode::new(&self.cache, table, queue, &self.bpb, key))
+        });
+        if inode.size() != size {
+            // Two entries sharing one chain: cross-linked files, which fsck repairs.
             log::error!(
-                "fat: file of {} bytes from cluster {} has {} bytes of clusters",
-                entry.size,
-                entry.first_cluster,
-                held
+                "fat: cluster {first} starts files of {} and {size} bytes",
+                inode.size()
             );
-            return Err(FsError::Corrupted("cluster chain shorter than file size"));
+            return Err(FsError::Corrupted("cross-linked files"));
         }
-        Ok(chain)
+        Ok(Arc::clone(inode))
     }
 
     /// The volume byte offset of `cluster`'s data.
@@ -283,12 +296,4 @@ impl Volume {
         self.bdev.read(sector * bps, &mut bytes)?;
         Ok(bytes)
     }
-}
-
-/// Cluster number `index` of `chain`; past its end means the chain was cut short.
-fn chain_cluster(chain: &[u32], index: u64) -> Result<u32, FsError> {
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| chain.get(i).copied())
-        .ok_or(FsError::Corrupted("cluster chain shorter than file size"))
 }

@@ -67,8 +67,17 @@ impl BdevAops {
 
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
     /// sets PG_uptodate (or PG_error) and unlocks it.
+    /// On an error before anything is submitted the page is marked PG_error and unlocked
+    /// here, as the kernel's readpage contract has it, so no reader waits on it for ever.
     pub fn readpage(&self, cache: &Arc<PageCache>, page: &PageRef<'_>) -> Result<(), FsError> {
-        let (offset, len) = self.span(page.index())?;
+        let (offset, len) = match self.span(page.index()) {
+            Ok(s) => s,
+            Err(e) => {
+                page.set_error();
+                unlock_page(page.page());
+                return Err(e);
+            }
+        };
         let cache = Arc::clone(cache);
         let pfn = page.pfn();
         self.queue.submit(Bio {
@@ -324,6 +333,19 @@ mod tests {
             "the failed writeback is reported by sync"
         );
         assert!(b.check_errors().is_ok(), "and only once");
+    }
+
+    #[test]
+    fn a_page_past_the_device_fails_without_staying_locked() {
+        let (_dev, q, cache) = setup(2 * PAGE_SIZE, 4);
+        let b = Bdev::new(&cache, q);
+        // A second attempt would sleep for ever in lock_page if the first left it locked.
+        for _ in 0..2 {
+            assert_eq!(
+                b.read_page_locked(5).expect_err("past the end").errno(),
+                libc::EIO
+            );
+        }
     }
 
     #[test]
