@@ -37,7 +37,7 @@ pub struct FileAops<S: FatStore + 'static> {
     first_cluster: u32,
     size: u64,
     /// The chain's clusters walked so far, in file order (the cluster cache).
-    clusters: Mutex<Vec<u32>>,
+    clusters: Mutex<ChainCache>,
 }
 
 impl<S: FatStore + 'static> std::fmt::Debug for FileAops<S> {
@@ -65,11 +65,12 @@ impl<S: FatStore + 'static> FileAops<S> {
         let Ok(index) = usize::try_from(offset / cb) else {
             return Ok(None);
         };
-        let mut clusters = self.clusters.lock();
-        if !self.walk_to(&mut clusters, index)? {
-            return self.past_chain(offset, clusters.len());
+        let mut cache = self.clusters.lock();
+        if !self.walk_to(&mut cache, index)? {
+            return self.past_chain(offset, cache.clusters.len());
         }
-        let run = self.extend_run(&mut clusters, index)?;
+        let run = self.extend_run(&mut cache, index)?;
+        let clusters = &cache.clusters;
         let within = offset % cb;
         let dev = self.cluster_offset(clusters[index])? + within;
         Ok(Some((dev, run as u64 * cb - within)))
@@ -77,9 +78,10 @@ impl<S: FatStore + 'static> FileAops<S> {
 
     /// Extend the cached chain prefix until it holds cluster number `index`; false if the
     /// chain ends first.
-    fn walk_to(&self, clusters: &mut Vec<u32>, index: usize) -> Result<bool, FsError> {
+    fn walk_to(&self, cache: &mut ChainCache, index: usize) -> Result<bool, FsError> {
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
         let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
+        let clusters = &mut cache.clusters;
         while clusters.len() <= index {
             let next = match clusters.last() {
                 None if self.first_cluster == 0 => None,
@@ -89,8 +91,14 @@ impl<S: FatStore + 'static> FileAops<S> {
             let Some(next) = next else {
                 return Ok(false);
             };
-            if clusters.len() >= limit {
-                log::error!("fat: chain from cluster {} loops", self.first_cluster);
+            // A loop shorter than the file would otherwise hand out the same clusters again as
+            // later parts of the file (the kernel's walk has the same blind spot): a cluster
+            // seen before on this chain is a loop, whatever the length.
+            if clusters.len() >= limit || !cache.seen.insert(next) {
+                log::error!(
+                    "fat: chain from cluster {} loops at {next}",
+                    self.first_cluster
+                );
                 return Err(FsError::Corrupted("cluster chain loops"));
             }
             clusters.push(next);
@@ -100,15 +108,16 @@ impl<S: FatStore + 'static> FileAops<S> {
 
     /// The length in clusters of the contiguous run from cluster number `index` (held), walking
     /// on while it stays contiguous and inside the size: those entries are needed anyway.
-    fn extend_run(&self, clusters: &mut Vec<u32>, index: usize) -> Result<usize, FsError> {
+    fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<usize, FsError> {
         loop {
-            let run = contiguous_run(&clusters[index..]);
-            let walked = clusters.len() as u64 * self.cluster_bytes();
-            if index + run < clusters.len() || walked >= self.size {
+            let held = cache.clusters.len();
+            let run = contiguous_run(&cache.clusters[index..]);
+            let walked = held as u64 * self.cluster_bytes();
+            if index + run < held || walked >= self.size {
                 return Ok(run);
             }
             // A chain ending short is reported when an offset past its end is asked for.
-            if !self.walk_to(clusters, clusters.len())? {
+            if !self.walk_to(cache, held)? {
                 return Ok(run);
             }
         }
@@ -240,6 +249,13 @@ struct PartState {
     failed: AtomicU32,
 }
 
+/// The walked prefix of a file's chain, and the set of its clusters for loop detection.
+#[derive(Debug, Default)]
+struct ChainCache {
+    clusters: Vec<u32>,
+    seen: rustc_hash::FxHashSet<u32>,
+}
+
 /// How many clusters from the start of `clusters` are consecutive on disk (at least 1).
 fn contiguous_run(clusters: &[u32]) -> usize {
     1 + clusters
@@ -286,7 +302,7 @@ impl<S: FatStore + 'static> FatInode<S> {
             queue,
             first_cluster,
             size,
-            clusters: Mutex::new(Vec::new()),
+            clusters: Mutex::new(ChainCache::default()),
         });
         let mapping = AddressSpace::new(cache, Arc::clone(&aops) as Arc<dyn AddressSpaceOps>);
         FatInode {
