@@ -13,8 +13,8 @@ use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
 use crate::fat::bpb::Bpb;
 use crate::fat::table::{FatStore, FatTable};
-use crate::mm::filemap::{AddressSpace, find_or_create_page};
-use crate::mm::waitqueue::{lock_page, unlock_page};
+use crate::mm::filemap::{AddressSpace, read_cache_page};
+use crate::mm::waitqueue::unlock_page;
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef, WritebackControl};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
 
@@ -72,7 +72,7 @@ impl<S: FatStore + 'static> FileAops<S> {
         let run = self.extend_run(&mut cache, index)?;
         let clusters = &cache.clusters;
         let within = offset % cb;
-        let dev = self.cluster_offset(clusters[index])? + within;
+        let dev = cluster_offset(&self.bpb, clusters[index])? + within;
         Ok(Some((dev, run as u64 * cb - within)))
     }
 
@@ -134,15 +134,6 @@ impl<S: FatStore + 'static> FileAops<S> {
             return Err(FsError::Corrupted("cluster chain shorter than file size"));
         }
         Ok(None)
-    }
-
-    /// The volume byte offset of `cluster`'s data.
-    fn cluster_offset(&self, cluster: u32) -> Result<u64, FsError> {
-        let sector = self.bpb.cluster_to_sector(cluster).ok_or_else(|| {
-            log::error!("fat: cluster {cluster} outside the data area");
-            FsError::Corrupted("cluster outside the data area")
-        })?;
-        Ok(sector * u64::from(self.bpb.bytes_per_sector))
     }
 
     /// The device extents of page `index`'s bytes below the file size, merged where adjacent.
@@ -249,6 +240,15 @@ struct PartState {
     failed: AtomicU32,
 }
 
+/// The volume byte offset of `cluster`'s data; EIO for a cluster outside the data area.
+pub(crate) fn cluster_offset(bpb: &Bpb, cluster: u32) -> Result<u64, FsError> {
+    let sector = bpb.cluster_to_sector(cluster).ok_or_else(|| {
+        log::error!("fat: cluster {cluster} outside the data area");
+        FsError::Corrupted("cluster outside the data area")
+    })?;
+    Ok(sector * u64::from(bpb.bytes_per_sector))
+}
+
 /// The walked prefix of a file's chain, and the set of its clusters for loop detection.
 #[derive(Debug, Default)]
 struct ChainCache {
@@ -339,20 +339,9 @@ impl<S: FatStore + 'static> FatInode<S> {
 
     /// Page `index` of the data mapping, locked and uptodate (read if it was not cached).
     pub fn read_page_locked(&self, index: u64) -> Result<PageRef<'_>, FsError> {
-        let page = find_or_create_page(&self.mapping, index)?;
-        if page.uptodate() {
-            return Ok(page);
-        }
-        page.clear_error();
-        // readpage unlocks the page: at once on error, else when its last bio completes.
-        self.aops.readpage(self.mapping.cache(), &page)?;
-        // Taking the lock again is the wait for the read.
-        lock_page(page.page());
-        if !page.uptodate() {
-            unlock_page(page.page());
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
-        }
-        Ok(page)
+        read_cache_page(&self.mapping, index, |page| {
+            self.aops.readpage(self.mapping.cache(), page)
+        })
     }
 
     /// See [`FileAops::get_block`].
@@ -369,6 +358,8 @@ mod tests {
     use crate::bug::OnBug;
     use crate::dev::{BlockDevice, MemDevice};
     use crate::fat::table::{FatEntry, MemFat};
+    use crate::mm::filemap::find_or_create_page;
+    use crate::mm::waitqueue::lock_page;
     use crate::mm::{CacheConfig, Era};
 
     /// Sectors before the data area of the test volume: boot, 2 FATs of 3, one root sector.

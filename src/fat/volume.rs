@@ -19,7 +19,7 @@ use crate::dev::{FileDevice, IoQueue, Placement};
 use crate::error::FsError;
 use crate::fat::bpb::{Bpb, FatType};
 use crate::fat::dirent::{ATTR_DIR, DirEntry, NameIndex, Slot, SlotKind, iterate};
-use crate::fat::inode::FatInode;
+use crate::fat::inode::{FatInode, cluster_offset};
 use crate::fat::name::ShortnameMode;
 use crate::fat::table::FatTable;
 use crate::fs::bdev::Bdev;
@@ -241,15 +241,6 @@ impl Volume {
         Ok(Arc::clone(inode))
     }
 
-    /// The volume byte offset of `cluster`'s data.
-    fn cluster_offset(&self, cluster: u32) -> Result<u64, FsError> {
-        let sector = self.bpb.cluster_to_sector(cluster).ok_or_else(|| {
-            log::error!("fat: cluster {cluster} outside the data area");
-            FsError::Corrupted("cluster outside the data area")
-        })?;
-        Ok(sector * u64::from(self.bpb.bytes_per_sector))
-    }
-
     /// The scan of `dir`, from the cache or read now.
     fn cached_dir(&self, dir: DirRef) -> Result<Arc<CachedDir>, FsError> {
         if let Some(found) = self.dirs.lock().get(&dir) {
@@ -282,7 +273,8 @@ impl Volume {
             .map_err(|_| FsError::Corrupted("cluster size"))?;
         let mut bytes = vec![0u8; chain.len() * cluster_bytes];
         for (cluster, chunk) in chain.iter().zip(bytes.chunks_exact_mut(cluster_bytes)) {
-            self.bdev.read(self.cluster_offset(*cluster)?, chunk)?;
+            self.bdev
+                .read(cluster_offset(&self.bpb, *cluster)?, chunk)?;
         }
         Ok(bytes)
     }

@@ -17,9 +17,9 @@ use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
 use crate::mm::filemap::{
     AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
-    filemap_fdatawrite_range, find_or_create_page,
+    filemap_fdatawrite_range, read_cache_page,
 };
-use crate::mm::waitqueue::{lock_page, unlock_page};
+use crate::mm::waitqueue::unlock_page;
 use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback};
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
 use crate::sync::Arc;
@@ -173,19 +173,9 @@ impl Bdev {
 
     /// Page `index`, locked and uptodate (read from the device if it was not cached).
     pub fn read_page_locked(&self, index: u64) -> Result<PageRef<'_>, FsError> {
-        let page = find_or_create_page(&self.mapping, index)?;
-        if page.uptodate() {
-            return Ok(page);
-        }
-        page.clear_error();
-        self.aops.readpage(self.mapping.cache(), &page)?;
-        // The completion unlocks the page; taking the lock again is the wait for it.
-        lock_page(page.page());
-        if !page.uptodate() {
-            unlock_page(page.page());
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
-        }
-        Ok(page)
+        read_cache_page(&self.mapping, index, |page| {
+            self.aops.readpage(self.mapping.cache(), page)
+        })
     }
 
     /// Read `buf.len()` bytes at volume offset `offset` through the cache.

@@ -191,6 +191,32 @@ pub fn find_or_create_page(mapping: &AddressSpace, index: u64) -> Result<PageRef
     }
 }
 
+/// read_cache_page: page `index`, locked and uptodate, read with `readpage` if it was not.
+///
+/// `readpage` gets the page locked and not uptodate; it must unlock it when the read is done
+/// (from the I/O completion) or at once on failure, the readpage contract. Taking the lock
+/// again is the wait for the read.
+///
+/// Models: mm/filemap.c do_read_cache_page() (v5.10).
+pub fn read_cache_page<'m>(
+    mapping: &'m AddressSpace,
+    index: u64,
+    readpage: impl FnOnce(&PageRef<'m>) -> Result<(), FsError>,
+) -> Result<PageRef<'m>, FsError> {
+    let page = find_or_create_page(mapping, index)?;
+    if page.uptodate() {
+        return Ok(page);
+    }
+    page.clear_error();
+    readpage(&page)?;
+    lock_page(page.page());
+    if !page.uptodate() {
+        unlock_page(page.page());
+        return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    Ok(page)
+}
+
 /// add_to_page_cache_lru: insert a locked page at `index`; Err if the slot is taken.
 fn add_to_page_cache_lru(mapping: &AddressSpace, page: &PageRef<'_>, index: u64) -> Result<(), ()> {
     let cache = &*mapping.cache;
