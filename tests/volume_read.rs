@@ -158,6 +158,16 @@ fn fat12_floppy_reads_as_the_manifest_says() {
     assert_err(&vol, "/NOSUCH/ONE.TXT", libc::ENOENT);
     assert_err(&vol, "/README.TXT/ONE.TXT", libc::ENOTDIR);
     assert_err(&vol, "/DIR1/ONE.TXT/x", libc::ENOTDIR);
+    assert_err(&vol, "/README.TXT/", libc::ENOTDIR);
+    assert_err(&vol, "/README.TXT/..", libc::ENOTDIR);
+    let one = file(&vol, "/DIR1/ONE.TXT");
+    assert_eq!(file(&vol, "/DIR1/DIR2/../ONE.TXT"), one, "'..' goes up");
+    assert_eq!(
+        file(&vol, "/../../DIR1/./DIR2/DIR3/../../ONE.TXT"),
+        one,
+        "root's parent"
+    );
+    assert!(file(&vol, "/DIR1/..").is_dir());
     let cases = [
         (0, 1),
         (511, 2),

@@ -165,10 +165,24 @@ impl Volume {
     /// `NotFound` for a missing component, `NotDir` when a non-final component is a file,
     /// as path walks in the kernel fail with ENOENT and ENOTDIR.
     pub fn lookup_path(&self, path: &str) -> Result<DirEntry, FsError> {
-        let mut entry = self.root_entry();
+        // The walk keeps the directories above it, so ".." goes back up the way a path walk
+        // does (the root's parent is the root) without trusting the on-disk ".." entries.
+        let mut stack = vec![self.root_entry()];
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
-            let dir = self.dir_ref(&entry)?;
-            entry = self.lookup(dir, part)?;
+            let here = stack.last().expect("the root never leaves the stack");
+            let dir = self.dir_ref(here)?;
+            if part == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            stack.push(self.lookup(dir, part)?);
+        }
+        let entry = stack.pop().expect("the root never leaves the stack");
+        // "file/" names a directory that is not one.
+        if path.ends_with('/') && !entry.is_dir() {
+            return Err(FsError::NotDir);
         }
         Ok(entry)
     }
