@@ -1,58 +1,78 @@
-//! A FAT file's data mapping: one [`AddressSpace`] per inode, its pages mapped to device bytes
-//! through [`FatInode::get_block`] (a cluster chain walk with a per-inode cluster cache).
+//! A FAT file's data: one [`AddressSpace`] per inode, its pages mapped to device bytes through
+//! get_block (a cluster chain walk with a per-inode cluster cache), written through the
+//! page cache with the buffered-write path of [`crate::fs::buffer`].
 //!
-//! Models: fs/fat/inode.c fat_get_block / fs/fat/cache.c (v5.10)
+//! Models: fs/fat/inode.c fat_get_block() / fat_write_begin() / fat_write_end() /
+//! fat_writepage(), fs/fat/cache.c fat_get_cluster(), fs/fat/file.c fat_truncate_blocks() (v5.10)
 //!
 //! The cluster cache is the chain prefix walked so far, filled lazily from the [`FatTable`]: a
 //! read at offset `o` walks only up to the cluster holding `o`, as fat_get_cluster does. A page
 //! may span several clusters (512-byte clusters, maybe not contiguous) or lie inside one; a
-//! page read submits one bio per contiguous extent and completes the page when the last one
-//! is done. Reads only: writes, and so invalidation of the cluster cache, come in a later slice.
+//! page read or write submits one bio per contiguous extent.
+//!
+//! Sizes: `size` is i_size; `mmu_private` (in [`InodeIo`], under the inode lock) is how far
+//! blocks have been allocated and zero-filled or written, the kernel's "physically allocated
+//! size". Allocation happens in write_begin (so ENOSPC reaches write(2), not writeback) and is
+//! sequential from mmu_private, in whole clusters; writepage only maps.
+//!
+//! Locks, outermost first: the inode lock ([`FatInode::lock`], the kernel's i_rwsem), held by
+//! writers, truncate and expand; a page lock; the cluster cache's lock; the FAT's `fat_lock`.
+//! Readers and writeback take no inode lock, as in the kernel.
 
-use crate::dev::{Bio, BioOp, IoQueue};
+use crate::dev::IoQueue;
 use crate::error::FsError;
 use crate::fat::bpb::Bpb;
 use crate::fat::table::{FatStore, FatTable};
+use crate::fs::buffer::{
+    BlockMap, block_read_full_page, block_write_full_page, cont_write_begin,
+    generic_cont_expand_simple, write_end,
+};
 use crate::mm::filemap::{AddressSpace, read_cache_page};
+use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
+use crate::mm::writeback::balance_dirty_pages_ratelimited;
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef, WritebackControl};
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
-/// One piece of a page read: `len` device bytes at `dev` land at `at` in the page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Extent {
-    dev: u64,
-    at: usize,
-    len: usize,
-}
+/// The largest FAT file: sizes are 32-bit (the kernel's s_maxbytes for FAT).
+pub const FAT_MAX_FILE_SIZE: u64 = 0xFFFF_FFFF;
 
-/// The address-space operations of a file mapping: reads through `get_block`.
-///
-/// Holds everything the mapping needs (geometry, chain, cluster cache), so the mapping does
-/// not point back at its inode.
-pub struct FileAops<S: FatStore + 'static> {
+/// The data side of one file: geometry, chain, cluster cache and i_size. The mapping's
+/// operations hold it, so the mapping never points back at its inode.
+pub struct FileData<S: FatStore + 'static> {
     table: Arc<FatTable<S>>,
     bpb: Bpb,
     queue: Arc<IoQueue>,
-    first_cluster: u32,
-    size: u64,
+    /// First cluster; 0 while the file has none. Written under the inode lock and the
+    /// cluster cache's lock; Acquire/Release so a reader that sees a cluster also sees it
+    /// linked in the FAT (allocation links before it stores).
+    first_cluster: AtomicU32,
+    /// i_size. Raised by write_end under the page lock; readers load it without locks.
+    size: AtomicU64,
+    /// Writes are refused (read-only image or mount).
+    read_only: bool,
     /// The chain's clusters walked so far, in file order (the cluster cache).
     clusters: Mutex<ChainCache>,
 }
 
-impl<S: FatStore + 'static> std::fmt::Debug for FileAops<S> {
+impl<S: FatStore + 'static> std::fmt::Debug for FileData<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileAops")
-            .field("first_cluster", &self.first_cluster)
-            .field("size", &self.size)
+        f.debug_struct("FileData")
+            .field("first_cluster", &self.first_cluster())
+            .field("size", &self.size.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-impl<S: FatStore + 'static> FileAops<S> {
+impl<S: FatStore + 'static> FileData<S> {
     /// Bytes per cluster, as a `u64`.
     fn cluster_bytes(&self) -> u64 {
         u64::from(self.bpb.bytes_per_cluster())
+    }
+
+    /// The first cluster (0 for an empty file).
+    pub fn first_cluster(&self) -> u32 {
+        self.first_cluster.load(Ordering::Acquire)
     }
 
     /// fat_get_block for reads: the device bytes holding file byte `offset`, with how many
@@ -81,11 +101,12 @@ impl<S: FatStore + 'static> FileAops<S> {
     fn walk_to(&self, cache: &mut ChainCache, index: usize) -> Result<bool, FsError> {
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
         let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
+        let first = self.first_cluster();
         let clusters = &mut cache.clusters;
         while clusters.len() <= index {
             let next = match clusters.last() {
-                None if self.first_cluster == 0 => None,
-                None => Some(self.first_cluster),
+                None if first == 0 => None,
+                None => Some(first),
                 Some(&last) => self.table.next_in_chain(last)?,
             };
             let Some(next) = next else {
@@ -95,10 +116,7 @@ impl<S: FatStore + 'static> FileAops<S> {
             // later parts of the file (the kernel's walk has the same blind spot): a cluster
             // seen before on this chain is a loop, whatever the length.
             if clusters.len() >= limit || !cache.seen.insert(next) {
-                log::error!(
-                    "fat: chain from cluster {} loops at {next}",
-                    self.first_cluster
-                );
+                log::error!("fat: chain from cluster {first} loops at {next}");
                 return Err(FsError::Corrupted("cluster chain loops"));
             }
             clusters.push(next);
@@ -109,11 +127,12 @@ impl<S: FatStore + 'static> FileAops<S> {
     /// The length in clusters of the contiguous run from cluster number `index` (held), walking
     /// on while it stays contiguous and inside the size: those entries are needed anyway.
     fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<usize, FsError> {
+        let size = self.size.load(Ordering::Acquire);
         loop {
             let held = cache.clusters.len();
             let run = contiguous_run(&cache.clusters[index..]);
             let walked = held as u64 * self.cluster_bytes();
-            if index + run < held || walked >= self.size {
+            if index + run < held || walked >= size {
                 return Ok(run);
             }
             // A chain ending short is reported when an offset past its end is asked for.
@@ -125,119 +144,110 @@ impl<S: FatStore + 'static> FileAops<S> {
 
     /// The answer for `offset` when the chain has only `held` clusters.
     fn past_chain(&self, offset: u64, held: usize) -> Result<Option<(u64, u64)>, FsError> {
-        if offset < self.size {
+        let size = self.size.load(Ordering::Acquire);
+        if offset < size {
             log::error!(
-                "fat: file of {} bytes from cluster {} has {held} clusters",
-                self.size,
-                self.first_cluster
+                "fat: file of {size} bytes from cluster {} has {held} clusters",
+                self.first_cluster()
             );
             return Err(FsError::Corrupted("cluster chain shorter than file size"));
         }
         Ok(None)
     }
 
-    /// The device extents of page `index`'s bytes below the file size, merged where adjacent.
-    fn extents(&self, index: u64) -> Result<Vec<Extent>, FsError> {
-        let start = index << PAGE_SHIFT;
-        let end = self.size.min(start + PAGE_SIZE as u64);
-        let mut out: Vec<Extent> = Vec::new();
-        let mut pos = start;
-        while pos < end {
-            let (dev, run) = self
-                .get_block(pos)?
-                .ok_or(FsError::Corrupted("cluster chain shorter than file size"))?;
-            // Both are at most a page here, so the casts cannot truncate.
-            let len = run.min(end - pos) as usize;
-            let at = (pos - start) as usize;
-            match out.last_mut() {
-                Some(last) if last.dev + last.len as u64 == dev => last.len += len,
-                _ => out.push(Extent { dev, at, len }),
-            }
-            pos += len as u64;
-        }
-        Ok(out)
-    }
-
-    /// readpage: submit the reads of the locked, not-uptodate `page`, one bio per contiguous
-    /// extent; the last completion sets PG_uptodate (or PG_error) and unlocks it. The bytes
-    /// past the file size are zeroed, as the kernel zeroes the tail past i_size.
+    /// fat_truncate_blocks: keep the clusters holding the first `size` bytes, free the rest
+    /// of the chain, and lower `*allocated` (mmu_private) to `size`.
     ///
-    /// The page is unlocked on return when nothing was submitted, errors included (the
-    /// kernel's readpage contract), so the caller's `lock_page` wait works either way.
-    pub fn readpage(&self, cache: &Arc<PageCache>, page: &PageRef<'_>) -> Result<(), FsError> {
-        let extents = match self.extents(page.index()) {
-            Ok(e) => e,
-            Err(e) => {
-                page.set_error();
-                unlock_page(page.page());
-                return Err(e);
-            }
-        };
-        let filled = extents.iter().map(|e| e.at + e.len).max().unwrap_or(0);
-        // No bio touches the tail, so zero it now, before any completion can see the page.
-        page.with_data_mut(|d| d[filled..].fill(0));
-        if extents.is_empty() {
-            page.set_uptodate();
-            unlock_page(page.page());
+    /// # Context
+    /// The inode lock is held and the page cache past `size` is gone already.
+    fn truncate_blocks(&self, allocated: &mut u64, size: u64) -> Result<(), FsError> {
+        *allocated = (*allocated).min(size);
+        let first = self.first_cluster();
+        if first == 0 {
             return Ok(());
         }
-        self.submit_parts(cache, page, extents);
-        Ok(())
-    }
-
-    /// One read bio per extent; a shared count of outstanding parts finds the last one.
-    fn submit_parts(&self, cache: &Arc<PageCache>, page: &PageRef<'_>, extents: Vec<Extent>) {
-        let parts = u32::try_from(extents.len()).unwrap_or(u32::MAX);
-        let state = Arc::new(PartState {
-            left: AtomicU32::new(parts),
-            failed: AtomicU32::new(0),
-        });
-        let pfn = page.pfn();
-        for ext in extents {
-            let (cache, state) = (Arc::clone(cache), Arc::clone(&state));
-            self.queue.submit(Bio {
-                op: BioOp::Read {
-                    offset: ext.dev,
-                    len: ext.len,
-                },
-                end_io: Box::new(move |r| {
-                    let p = cache.page(pfn);
-                    match r {
-                        Ok(data) => p.with_data_mut(|d| {
-                            let n = data.len().min(ext.len);
-                            d[ext.at..ext.at + n].copy_from_slice(&data[..n]);
-                        }),
-                        Err(e) => {
-                            log::error!(
-                                "fat: read of {} bytes at {} failed: {e}",
-                                ext.len,
-                                ext.dev
-                            );
-                            // Relaxed: published to the last part by the AcqRel below.
-                            state.failed.store(1, Ordering::Relaxed);
-                        }
-                    }
-                    // AcqRel: the last part sees every other part's data and failure.
-                    if state.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        if state.failed.load(Ordering::Relaxed) != 0 {
-                            p.set_error();
-                        } else {
-                            p.set_uptodate();
-                        }
-                        unlock_page(p);
-                    }
-                }),
-            });
+        let keep = size.div_ceil(self.cluster_bytes());
+        let keep = u32::try_from(keep).map_err(|_| FsError::FileTooBig)?;
+        let mut cache = self.clusters.lock();
+        if keep == 0 {
+            // The file forgets the chain before it is freed, so no reader maps a freed cluster.
+            self.first_cluster.store(0, Ordering::Release);
+            cache.clusters.clear();
+            cache.seen.clear();
+            self.table.free_chain(first)?;
+            return Ok(());
         }
+        self.table.truncate_chain(first, keep)?;
+        if cache.clusters.len() > keep as usize {
+            for c in cache.clusters.split_off(keep as usize) {
+                cache.seen.remove(&c);
+            }
+        }
+        Ok(())
     }
 }
 
-/// Completion bookkeeping shared by the bios of one page read.
-struct PartState {
-    /// Bios not yet completed.
-    left: AtomicU32,
-    /// Nonzero once any bio failed.
-    failed: AtomicU32,
+impl<S: FatStore + 'static> BlockMap for FileData<S> {
+    fn map(&self, offset: u64) -> Result<Option<(u64, u64)>, FsError> {
+        self.get_block(offset)
+    }
+
+    /// fat_get_block for writes: whole clusters, linked after the chain's end (or made the
+    /// first cluster), enough to map every byte below `end`.
+    fn allocate(&self, allocated: &mut u64, end: u64) -> Result<(), FsError> {
+        if self.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if end <= *allocated {
+            return Ok(());
+        }
+        let cb = self.cluster_bytes();
+        let need = usize::try_from(end.div_ceil(cb)).map_err(|_| FsError::FileTooBig)?;
+        let mut cache = self.clusters.lock();
+        let have = if need == 0 || self.walk_to(&mut cache, need - 1)? {
+            need
+        } else {
+            cache.clusters.len()
+        };
+        if have < need {
+            let count = u32::try_from(need - have).map_err(|_| FsError::FileTooBig)?;
+            let new = match cache.clusters.last() {
+                // Prefer to continue from the volume's next-free hint: a new file lands
+                // after the one written last.
+                None => self.table.alloc(count, None)?,
+                Some(&last) => self.table.extend(last, count)?,
+            };
+            if cache.clusters.is_empty() {
+                // Release: the chain is linked in the FAT before anyone can see its start.
+                self.first_cluster.store(new[0], Ordering::Release);
+            }
+            for c in new {
+                cache.seen.insert(c);
+                cache.clusters.push(c);
+            }
+        }
+        let bs = self.block_size();
+        *allocated = (*allocated).max(end.div_ceil(bs) * bs);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn set_size(&self, size: u64) {
+        // Release pairs with the Acquire loads of readers and writeback: whoever sees the
+        // new size also sees the allocation that preceded it.
+        self.size.store(size, Ordering::Release);
+    }
+
+    fn block_size(&self) -> u64 {
+        u64::from(self.bpb.bytes_per_sector)
+    }
+
+    fn queue(&self) -> &Arc<IoQueue> {
+        &self.queue
+    }
 }
 
 /// The volume byte offset of `cluster`'s data; EIO for a cluster outside the data area.
@@ -264,67 +274,84 @@ fn contiguous_run(clusters: &[u32]) -> usize {
         .count()
 }
 
+/// The address-space operations of a file mapping (fat_aops).
+#[derive(Debug)]
+pub struct FileAops<S: FatStore + 'static>(Arc<FileData<S>>);
+
 impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
-    /// Read-only for now: writes (and so writepage) come in a later slice. Unlocks the page
-    /// and refuses, as the contract requires the page unlocked on return.
+    /// fat_writepage = block_write_full_page with fat_get_block; refused on a read-only volume
+    /// (the page is unlocked, as the contract requires).
     fn writepage(
         &self,
-        _mapping: &AddressSpace,
+        mapping: &AddressSpace,
         page: &PageRef<'_>,
-        _wbc: &mut WritebackControl,
+        wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
-        unlock_page(page.page());
-        Err(FsError::ReadOnly)
+        if self.0.read_only {
+            unlock_page(page.page());
+            return Err(FsError::ReadOnly);
+        }
+        block_write_full_page(&*self.0, mapping, page, wbc)
     }
 }
 
-/// One file or directory: its first cluster, size, data mapping and cluster cache.
+/// What the inode lock (i_rwsem) guards besides serializing writers: mmu_private.
+#[derive(Debug)]
+pub struct InodeIo {
+    /// Bytes allocated and zero-filled or written (mmu_private); at least i_size.
+    mmu_private: u64,
+}
+
+impl InodeIo {
+    /// mmu_private: how far the file is allocated and initialised.
+    pub fn allocated(&self) -> u64 {
+        self.mmu_private
+    }
+}
+
+/// One regular file: its data mapping, sizes and cluster cache.
 #[derive(Debug)]
 pub struct FatInode<S: FatStore + 'static> {
-    is_dir: bool,
-    aops: Arc<FileAops<S>>,
+    data: Arc<FileData<S>>,
     mapping: AddressSpace,
+    io: Mutex<InodeIo>,
 }
 
 impl<S: FatStore + 'static> FatInode<S> {
-    /// The inode of a file (or directory) starting at `first_cluster` with `size` bytes, its
-    /// data read through `queue`, its chain from `table`, its pages in `cache`.
+    /// The inode of a file starting at `first_cluster` with `size` bytes, its data read and
+    /// written through `queue`, its chain in `table`, its pages in `cache`; `read_only` refuses
+    /// every change.
     pub fn new(
         cache: &Arc<PageCache>,
         table: Arc<FatTable<S>>,
         queue: Arc<IoQueue>,
         bpb: &Bpb,
-        (first_cluster, size, is_dir): (u32, u64, bool),
+        (first_cluster, size, read_only): (u32, u64, bool),
     ) -> Self {
-        let aops = Arc::new(FileAops {
+        let data = Arc::new(FileData {
             table,
             bpb: bpb.clone(),
             queue,
-            first_cluster,
-            size,
+            first_cluster: AtomicU32::new(first_cluster),
+            size: AtomicU64::new(size),
+            read_only,
             clusters: Mutex::new(ChainCache::default()),
         });
-        let mapping = AddressSpace::new(cache, Arc::clone(&aops) as Arc<dyn AddressSpaceOps>);
-        FatInode {
-            is_dir,
-            aops,
-            mapping,
-        }
+        let aops = Arc::new(FileAops(Arc::clone(&data)));
+        let mapping = AddressSpace::new(cache, aops as Arc<dyn AddressSpaceOps>);
+        // An inode is loaded with mmu_private = i_size (fat_fill_inode).
+        let io = Mutex::new(InodeIo { mmu_private: size });
+        FatInode { data, mapping, io }
     }
 
     /// The first cluster (0 for an empty file).
     pub fn first_cluster(&self) -> u32 {
-        self.aops.first_cluster
+        self.data.first_cluster()
     }
 
-    /// The size in bytes.
+    /// i_size in bytes.
     pub fn size(&self) -> u64 {
-        self.aops.size
-    }
-
-    /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
-        self.is_dir
+        self.data.size()
     }
 
     /// The data mapping.
@@ -332,21 +359,151 @@ impl<S: FatStore + 'static> FatInode<S> {
         &self.mapping
     }
 
-    /// The mapping's operations (readpage).
-    pub fn aops(&self) -> &FileAops<S> {
-        &self.aops
+    /// The data side (block map) of the file.
+    pub fn data(&self) -> &Arc<FileData<S>> {
+        &self.data
+    }
+
+    /// Takes the inode lock (i_rwsem) for a write, truncate or expand.
+    pub fn lock(&self) -> MutexGuard<'_, InodeIo> {
+        self.io.lock()
     }
 
     /// Page `index` of the data mapping, locked and uptodate (read if it was not cached).
     pub fn read_page_locked(&self, index: u64) -> Result<PageRef<'_>, FsError> {
         read_cache_page(&self.mapping, index, |page| {
-            self.aops.readpage(self.mapping.cache(), page)
+            block_read_full_page(&*self.data, self.mapping.cache(), page)
         })
     }
 
-    /// See [`FileAops::get_block`].
+    /// See [`FileData::get_block`].
     pub fn get_block(&self, offset: u64) -> Result<Option<(u64, u64)>, FsError> {
-        self.aops.get_block(offset)
+        self.data.get_block(offset)
+    }
+
+    /// Reads at `offset` into `buf`; returns the bytes read, short at end of file. A cached
+    /// page is served without I/O.
+    ///
+    /// Models: mm/filemap.c generic_file_buffered_read() (v5.10), without readahead.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        let size = self.size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = usize::try_from(size - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        let mut done = 0;
+        while done < want {
+            let pos = offset + done as u64;
+            let in_page = (pos as usize) & (PAGE_SIZE - 1);
+            let n = (PAGE_SIZE - in_page).min(want - done);
+            let page = self.read_page_locked(pos >> PAGE_SHIFT)?;
+            page.with_data(|d| buf[done..done + n].copy_from_slice(&d[in_page..in_page + n]));
+            unlock_page(page.page());
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Buffered write of `data` at `pos` through write_begin / write_end, page by page;
+    /// returns the bytes written. A gap between the allocated end and `pos` is zero-filled
+    /// first. Stops short at 4 GiB - 1 (`FileTooBig` if nothing fits) and at a full volume
+    /// (`NoSpace` if nothing was written; what was written stays).
+    ///
+    /// Models: mm/filemap.c generic_perform_write() with fat_write_begin / fat_write_end
+    /// (v5.10).
+    pub fn write(&self, io: &mut InodeIo, pos: u64, data: &[u8]) -> Result<usize, FsError> {
+        if self.data.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if pos >= FAT_MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let len =
+            usize::try_from(FAT_MAX_FILE_SIZE - pos).map_or(data.len(), |m| m.min(data.len()));
+        let map = &*self.data;
+        let mut done = 0;
+        while done < len {
+            let p = pos + done as u64;
+            let at = (p & (PAGE_SIZE as u64 - 1)) as usize;
+            let n = (PAGE_SIZE - at).min(len - done);
+            let page = match cont_write_begin(map, &self.mapping, p, n, &mut io.mmu_private) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.write_failed(io);
+                    return if done > 0 { Ok(done) } else { Err(e) };
+                }
+            };
+            page.with_data_mut(|d| d[at..at + n].copy_from_slice(&data[done..done + n]));
+            write_end(map, &self.mapping, p, n, page);
+            balance_dirty_pages_ratelimited(&self.mapping);
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// fat_write_failed: blocks allocated past i_size by a failed write are given back.
+    fn write_failed(&self, io: &mut InodeIo) {
+        let size = self.size();
+        if io.mmu_private > size {
+            truncate_pagecache(&self.mapping, size);
+            if let Err(e) = self.data.truncate_blocks(&mut io.mmu_private, size) {
+                log::error!("fat: cannot free clusters after a failed write: {e}");
+            }
+        }
+    }
+
+    /// Grows the file to `size` bytes of zeros through the page cache (the data part of
+    /// fat_cont_expand: generic_cont_expand_simple); the pages are left dirty. On failure the
+    /// file keeps what was zero-filled before it, as in the kernel.
+    pub fn expand(&self, io: &mut InodeIo, size: u64) -> Result<(), FsError> {
+        if self.data.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if size > FAT_MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        if size <= self.size() {
+            return Ok(());
+        }
+        let r = generic_cont_expand_simple(&*self.data, &self.mapping, size, &mut io.mmu_private);
+        if r.is_err() {
+            self.write_failed(io);
+        }
+        r
+    }
+
+    /// Shrinks the file to `size`: i_size first, then the page cache past it (waiting for
+    /// writeback on each page), then the clusters past it.
+    ///
+    /// Models: fs/fat/file.c fat_setattr() shrink path: truncate_setsize() +
+    /// fat_truncate_blocks() (v5.10).
+    pub fn shrink(&self, io: &mut InodeIo, size: u64) -> Result<(), FsError> {
+        if self.data.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if size >= self.size() {
+            return Ok(());
+        }
+        self.data.set_size(size);
+        truncate_pagecache(&self.mapping, size);
+        self.data.truncate_blocks(&mut io.mmu_private, size)
+    }
+
+    /// Forgets the whole chain (the file was unlinked and its last user is gone): drops every
+    /// page (waiting for writeback) and frees the clusters.
+    ///
+    /// Models: fs/fat/inode.c fat_evict_inode() for an unlinked file (v5.10).
+    pub fn evict(&self) -> Result<(), FsError> {
+        let mut io = self.lock();
+        self.data.set_size(0);
+        truncate_pagecache(&self.mapping, 0);
+        if self.data.read_only {
+            return Ok(());
+        }
+        self.data.truncate_blocks(&mut io.mmu_private, 0)
     }
 }
 
@@ -503,7 +660,7 @@ mod tests {
         }
         let ino = f.inode(10, FRAGMENTED_SIZE);
         let page = find_or_create_page(ino.mapping(), 0).expect("page");
-        ino.aops().readpage(&f.cache, &page).expect("readpage");
+        block_read_full_page(&**ino.data(), &f.cache, &page).expect("readpage");
         lock_page(page.page());
         assert!(page.uptodate());
         assert_eq!(f.queue.completed(), 3, "one bio per contiguous extent");
@@ -521,15 +678,119 @@ mod tests {
     }
 
     #[test]
-    fn writepage_refuses_and_unlocks() {
+    fn writepage_on_a_read_only_volume_refuses_and_unlocks() {
         let f = fixture();
         f.link(&[50]);
-        let ino = f.inode(50, 10);
+        let (t, q) = (Arc::clone(&f.table), Arc::clone(&f.queue));
+        let ino = FatInode::new(&f.cache, t, q, &f.bpb, (50, 10, true));
         let page = find_or_create_page(ino.mapping(), 0).expect("page");
         let mut wbc = WritebackControl::background(1);
-        let e = ino.aops().writepage(ino.mapping(), &page, &mut wbc);
+        let e = ino
+            .mapping()
+            .aops()
+            .writepage(ino.mapping(), &page, &mut wbc);
         assert!(matches!(e, Err(FsError::ReadOnly)));
         assert!(!page.locked());
+        let mut io = ino.lock();
+        assert!(matches!(
+            ino.write(&mut io, 0, b"x"),
+            Err(FsError::ReadOnly)
+        ));
+        assert!(matches!(ino.shrink(&mut io, 0), Err(FsError::ReadOnly)));
+        assert!(matches!(ino.expand(&mut io, 100), Err(FsError::ReadOnly)));
+    }
+
+    /// Writes back and waits for every dirty page of `ino`.
+    fn sync(ino: &FatInode<MemFat>) {
+        use crate::mm::filemap::{filemap_fdatawait_range, filemap_fdatawrite_range};
+        filemap_fdatawrite_range(ino.mapping(), 0, u64::MAX).expect("writeback");
+        filemap_fdatawait_range(ino.mapping(), 0, u64::MAX).expect("wait");
+    }
+
+    #[test]
+    fn a_new_file_allocates_whole_clusters_as_it_grows_and_writes_through_them() {
+        let f = fixture();
+        // Cluster 2 is taken, so the file cannot start there.
+        f.link(&[2]);
+        let ino = f.inode(0, 0);
+        let bytes: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let mut io = ino.lock();
+        assert_eq!(ino.write(&mut io, 0, &bytes).expect("write"), 3000);
+        assert_eq!(ino.size(), 3000);
+        assert_eq!(io.allocated(), 3072, "rounded to the 512-byte block");
+        let first = ino.first_cluster();
+        assert_ne!(first, 0);
+        let chain = f.table.chain(first).expect("chain");
+        assert_eq!(chain.len(), 6, "3000 bytes in 512-byte clusters");
+        assert!(!chain.contains(&2));
+        drop(io);
+        sync(&ino);
+        let snap = f.dev.snapshot();
+        for (i, c) in chain.iter().enumerate() {
+            let at = usize::try_from(data(*c)).expect("small");
+            let end = (512 * (i + 1)).min(3000);
+            assert_eq!(
+                &snap[at..at + end - 512 * i],
+                &bytes[512 * i..end],
+                "cluster {c}"
+            );
+        }
+        // The tail of the last block was written as zeros.
+        let last = usize::try_from(data(chain[5])).expect("small");
+        assert!(snap[last + 440..last + 512].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn shrink_frees_clusters_and_expand_reads_back_zeros() {
+        let f = fixture();
+        let ino = f.inode(0, 0);
+        let mut io = ino.lock();
+        ino.write(&mut io, 0, &[0xEE; 2048]).expect("write");
+        let free_before = f.table.free_count();
+        ino.shrink(&mut io, 700).expect("shrink");
+        assert_eq!(ino.size(), 700);
+        assert_eq!(
+            f.table.free_count(),
+            free_before + 2,
+            "clusters 3 and 4 freed"
+        );
+        assert_eq!(f.table.chain(ino.first_cluster()).expect("chain").len(), 2);
+        ino.expand(&mut io, 5000).expect("expand");
+        assert_eq!(ino.size(), 5000);
+        drop(io);
+        sync(&ino);
+        let mut back = vec![1u8; 5000];
+        // A cold read, from the device.
+        crate::mm::truncate::truncate_pagecache(ino.mapping(), 0);
+        assert_eq!(ino.read(0, &mut back).expect("read"), 5000);
+        assert!(back[..700].iter().all(|b| *b == 0xEE), "kept head");
+        assert!(
+            back[700..].iter().all(|b| *b == 0),
+            "the old tail does not come back"
+        );
+        let mut io = ino.lock();
+        ino.shrink(&mut io, 0).expect("to nothing");
+        assert_eq!(ino.first_cluster(), 0);
+        assert_eq!(f.table.free_count(), CLUSTERS, "everything free again");
+    }
+
+    #[test]
+    fn a_full_volume_fails_the_write_and_keeps_what_was_written() {
+        let f = fixture();
+        let ino = f.inode(0, 0);
+        let mut io = ino.lock();
+        let room = u64::from(CLUSTERS) * 512;
+        let big = vec![5u8; usize::try_from(room).expect("small") + 4096];
+        let n = ino.write(&mut io, 0, &big).expect("a short write");
+        assert_eq!(n as u64, room, "stops at the last free byte");
+        assert_eq!(f.table.free_count(), 0);
+        let e = ino.write(&mut io, room, b"more").expect_err("full");
+        assert!(matches!(e, FsError::NoSpace));
+        assert_eq!(ino.size(), room);
+        drop(io);
+        let mut back = vec![0u8; 100];
+        ino.read(room - 100, &mut back).expect("read");
+        assert!(back.iter().all(|b| *b == 5));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Generic filesystem helpers between FAT and the page cache (kernel fs/*.c outside fs/fat).
 //!
 //! * [`bdev`]: the block-device mapping, through which FAT reads and writes its metadata.
+//! * [`buffer`]: page I/O and buffered writes driven by a filesystem's block map (get_block).
 
 pub mod bdev;
+pub mod buffer;

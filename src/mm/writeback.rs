@@ -373,6 +373,40 @@ pub fn do_writepages(mapping: &AddressSpace, wbc: &mut WritebackControl) -> Resu
     }
 }
 
+/// Percent of the cache's frames that may be dirty or under writeback before a writer is
+/// throttled (vm.dirty_ratio's default).
+pub const DIRTY_RATIO: u64 = 20;
+
+/// balance_dirty_pages_ratelimited: a writer that finds the cache's dirty and writeback pages
+/// over [`DIRTY_RATIO`] writes back a batch of its own mapping's dirty pages (WB_SYNC_NONE)
+/// and then pauses until writeback has drained to half the limit, or for at most a second.
+///
+/// Without this a writer fills every frame with dirty pages, which reclaim cannot free, and
+/// the next allocation fails with ENOMEM.
+///
+/// Models: mm/page-writeback.c balance_dirty_pages_ratelimited() as it worked before v3.2,
+/// when the throttled writer wrote pages itself; the flusher-driven form comes with the
+/// flusher thread.
+pub fn balance_dirty_pages_ratelimited(mapping: &AddressSpace) {
+    let cache = mapping.cache();
+    let limit = (cache.nr_frames() as u64 * DIRTY_RATIO / 100).max(1);
+    let stats = &cache.stats;
+    if stats.nr_dirty.get() + stats.nr_writeback.get() <= limit {
+        return;
+    }
+    let mut wbc = WritebackControl::background(i64::try_from(limit).unwrap_or(i64::MAX));
+    if let Err(e) = do_writepages(mapping, &mut wbc) {
+        // The page and the mapping carry the error for fsync; the writer goes on, as the
+        // kernel's throttled writer does.
+        log::debug!("balance_dirty_pages: writeback failed: {e}");
+    }
+    // io_schedule_timeout: pause while the writes just started are in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while stats.nr_writeback.get() > limit / 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -1,0 +1,652 @@
+//! Page I/O driven by a filesystem's block map: readpage, writepage, and the buffered-write
+//! pair write_begin / write_end with the zero-filling "cont" expansion FAT needs.
+//!
+//! Models: fs/buffer.c block_read_full_page(), block_write_full_page(), cont_write_begin(),
+//! cont_expand_zero(), block_write_begin(), generic_write_end(), generic_cont_expand_simple()
+//! (v5.10), without buffer heads: a page's blocks are tracked as device extents found through
+//! [`BlockMap`] when the page is read or written, not as a list hanging off the page.
+//!
+//! What is kept from the kernel, because the race depends on it:
+//! * write_begin locks the page and never waits for writeback on it (FAT's backing device has
+//!   no stable pages), so a page under writeback is redirtied freely;
+//! * writepage sets PG_writeback while holding the page lock, unlocks, and submits; the I/O
+//!   completion (a device thread) calls end_page_writeback without the lock;
+//! * an expansion zero-fills every page between the allocated end (`mmu_private`) and the new
+//!   size through write_begin / write_end, each page locked, zeroed, dirtied and unlocked in
+//!   turn, growing i_size page by page.
+//!
+//! Deviation: a page is written with one bio per contiguous device extent of its own; the
+//! kernel's mpage path merges neighbouring pages into one bio. Completion order per page is
+//! the same (the last part ends the page's writeback).
+
+use crate::dev::{Bio, BioOp, IoQueue};
+use crate::error::FsError;
+use crate::mm::filemap::{AddressSpace, end_page_writeback, find_or_create_page};
+use crate::mm::waitqueue::{lock_page, unlock_page};
+use crate::mm::writeback::{
+    WritebackControl, balance_dirty_pages_ratelimited, set_page_dirty, set_page_writeback,
+};
+use crate::mm::{PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
+use crate::sync::{Arc, AtomicU32, Ordering};
+
+/// A file's map from byte offsets to device bytes, as a filesystem provides it (get_block).
+pub trait BlockMap: Send + Sync {
+    /// The device byte holding file byte `offset` and how many bytes from there are
+    /// contiguous on the device; `None` where nothing is allocated.
+    fn map(&self, offset: u64) -> Result<Option<(u64, u64)>, FsError>;
+    /// Allocates so that every byte below `end` is mapped, with `*allocated` (mmu_private) the
+    /// end of what was mapped for writing so far; moves `*allocated` up to `end` rounded to a
+    /// block. Allocation is sequential: it continues from `*allocated`.
+    fn allocate(&self, allocated: &mut u64, end: u64) -> Result<(), FsError>;
+    /// i_size.
+    fn size(&self) -> u64;
+    /// Sets i_size (under the inode's lock and the lock of the page written last).
+    fn set_size(&self, size: u64);
+    /// The block size: the unit of allocation and of device writes.
+    fn block_size(&self) -> u64;
+    /// The device queue the file's pages are read and written through.
+    fn queue(&self) -> &Arc<IoQueue>;
+}
+
+/// One piece of a page's I/O: `len` device bytes at `dev` are page bytes from `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extent {
+    dev: u64,
+    at: usize,
+    len: usize,
+}
+
+/// The device extents of page `index`'s bytes below file byte `end`, merged where adjacent;
+/// a hole below `end` is `Corrupted` (FAT has no holes).
+fn page_extents(map: &dyn BlockMap, index: u64, end: u64) -> Result<Vec<Extent>, FsError> {
+    let start = index << PAGE_SHIFT;
+    let end = end.min(start + PAGE_SIZE as u64);
+    let mut out: Vec<Extent> = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let (dev, run) = map.map(pos)?.ok_or_else(|| {
+            log::error!("buffer: file byte {pos} below {end} is not mapped");
+            FsError::Corrupted("cluster chain shorter than file size")
+        })?;
+        if run == 0 {
+            return Err(FsError::Corrupted("empty block mapping"));
+        }
+        // Both are at most a page here, so the casts cannot truncate.
+        let len = run.min(end - pos) as usize;
+        let at = (pos - start) as usize;
+        match out.last_mut() {
+            Some(last) if last.dev + last.len as u64 == dev => last.len += len,
+            _ => out.push(Extent { dev, at, len }),
+        }
+        pos += len as u64;
+    }
+    Ok(out)
+}
+
+/// Completion bookkeeping shared by the bios of one page.
+struct PartState {
+    /// Bios not yet completed.
+    left: AtomicU32,
+    /// Nonzero once any bio failed.
+    failed: AtomicU32,
+}
+
+impl PartState {
+    fn new(parts: usize) -> Arc<PartState> {
+        Arc::new(PartState {
+            left: AtomicU32::new(u32::try_from(parts).unwrap_or(u32::MAX)),
+            failed: AtomicU32::new(0),
+        })
+    }
+
+    /// Records one finished part; true for the last one, which then sees every part's
+    /// outcome (the AcqRel chain on `left` orders the earlier parts' `failed` stores and page
+    /// data before the last part's loads).
+    fn finish(&self, ok: bool) -> bool {
+        if !ok {
+            // Relaxed: published to the last part by the AcqRel below.
+            self.failed.store(1, Ordering::Relaxed);
+        }
+        self.left.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// readpage: submit the reads of the locked, not-uptodate `page`, one bio per contiguous
+/// extent below i_size; the last completion sets PG_uptodate (or PG_error) and unlocks it.
+/// The bytes past i_size are zeroed, as the kernel zeroes the tail of the EOF page.
+///
+/// The page is unlocked on return when nothing was submitted, errors included (the
+/// readpage contract), so the caller's lock_page wait works either way.
+///
+/// Models: fs/buffer.c block_read_full_page() (v5.10).
+pub fn block_read_full_page(
+    map: &dyn BlockMap,
+    cache: &Arc<PageCache>,
+    page: &PageRef<'_>,
+) -> Result<(), FsError> {
+    let extents = match page_extents(map, page.index(), map.size()) {
+        Ok(e) => e,
+        Err(e) => {
+            page.set_error();
+            unlock_page(page.page());
+            return Err(e);
+        }
+    };
+    let filled = extents.iter().map(|e| e.at + e.len).max().unwrap_or(0);
+    // No bio touches the tail, so zero it now, before any completion can see the page.
+    page.with_data_mut(|d| d[filled..].fill(0));
+    if extents.is_empty() {
+        page.set_uptodate();
+        unlock_page(page.page());
+        return Ok(());
+    }
+    let state = PartState::new(extents.len());
+    let pfn = page.pfn();
+    for ext in extents {
+        let (cache, state) = (Arc::clone(cache), Arc::clone(&state));
+        map.queue().submit(Bio {
+            op: BioOp::Read {
+                offset: ext.dev,
+                len: ext.len,
+            },
+            end_io: Box::new(move |r| {
+                let p = cache.page(pfn);
+                let ok = match r {
+                    Ok(data) => {
+                        p.with_data_mut(|d| {
+                            let n = data.len().min(ext.len);
+                            d[ext.at..ext.at + n].copy_from_slice(&data[..n]);
+                        });
+                        true
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "buffer: read of {} bytes at {} failed: {e}",
+                            ext.len,
+                            ext.dev
+                        );
+                        false
+                    }
+                };
+                if state.finish(ok) {
+                    if state.failed() {
+                        p.set_error();
+                    } else {
+                        p.set_uptodate();
+                    }
+                    unlock_page(p);
+                }
+            }),
+        });
+    }
+    Ok(())
+}
+
+/// writepage: write the locked, just-cleaned `page` through `map`.
+///
+/// A page wholly past i_size belongs to a truncate in progress: it is unlocked and left
+/// (the kernel does the same). A page straddling i_size has its tail zeroed and is written up
+/// to i_size rounded to a block. Otherwise PG_writeback is set under the page lock, the page
+/// unlocked, and one write bio per contiguous extent submitted; the last completion ends the
+/// writeback, recording a failure on the page and the mapping (AS_EIO) first.
+///
+/// Models: fs/buffer.c block_write_full_page() / __block_write_full_page() (v5.10).
+pub fn block_write_full_page(
+    map: &dyn BlockMap,
+    mapping: &AddressSpace,
+    page: &PageRef<'_>,
+    _wbc: &mut WritebackControl,
+) -> Result<(), FsError> {
+    let size = map.size();
+    let start = page.index() << PAGE_SHIFT;
+    if start >= size {
+        unlock_page(page.page());
+        return Ok(());
+    }
+    let in_page = size - start;
+    if in_page < PAGE_SIZE as u64 {
+        // Bytes past i_size are written as zeros: a stale tail must not reach the disk.
+        page.with_data_mut(|d| d[in_page as usize..].fill(0));
+    }
+    let bs = map.block_size().max(1);
+    let end = (start + in_page.div_ceil(bs) * bs).min(start + PAGE_SIZE as u64);
+    let extents = match page_extents(map, page.index(), end) {
+        Ok(e) => e,
+        Err(e) => {
+            page.set_error();
+            mapping.cache().set_mapping_error(mapping.id(), &e);
+            unlock_page(page.page());
+            return Err(e);
+        }
+    };
+    set_page_writeback(page.page());
+    // The bios carry a copy taken under the page lock; a later redirty (write_begin does not
+    // wait for writeback) changes the page, not this I/O, and is written by the next pass.
+    let parts: Vec<(Extent, Vec<u8>)> = page.with_data(|d| {
+        extents
+            .iter()
+            .map(|e| (*e, d[e.at..e.at + e.len].to_vec()))
+            .collect()
+    });
+    unlock_page(page.page());
+    let state = PartState::new(parts.len());
+    let (pfn, mapping_id) = (page.pfn(), mapping.id());
+    for (ext, data) in parts {
+        let (cache, state) = (Arc::clone(mapping.cache()), Arc::clone(&state));
+        map.queue().submit(Bio {
+            op: BioOp::Write {
+                offset: ext.dev,
+                data,
+            },
+            end_io: Box::new(move |r| {
+                let ok = match r {
+                    Ok(_) => true,
+                    Err(e) => {
+                        log::error!(
+                            "buffer: write of {} bytes at {} failed: {e}",
+                            ext.len,
+                            ext.dev
+                        );
+                        cache.set_mapping_error(mapping_id, &e);
+                        false
+                    }
+                };
+                if state.finish(ok) {
+                    let p = cache.page(pfn);
+                    if state.failed() {
+                        p.set_error();
+                    }
+                    end_page_writeback(p);
+                }
+            }),
+        });
+    }
+    Ok(())
+}
+
+/// block_write_begin: page `pos >> PAGE_SHIFT`, locked, uptodate, with every block under
+/// `[pos, pos + len)` allocated. Never waits for writeback on the page.
+///
+/// Models: fs/buffer.c block_write_begin() / __block_write_begin() (v5.10).
+fn block_write_begin<'m>(
+    map: &dyn BlockMap,
+    mapping: &'m AddressSpace,
+    pos: u64,
+    len: usize,
+    allocated: &mut u64,
+) -> Result<PageRef<'m>, FsError> {
+    let index = pos >> PAGE_SHIFT;
+    let page = find_or_create_page(mapping, index)?;
+    // Allocate before reading, as __block_write_begin maps the buffers first; a failure
+    // leaves the page as it was (unlocked), and nothing was allocated (allocation is
+    // all-or-nothing).
+    if let Err(e) = map.allocate(allocated, pos + len as u64) {
+        unlock_page(page.page());
+        return Err(e);
+    }
+    let whole = pos & (PAGE_SIZE as u64 - 1) == 0 && len == PAGE_SIZE;
+    if page.uptodate() || whole {
+        return Ok(page);
+    }
+    // A partial write of a page not in memory: read what is below i_size (the rest reads as
+    // zeros), then take the lock back. The caller holds the inode lock, so no truncate can
+    // take the page meanwhile; reclaim cannot either while we hold our reference.
+    page.clear_error();
+    block_read_full_page(map, mapping.cache(), &page)?;
+    lock_page(page.page());
+    if !page.uptodate() {
+        unlock_page(page.page());
+        return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    Ok(page)
+}
+
+/// block_write_end + generic_write_end: after `copied` bytes were copied into the page at
+/// `pos`, mark it uptodate and dirty, grow i_size under the page lock if the write passed it,
+/// unlock. Returns whether i_size grew (the inode then needs writing).
+///
+/// Models: fs/buffer.c block_write_end() / generic_write_end() (v5.10).
+pub fn write_end(
+    map: &dyn BlockMap,
+    mapping: &AddressSpace,
+    pos: u64,
+    copied: usize,
+    page: PageRef<'_>,
+) -> bool {
+    if copied > 0 {
+        // A whole-page copy into a page never read makes it uptodate; a partial one found it
+        // uptodate already (write_begin read it).
+        page.set_uptodate();
+        set_page_dirty(mapping, page.page());
+    }
+    let end = pos + copied as u64;
+    // i_size moves while the page lock is held, so a writepage of this page (which takes
+    // the lock) never sees new data with the old size and drops its tail.
+    let grew = end > map.size();
+    if grew {
+        map.set_size(end);
+    }
+    unlock_page(page.page());
+    grew
+}
+
+/// cont_write_begin: zero-fill from the allocated end (`*allocated`, mmu_private) up to
+/// `pos`, then return page `pos >> PAGE_SHIFT` locked with `[pos, pos + len)` allocated.
+///
+/// # Context
+/// The caller holds the inode's lock (i_rwsem), which also guards `*allocated`.
+///
+/// Models: fs/buffer.c cont_write_begin() (v5.10).
+pub fn cont_write_begin<'m>(
+    map: &dyn BlockMap,
+    mapping: &'m AddressSpace,
+    pos: u64,
+    len: usize,
+    allocated: &mut u64,
+) -> Result<PageRef<'m>, FsError> {
+    cont_expand_zero(map, mapping, pos, allocated)?;
+    let bs = map.block_size().max(1);
+    if pos + len as u64 > *allocated && *allocated % bs != 0 {
+        // The rest of the last allocated block is already ours: start the new data's blocks
+        // at the next boundary, as the kernel rounds mmu_private up here.
+        *allocated = allocated.div_ceil(bs) * bs;
+    }
+    block_write_begin(map, mapping, pos, len, allocated)
+}
+
+/// Zero-fills `[*allocated, pos)` page by page through write_begin / write_end, dirtying
+/// each page and growing i_size as it goes; nothing waits for writeback.
+///
+/// Models: fs/buffer.c cont_expand_zero() (v5.10).
+fn cont_expand_zero(
+    map: &dyn BlockMap,
+    mapping: &AddressSpace,
+    pos: u64,
+    allocated: &mut u64,
+) -> Result<(), FsError> {
+    let page_mask = PAGE_SIZE as u64 - 1;
+    let bs = map.block_size().max(1);
+    let index = pos >> PAGE_SHIFT;
+    // Whole pages from the allocated end to the page before `pos`'s.
+    while index > *allocated >> PAGE_SHIFT {
+        let cur = *allocated;
+        let zerofrom = (cur & page_mask) as usize;
+        if cur % bs != 0 {
+            *allocated = cur.div_ceil(bs) * bs;
+        }
+        let len = PAGE_SIZE - zerofrom;
+        zero_range(map, mapping, cur, len, allocated)?;
+    }
+    // The page holding both the allocated end and `pos`: zero the gap between them.
+    if index == *allocated >> PAGE_SHIFT {
+        let cur = *allocated;
+        let zerofrom = (cur & page_mask) as usize;
+        let offset = (pos & page_mask) as usize;
+        if offset <= zerofrom {
+            return Ok(());
+        }
+        if cur % bs != 0 {
+            *allocated = cur.div_ceil(bs) * bs;
+        }
+        zero_range(map, mapping, cur, offset - zerofrom, allocated)?;
+    }
+    Ok(())
+}
+
+/// One step of cont_expand_zero: `len` zero bytes written at `pos` through the write path.
+fn zero_range(
+    map: &dyn BlockMap,
+    mapping: &AddressSpace,
+    pos: u64,
+    len: usize,
+    allocated: &mut u64,
+) -> Result<(), FsError> {
+    let page = block_write_begin(map, mapping, pos, len, allocated)?;
+    let at = (pos & (PAGE_SIZE as u64 - 1)) as usize;
+    page.with_data_mut(|d| d[at..at + len].fill(0));
+    write_end(map, mapping, pos, len, page);
+    balance_dirty_pages_ratelimited(mapping);
+    Ok(())
+}
+
+/// generic_cont_expand_simple: grow the file to `size`, zero-filled through the page cache.
+/// Returns with i_size = `size`; the pages are dirty, nothing is written yet.
+///
+/// Models: fs/buffer.c generic_cont_expand_simple() (v5.10).
+pub fn generic_cont_expand_simple(
+    map: &dyn BlockMap,
+    mapping: &AddressSpace,
+    size: u64,
+    allocated: &mut u64,
+) -> Result<(), FsError> {
+    let page = cont_write_begin(map, mapping, size, 0, allocated)?;
+    write_end(map, mapping, size, 0, page);
+    Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bug::OnBug;
+    use crate::dev::{BlockDevice, MemDevice};
+    use crate::mm::filemap::{filemap_fdatawait_range, filemap_fdatawrite_range, find_get_page};
+    use crate::mm::writeback::WritebackControl;
+    use crate::mm::{AddressSpaceOps, CacheConfig, Era};
+    use crate::sync::Mutex;
+
+    /// A file laid out in fixed 512-byte blocks, block `i` at device byte `base + 2 * i * 512`
+    /// (every other block, so no two are contiguous and every page splits into 8 extents).
+    struct Striped {
+        queue: Arc<IoQueue>,
+        base: u64,
+        blocks: Mutex<u64>,
+        size: crate::sync::AtomicU64,
+        cap: u64,
+    }
+
+    impl BlockMap for Striped {
+        fn map(&self, offset: u64) -> Result<Option<(u64, u64)>, FsError> {
+            let b = offset / 512;
+            if b >= *self.blocks.lock() {
+                return Ok(None);
+            }
+            Ok(Some((
+                self.base + 2 * b * 512 + offset % 512,
+                512 - offset % 512,
+            )))
+        }
+        fn allocate(&self, allocated: &mut u64, end: u64) -> Result<(), FsError> {
+            let want = end.div_ceil(512);
+            if want > self.cap {
+                return Err(FsError::NoSpace);
+            }
+            let mut blocks = self.blocks.lock();
+            *blocks = (*blocks).max(want);
+            *allocated = (*allocated).max(want * 512);
+            Ok(())
+        }
+        fn size(&self) -> u64 {
+            self.size.load(Ordering::Acquire)
+        }
+        fn set_size(&self, size: u64) {
+            self.size.store(size, Ordering::Release);
+        }
+        fn block_size(&self) -> u64 {
+            512
+        }
+        fn queue(&self) -> &Arc<IoQueue> {
+            &self.queue
+        }
+    }
+
+    struct Aops(Arc<Striped>);
+
+    impl AddressSpaceOps for Aops {
+        fn writepage(
+            &self,
+            mapping: &AddressSpace,
+            page: &PageRef<'_>,
+            wbc: &mut WritebackControl,
+        ) -> Result<(), FsError> {
+            block_write_full_page(&*self.0, mapping, page, wbc)
+        }
+    }
+
+    struct Fixture {
+        dev: Arc<MemDevice>,
+        map: Arc<Striped>,
+        mapping: AddressSpace,
+    }
+
+    fn fixture() -> Fixture {
+        let dev = Arc::new(MemDevice::new(1 << 20));
+        let queue = Arc::new(IoQueue::new(dev.clone(), 2, Duration::ZERO).expect("queue"));
+        let cfg = CacheConfig {
+            on_bug: OnBug::Panic,
+            ..CacheConfig::new(Era::V5_11, 32)
+        };
+        let cache = PageCache::new(cfg).expect("cache");
+        let map = Arc::new(Striped {
+            queue,
+            base: 4096,
+            blocks: Mutex::new(0),
+            size: crate::sync::AtomicU64::new(0),
+            cap: 200,
+        });
+        let mapping = AddressSpace::new(&cache, Arc::new(Aops(Arc::clone(&map))));
+        Fixture { dev, map, mapping }
+    }
+
+    impl Fixture {
+        fn write(&self, pos: u64, data: &[u8], allocated: &mut u64) -> Result<(), FsError> {
+            let mut done = 0;
+            while done < data.len() {
+                let p = pos + done as u64;
+                let at = (p & (PAGE_SIZE as u64 - 1)) as usize;
+                let n = (PAGE_SIZE - at).min(data.len() - done);
+                let page = cont_write_begin(&*self.map, &self.mapping, p, n, allocated)?;
+                page.with_data_mut(|d| d[at..at + n].copy_from_slice(&data[done..done + n]));
+                write_end(&*self.map, &self.mapping, p, n, page);
+                done += n;
+            }
+            Ok(())
+        }
+
+        fn sync(&self) {
+            filemap_fdatawrite_range(&self.mapping, 0, u64::MAX).expect("write");
+            filemap_fdatawait_range(&self.mapping, 0, u64::MAX).expect("wait");
+        }
+
+        /// File bytes `[0, len)` as the device holds them.
+        fn on_device(&self, len: u64) -> Vec<u8> {
+            let snap = self.dev.snapshot();
+            (0..len)
+                .map(|o| {
+                    let (dev, _) = self.map.map(o).expect("map").expect("mapped");
+                    snap[dev as usize]
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_write_past_the_end_zero_fills_the_gap_and_reaches_the_device() {
+        let f = fixture();
+        let mut allocated = 0;
+        f.write(0, b"head", &mut allocated).expect("first write");
+        assert_eq!(f.map.size(), 4);
+        assert_eq!(allocated, 512, "one block mapped");
+        // A write at 9000 must zero [4, 9000) through two more pages.
+        f.dev
+            .write_at(4096, &[0xAA; 64 * 1024])
+            .expect("stale bytes");
+        f.write(9000, b"tail", &mut allocated)
+            .expect("second write");
+        assert_eq!(f.map.size(), 9004);
+        assert_eq!(allocated, 9216, "blocks up to the one holding byte 9003");
+        f.sync();
+        let got = f.on_device(9004);
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..9000].iter().all(|b| *b == 0), "the gap reads zero");
+        assert_eq!(&got[9000..], b"tail");
+    }
+
+    #[test]
+    fn expansion_grows_the_size_and_dirties_every_page_of_the_gap() {
+        let f = fixture();
+        let mut allocated = 0;
+        f.write(0, b"x", &mut allocated).expect("write");
+        generic_cont_expand_simple(
+            &*f.map,
+            &f.mapping,
+            3 * PAGE_SIZE as u64 + 7,
+            &mut allocated,
+        )
+        .expect("expand");
+        assert_eq!(f.map.size(), 3 * PAGE_SIZE as u64 + 7);
+        for index in 0..4 {
+            let page = find_get_page(&f.mapping, index).expect("cached");
+            assert!(page.dirty() && page.uptodate(), "page {index}");
+        }
+        f.sync();
+        let got = f.on_device(f.map.size());
+        assert_eq!(got[0], b'x');
+        assert!(got[1..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_partial_write_to_an_uncached_page_reads_the_rest_first() {
+        let f = fixture();
+        let mut allocated = 0;
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        f.write(0, &data, &mut allocated).expect("write");
+        f.sync();
+        // Drop the cache's copy, then overwrite three bytes in the middle of page 0.
+        crate::mm::truncate::truncate_pagecache(&f.mapping, 0);
+        f.write(100, b"new", &mut allocated).expect("overwrite");
+        f.sync();
+        let mut want = data.clone();
+        want[100..103].copy_from_slice(b"new");
+        assert_eq!(f.on_device(5000), want);
+    }
+
+    #[test]
+    fn no_space_leaves_size_and_allocation_alone() {
+        let f = fixture();
+        let mut allocated = 0;
+        f.write(0, b"abc", &mut allocated).expect("write");
+        let e = f
+            .write(200 * 512, b"too far", &mut allocated)
+            .expect_err("past the capacity");
+        assert!(matches!(e, FsError::NoSpace));
+        // The zero-fill before the failing page happened (as in the kernel, whose
+        // fat_write_failed then truncates back); the size never covers unallocated bytes.
+        assert_eq!(f.map.size(), 200 * 512, "zero-filled up to the capacity");
+        assert_eq!(allocated, 200 * 512, "and not a block more");
+    }
+
+    #[test]
+    fn writepage_of_a_page_past_the_size_writes_nothing() {
+        let f = fixture();
+        let mut allocated = 0;
+        f.write(0, &[1; PAGE_SIZE + 10], &mut allocated)
+            .expect("write");
+        f.sync();
+        let before = f.dev.snapshot();
+        // Shrink the size below page 1 without truncating the cache: writeback must skip it.
+        let page = find_get_page(&f.mapping, 1).expect("page 1");
+        crate::mm::waitqueue::lock_page(page.page());
+        set_page_dirty(&f.mapping, page.page());
+        crate::mm::waitqueue::unlock_page(page.page());
+        drop(page);
+        f.map.set_size(100);
+        f.sync();
+        assert_eq!(f.dev.snapshot(), before, "nothing written past the size");
+    }
+}
