@@ -5,6 +5,7 @@
 //!
 //! So far the on-disk formats, the FAT table, and mkfs:
 //! * [`bpb`]: boot sector, BIOS parameter block, FSInfo.
+//! * [`dir`]: one directory read and written: add, remove, update entries; new directories.
 //! * [`dirent`]: directory entries: the short entry, directory walks, free slots, name index.
 //! * [`inode`]: a file's data mapping: page reads through `get_block` and a cluster cache.
 //! * [`mkfs`]: a new, empty volume in an image file, with mkfs.fat's defaults (this one writes).
@@ -15,6 +16,7 @@
 //! * [`volume`]: a mounted volume, read-only so far: directories, lookup, file data, label.
 
 pub mod bpb;
+pub mod dir;
 pub mod dirent;
 pub mod inode;
 pub mod mkfs;
