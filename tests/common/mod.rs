@@ -1,10 +1,13 @@
 //! Helpers shared by the integration tests that check the FAT images of `fat-images/`:
 //! repository paths, FNV-1a 64, the model of `fat-images/MANIFEST.md`, the lookup of
-//! dosfstools and mtools, and a temporary directory removed on drop.
+//! dosfstools and mtools, and a temporary directory removed on drop. `readers` holds the
+//! independent readers (fsck.fat, mtools, fatfs, fatcache) that check a written image.
 
 // Each integration test compiles this module into its own binary and uses a different subset
 // of it, so an item one binary leaves unused is not dead code.
 #![allow(dead_code)]
+
+pub(crate) mod readers;
 
 use std::fs;
 use std::path::{Path, PathBuf};
