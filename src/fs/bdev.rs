@@ -10,6 +10,12 @@
 //! device's I/O queue: a page read completes on a completion thread, which fills the page, marks
 //! it uptodate and unlocks it (the reader sleeps in lock_page meanwhile); a writeback completes
 //! there too, with end_page_writeback.
+//!
+//! Dirty tracking is per 512-byte block inside a page, as the kernel's buffer heads track it:
+//! a bdev page can cover the last sectors of a directory cluster and the first sectors of a
+//! file's cluster, whose current bytes live in the file's own mapping. Writing the whole page
+//! back would put this page's stale copy of the file's sectors over the file's data, so
+//! writepage writes only the blocks [`Bdev::write`] dirtied.
 
 use std::time::Duration;
 
@@ -22,7 +28,13 @@ use crate::mm::filemap::{
 use crate::mm::waitqueue::unlock_page;
 use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback};
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+
+/// The block size of dirty tracking in the block-device mapping (the smallest sector).
+pub const BDEV_BLOCK: usize = 512;
+
+/// Blocks per page.
+const BLOCKS_PER_PAGE: usize = PAGE_SIZE / BDEV_BLOCK;
 
 /// writepage and readpage of a mapping laid linearly on the device: page `i` is device bytes
 /// `base + i * PAGE_SIZE ..`, straight to the I/O queue. The block-device mapping is the case
@@ -32,6 +44,10 @@ pub struct BdevAops {
     queue: Arc<IoQueue>,
     base: u64,
     size: u64,
+    /// Dirty blocks per page index, one bit per [`BDEV_BLOCK`]; changed under the page lock
+    /// (by [`Bdev::write`] and writepage), so the map's lock is only for the map itself. A
+    /// dirty page with no entry was dirtied some other way and is written whole.
+    dirty_blocks: Mutex<rustc_hash::FxHashMap<u64, u8>>,
 }
 
 impl BdevAops {
@@ -41,12 +57,18 @@ impl BdevAops {
             queue,
             base: 0,
             size,
+            dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
         }
     }
 
     /// Page I/O for the `size` bytes of the device that start at byte `base`.
     pub fn linear(queue: Arc<IoQueue>, base: u64, size: u64) -> Self {
-        BdevAops { queue, base, size }
+        BdevAops {
+            queue,
+            base,
+            size,
+            dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
+        }
     }
 
     /// The device bytes of page `index` (the last page may be partial).
@@ -63,6 +85,35 @@ impl BdevAops {
             self.base + off,
             (self.size - off).min(PAGE_SIZE as u64) as usize,
         ))
+    }
+
+    /// Marks the blocks under page bytes `[from, to)` of page `index` dirty.
+    fn mark_blocks(&self, index: u64, from: usize, to: usize) {
+        let first = from / BDEV_BLOCK;
+        let last = to.div_ceil(BDEV_BLOCK).min(BLOCKS_PER_PAGE);
+        let bits = (first..last).fold(0u8, |b, i| b | 1 << i);
+        *self.dirty_blocks.lock().entry(index).or_insert(0) |= bits;
+    }
+
+    /// The runs of dirty blocks of page `index` as (offset in page, length), clipped to
+    /// `len`, forgetting them; the whole `len` if none were recorded.
+    fn take_dirty_runs(&self, index: u64, len: usize) -> Vec<(usize, usize)> {
+        let Some(bits) = self.dirty_blocks.lock().remove(&index) else {
+            return vec![(0, len)];
+        };
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for i in (0..BLOCKS_PER_PAGE).filter(|i| bits & 1 << i != 0) {
+            let at = i * BDEV_BLOCK;
+            if at >= len {
+                break;
+            }
+            let n = BDEV_BLOCK.min(len - at);
+            match runs.last_mut() {
+                Some((start, l)) if *start + *l == at => *l += n,
+                _ => runs.push((at, n)),
+            }
+        }
+        runs
     }
 
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
@@ -105,6 +156,8 @@ impl BdevAops {
 }
 
 impl AddressSpaceOps for BdevAops {
+    /// Writes the page's dirty blocks (see the module doc), one bio per run; the last
+    /// completion ends the writeback, after recording a failure on the page and mapping.
     fn writepage(
         &self,
         mapping: &AddressSpace,
@@ -118,24 +171,48 @@ impl AddressSpaceOps for BdevAops {
                 return Err(e);
             }
         };
+        let runs = self.take_dirty_runs(page.index(), len);
+        if runs.is_empty() {
+            // Dirty blocks only past the device's end: nothing to write.
+            unlock_page(page.page());
+            return Ok(());
+        }
         set_page_writeback(page.page());
-        let data = page.with_data(|d| d[..len].to_vec());
+        let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
+            runs.iter()
+                .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
+                .collect()
+        });
         unlock_page(page.page());
-        let cache = Arc::clone(mapping.cache());
+        let left = Arc::new(AtomicU32::new(
+            u32::try_from(parts.len()).unwrap_or(u32::MAX),
+        ));
+        let failed = Arc::new(AtomicU32::new(0));
         let pfn = page.pfn();
         let mapping_id = mapping.id();
-        self.queue.submit(Bio {
-            op: BioOp::Write { offset, data },
-            end_io: Box::new(move |r| {
-                let p = cache.page(pfn);
-                if let Err(e) = r {
-                    log::error!("bdev: write of page at {offset} failed: {e}");
-                    p.set_error();
-                    cache.set_mapping_error(mapping_id, &e);
-                }
-                end_page_writeback(p);
-            }),
-        });
+        for (at, data) in parts {
+            let cache = Arc::clone(mapping.cache());
+            let (left, failed) = (Arc::clone(&left), Arc::clone(&failed));
+            self.queue.submit(Bio {
+                op: BioOp::Write { offset: at, data },
+                end_io: Box::new(move |r| {
+                    if let Err(e) = r {
+                        log::error!("bdev: write at {at} failed: {e}");
+                        cache.set_mapping_error(mapping_id, &e);
+                        // Relaxed: published to the last part by the AcqRel below.
+                        failed.store(1, Ordering::Relaxed);
+                    }
+                    // AcqRel: the last part sees every other part's failure.
+                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let p = cache.page(pfn);
+                        if failed.load(Ordering::Relaxed) != 0 {
+                            p.set_error();
+                        }
+                        end_page_writeback(p);
+                    }
+                }),
+            });
+        }
         Ok(())
     }
 }
@@ -191,6 +268,9 @@ impl Bdev {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         self.for_each_page(offset, data.len(), |page, in_page, at, len| {
             page.with_data_mut(|d| d[in_page..in_page + len].copy_from_slice(&data[at..at + len]));
+            // Under the page lock, before the page is dirtied: a writepage that sees the
+            // page dirty also sees these blocks.
+            self.aops.mark_blocks(page.index(), in_page, in_page + len);
             true
         })
     }
@@ -305,6 +385,31 @@ mod tests {
         let mut tail = [0u8; 512];
         b2.read(5 * PAGE_SIZE as u64, &mut tail)
             .expect("partial last page");
+    }
+
+    #[test]
+    fn writeback_writes_only_the_blocks_written_not_the_whole_page() {
+        let (dev, q, cache) = setup(4 * PAGE_SIZE, 8);
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        // The page is cached, then another writer (a file's own mapping, in a mount) puts
+        // new bytes in blocks 2..8 of it on the device.
+        let mut buf = [0u8; 4];
+        b.read(PAGE_SIZE as u64, &mut buf).expect("cache the page");
+        dev.write_at(PAGE_SIZE as u64 + 1024, &[0xDA; PAGE_SIZE - 1024])
+            .expect("file data");
+        // Metadata changes in blocks 0 and 1 only (a write straddling them).
+        b.write(PAGE_SIZE as u64 + 500, &[0x11; 40]).expect("write");
+        b.sync().expect("sync");
+        let snap = dev.snapshot();
+        let page = &snap[PAGE_SIZE..2 * PAGE_SIZE];
+        assert!(
+            page[500..540].iter().all(|x| *x == 0x11),
+            "the write landed"
+        );
+        assert!(
+            page[1024..].iter().all(|x| *x == 0xDA),
+            "the page's stale copy of blocks 2..8 was not written over the device"
+        );
     }
 
     #[test]
