@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use fatcache::FsError;
 use fatcache::dev::Placement;
-use fatcache::fat::dirent::DirEntry;
-use fatcache::fat::volume::{DirRef, Volume};
+use fatcache::fat::volume::{Node, Volume};
 
 /// The prefix of this binary's temporary directories.
 const TEMP: &str = "hostile_read";
@@ -129,11 +128,11 @@ fn open(path: &Path) -> Result<Volume, FsError> {
 }
 
 /// Up to `limit` bytes of the file from offset 0, in page-sized reads.
-fn read_upto(vol: &Volume, entry: &DirEntry, limit: usize) -> Result<Vec<u8>, FsError> {
+fn read_upto(vol: &Volume, node: &Node, limit: usize) -> Result<Vec<u8>, FsError> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < limit {
-        let n = vol.read_file(entry, out.len() as u64, &mut buf)?;
+        let n = vol.read(node, out.len() as u64, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -145,15 +144,16 @@ fn read_upto(vol: &Volume, entry: &DirEntry, limit: usize) -> Result<Vec<u8>, Fs
 /// Opens the image at `path` and reads the whole file at `file`.
 fn read_path(path: PathBuf, file: &'static str) -> Result<Vec<u8>, FsError> {
     let vol = open(&path)?;
-    let entry = vol.lookup_path(file)?;
-    read_upto(&vol, &entry, usize::MAX)
+    let node = vol.lookup_path(file)?;
+    read_upto(&vol, &node, usize::MAX)
 }
 
-/// Opens the image and lists the directory at `dir`.
+/// Opens the image and lists the directory at `dir`. A directory's node loads the whole
+/// directory, so a damaged one may fail at the lookup of `dir` as well as at `read_dir`.
 fn list_path(path: PathBuf, dir: &'static str) -> Result<Vec<String>, FsError> {
     let vol = open(&path)?;
-    let entry = vol.lookup_path(dir)?;
-    let items = vol.read_dir(vol.dir_ref(&entry)?)?;
+    let node = vol.lookup_path(dir)?;
+    let items = vol.read_dir(&node)?;
     Ok(items.into_iter().map(|i| i.name).collect())
 }
 
@@ -245,12 +245,12 @@ fn size_longer_than_chain_is_eio_past_chain() {
     let path = img.path.clone();
     let (head, tail) = guarded("read DATA.BIN", move || {
         let vol = open(&path)?;
-        let entry = vol.lookup_path("/DATA.BIN")?;
+        let node = vol.lookup_path("/DATA.BIN")?;
         let mut head = vec![0u8; 8192];
-        let n = vol.read_file(&entry, 0, &mut head)?;
+        let n = vol.read(&node, 0, &mut head)?;
         head.truncate(n);
         let mut tail = [0u8; 100];
-        Ok::<_, FsError>((head, vol.read_file(&entry, 8192, &mut tail)))
+        Ok::<_, FsError>((head, vol.read(&node, 8192, &mut tail)))
     })
     .expect("open, lookup and the read within the chain");
     assert_eq!(head, data_bin_prefix(8192), "bytes within the chain");
@@ -265,12 +265,10 @@ fn size_longer_than_one_cluster_chain_is_eio_past_page() {
     let path = img.path.clone();
     let (head, tail) = guarded("read README.TXT", move || {
         let vol = open(&path).expect("open");
-        let entry = vol.lookup_path("/README.TXT").expect("lookup");
+        let node = vol.lookup_path("/README.TXT").expect("lookup");
         let (mut head, mut tail) = ([0u8; 61], [0u8; 100]);
-        let head = vol
-            .read_file(&entry, 0, &mut head)
-            .map(|n| head[..n].to_vec());
-        (head, vol.read_file(&entry, 4096, &mut tail))
+        let head = vol.read(&node, 0, &mut head).map(|n| head[..n].to_vec());
+        (head, vol.read(&node, 4096, &mut tail))
     });
     // The first page holds bytes past the chain too: like the kernel's readpage, fatcache
     // may fail the whole page; either way it must not invent bytes.
@@ -322,8 +320,8 @@ fn total_sectors_past_image_refused_or_eio() {
     let r = guarded("open and read", move || {
         let vol = open(&path)?;
         println!("total_sectors past the image: opened");
-        let entry = vol.lookup_path("/README.TXT")?;
-        read_upto(&vol, &entry, usize::MAX)
+        let node = vol.lookup_path("/README.TXT")?;
+        read_upto(&vol, &node, usize::MAX)
     });
     match r {
         Err(e) => {
@@ -417,11 +415,13 @@ fn walk_image(path: &Path) -> Tally {
     };
     let mut budget = MAX_ENTRIES;
     tally.note(&vol.label());
-    walk(&vol, DirRef::Root, 0, &mut budget, &mut tally);
+    walk(&vol, &vol.root(), 0, &mut budget, &mut tally);
     tally
 }
 
-fn walk(vol: &Volume, dir: DirRef, depth: usize, budget: &mut usize, tally: &mut Tally) {
+/// Lists `dir` and visits each item: a directory's node is one operation (it loads the
+/// directory) and its walk more; a file's node and its read are one.
+fn walk(vol: &Volume, dir: &Node, depth: usize, budget: &mut usize, tally: &mut Tally) {
     let listed = vol.read_dir(dir);
     tally.note(&listed);
     let Ok(items) = listed else { return };
@@ -431,13 +431,14 @@ fn walk(vol: &Volume, dir: DirRef, depth: usize, budget: &mut usize, tally: &mut
         }
         *budget -= 1;
         if item.entry.is_dir() {
-            let sub = vol.dir_ref(&item.entry);
+            let sub = vol.child_at(dir, item.offset);
             tally.note(&sub);
             if let (Ok(sub), true) = (sub, depth < MAX_DEPTH) {
-                walk(vol, sub, depth + 1, budget, tally);
+                walk(vol, &sub, depth + 1, budget, tally);
             }
         } else {
-            tally.note(&read_upto(vol, &item.entry, MAX_FILE));
+            let node = vol.child_at(dir, item.offset);
+            tally.note(&node.and_then(|n| read_upto(vol, &n, MAX_FILE)));
         }
     }
 }

@@ -1,21 +1,22 @@
 //! Reads the FAT images of `fat-images/` through `fatcache::fat::volume::Volume` and checks
-//! them against `fat-images/MANIFEST.md`: the whole tree by `read_dir`, every file's bytes by
-//! `read_file` (size and FNV-1a 64), the label, path lookup and its errors, and reads at odd
-//! offsets across cluster boundaries. Each image is read from a private copy in a temporary
-//! directory. The FAT32 image is made by `make-images.sh fat32`; that test prints a line and
-//! skips when dosfstools or mtools are missing.
+//! them against `fat-images/MANIFEST.md`: the whole tree by `read_dir` and `child_at`, every
+//! file's bytes by `read` (size and FNV-1a 64), the label, path lookup and its errors, and
+//! reads at odd offsets across cluster boundaries. Each image is read from a private copy in
+//! a temporary directory. The FAT32 image is made by `make-images.sh fat32`; that test prints
+//! a line and skips when dosfstools or mtools are missing.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use common::{Image, TempDir, find_image, fnv1a64, manifest, repo_path, tools, tree_of};
 use fatcache::FsError;
 use fatcache::dev::Placement;
-use fatcache::fat::dirent::DirEntry;
-use fatcache::fat::volume::{DirRef, Volume};
+use fatcache::fat::volume::{Node, Volume};
 
 /// The prefix of this binary's temporary directories.
 const TEMP: &str = "volume_read";
@@ -40,14 +41,12 @@ fn open(path: &Path) -> Volume {
     Volume::open(path, Placement::default(), CACHE_FRAMES).expect("Volume::open")
 }
 
-/// The whole file through `read_file`, in reads of an odd size so they straddle clusters.
-fn read_all(vol: &Volume, entry: &DirEntry) -> Vec<u8> {
+/// The whole file through `read`, in reads of an odd size so they straddle clusters.
+fn read_all(vol: &Volume, node: &Node) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 1531];
     loop {
-        let n = vol
-            .read_file(entry, out.len() as u64, &mut buf)
-            .expect("read_file");
+        let n = vol.read(node, out.len() as u64, &mut buf).expect("read");
         if n == 0 {
             return out;
         }
@@ -56,25 +55,32 @@ fn read_all(vol: &Volume, entry: &DirEntry) -> Vec<u8> {
 }
 
 /// Walks the tree from `dir` (named `prefix`), recording every path with its kind.
-fn walk(vol: &Volume, dir: DirRef, prefix: &str, out: &mut BTreeMap<String, Kind>) {
+fn walk(vol: &Volume, dir: &Node, prefix: &str, out: &mut BTreeMap<String, Kind>) {
     for item in vol.read_dir(dir).expect("read_dir") {
         let path = format!("{prefix}/{}", item.name);
         assert!(!item.entry.is_volume_label(), "{path}: label listed");
-        if item.entry.is_dir() {
+        let node = vol
+            .child_at(dir, item.offset)
+            .unwrap_or_else(|e| panic!("{path}: child_at: {e}"));
+        assert_eq!(node.is_dir(), item.entry.is_dir(), "{path}: kind of node");
+        assert_eq!(node.entry(), item.entry, "{path}: node's entry");
+        if node.is_dir() {
             out.insert(path.clone(), None);
-            let sub = vol.dir_ref(&item.entry).expect("dir_ref");
-            walk(vol, sub, &path, out);
+            walk(vol, &node, &path, out);
         } else {
-            let data = read_all(vol, &item.entry);
+            let data = read_all(vol, &node);
             assert_eq!(data.len() as u64, u64::from(item.entry.size), "{path}");
+            assert_eq!(node.size(), u64::from(item.entry.size), "{path}: node size");
             out.insert(path.clone(), Some((data.len() as u64, fnv1a64(&data))));
         }
-        check_lookups(vol, dir, &item.name, &item.entry);
+        check_lookups(vol, dir, &item.name, &node);
     }
 }
 
-/// `name` is found in `dir` in other cases and by its short name, always as `entry`.
-fn check_lookups(vol: &Volume, dir: DirRef, name: &str, entry: &DirEntry) {
+/// `name` is found in `dir` in other cases and by its short name, always as `node` (the same
+/// node, with the same entry).
+fn check_lookups(vol: &Volume, dir: &Node, name: &str, node: &Arc<Node>) {
+    let entry = node.entry();
     let short = entry.name.to_string();
     for alt in [
         name.to_ascii_uppercase(),
@@ -85,7 +91,13 @@ fn check_lookups(vol: &Volume, dir: DirRef, name: &str, entry: &DirEntry) {
         let found = vol
             .lookup(dir, &alt)
             .unwrap_or_else(|e| panic!("{alt}: {e}"));
-        assert_eq!(found, *entry, "lookup of {alt:?} (for {name:?})");
+        assert!(
+            Arc::ptr_eq(&found, node),
+            "lookup of {alt:?} (for {name:?}): another node (ino {} for {})",
+            found.ino(),
+            node.ino()
+        );
+        assert_eq!(found.entry(), entry, "lookup of {alt:?} (for {name:?})");
     }
 }
 
@@ -93,7 +105,7 @@ fn check_lookups(vol: &Volume, dir: DirRef, name: &str, entry: &DirEntry) {
 fn check_image(img: &Image, want: &BTreeMap<String, Kind>, path: &Path) -> Volume {
     let vol = open(path);
     let mut tree = BTreeMap::new();
-    walk(&vol, DirRef::Root, "", &mut tree);
+    walk(&vol, &vol.root(), "", &mut tree);
     let (paths, got): (Vec<_>, Vec<_>) = (want.keys().collect(), tree.keys().collect());
     assert_eq!(got, paths, "{}: paths", img.name);
     assert_eq!(tree, *want, "{}: kinds, sizes, checksums", img.name);
@@ -113,18 +125,18 @@ fn check_image(img: &Image, want: &BTreeMap<String, Kind>, path: &Path) -> Volum
     vol
 }
 
-fn file(vol: &Volume, path: &str) -> DirEntry {
+fn file(vol: &Volume, path: &str) -> Arc<Node> {
     vol.lookup_path(path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Reads of `len` at `offset` equal the matching slice of the whole file.
 fn check_odd_reads(vol: &Volume, path: &str, cases: &[(u64, usize)]) {
-    let entry = file(vol, path);
-    let whole = read_all(vol, &entry);
+    let node = file(vol, path);
+    let whole = read_all(vol, &node);
     for &(offset, len) in cases {
         let mut buf = vec![0xAAu8; len];
-        let n = vol.read_file(&entry, offset, &mut buf).expect("read_file");
+        let n = vol.read(&node, offset, &mut buf).expect("read");
         let start = usize::try_from(offset).expect("offset").min(whole.len());
         let end = (start + len).min(whole.len());
         assert_eq!(n, end - start, "{path} at {offset} len {len}");
@@ -135,7 +147,7 @@ fn check_odd_reads(vol: &Volume, path: &str, cases: &[(u64, usize)]) {
 fn assert_err(vol: &Volume, path: &str, errno: i32) {
     match vol.lookup_path(path) {
         Err(e) => assert_eq!(e.errno(), errno, "{path}: {e}"),
-        Ok(entry) => panic!("{path}: found {entry:?}"),
+        Ok(node) => panic!("{path}: found {:?}", node.entry()),
     }
 }
 
@@ -150,10 +162,12 @@ fn fat12_floppy_reads_as_the_manifest_says() {
     let tmp = TempDir::new(TEMP, "fat12");
     let (img, tree) = image("floppy-fat12.img");
     let vol = check_image(&img, &tree, &tmp.copy_of(&img.name));
-    assert_eq!(file(&vol, "/dir1/Dir2/dir3/three.TXT").size, 1000);
+    let three = file(&vol, "/dir1/Dir2/dir3/three.TXT");
+    assert_eq!(three.entry().size, 1000);
+    assert_eq!(three.size(), 1000);
     assert!(file(&vol, "/").is_dir());
     assert!(file(&vol, "/Dir1//").is_dir());
-    assert_eq!(vol.read_dir(DirRef::Root).expect("root").len(), 6);
+    assert_eq!(vol.read_dir(&vol.root()).expect("root").len(), 6);
     assert_err(&vol, "/DIR1/MISSING.TXT", libc::ENOENT);
     assert_err(&vol, "/NOSUCH/ONE.TXT", libc::ENOENT);
     assert_err(&vol, "/README.TXT/ONE.TXT", libc::ENOTDIR);
@@ -161,11 +175,11 @@ fn fat12_floppy_reads_as_the_manifest_says() {
     assert_err(&vol, "/README.TXT/", libc::ENOTDIR);
     assert_err(&vol, "/README.TXT/..", libc::ENOTDIR);
     let one = file(&vol, "/DIR1/ONE.TXT");
-    assert_eq!(file(&vol, "/DIR1/DIR2/../ONE.TXT"), one, "'..' goes up");
-    assert_eq!(
-        file(&vol, "/../../DIR1/./DIR2/DIR3/../../ONE.TXT"),
-        one,
-        "root's parent"
+    assert_same(&file(&vol, "/DIR1/DIR2/../ONE.TXT"), &one, "'..' goes up");
+    assert_same(
+        &file(&vol, "/../../DIR1/./DIR2/DIR3/../../ONE.TXT"),
+        &one,
+        "root's parent",
     );
     assert!(file(&vol, "/DIR1/..").is_dir());
     let cases = [
@@ -180,20 +194,55 @@ fn fat12_floppy_reads_as_the_manifest_says() {
     check_odd_reads(&vol, "/data.bin", &cases);
     check_odd_reads(&vol, "/odd.txt", &[(511, 513), (4999, 7), (777, 3333)]);
     let empty = file(&vol, "/EMPTY.TXT");
-    assert_eq!(vol.read_file(&empty, 0, &mut [0u8; 8]).expect("read"), 0);
-    // A size past what the chain holds is a corrupted volume (EIO), not a short read.
-    let mut lying = file(&vol, "/README.TXT");
-    lying.size = 5000;
-    let err = vol
-        .read_file(&lying, 1000, &mut [0u8; 8])
+    assert_eq!(vol.read(&empty, 0, &mut [0u8; 8]).expect("read"), 0);
+    let dir = file(&vol, "/DIR1");
+    assert!(matches!(
+        vol.read(&dir, 0, &mut [0u8; 8]),
+        Err(FsError::IsDir)
+    ));
+    // A size past what the chain holds is a corrupted volume (EIO), not a short read. A node
+    // takes its size from the disk, so the lie is written into a second copy of the image.
+    let tmp_lying = TempDir::new(TEMP, "fat12-lying");
+    let lying_path = tmp_lying.copy_of(&img.name);
+    set_size_on_disk(&lying_path, b"README  TXT", 5000);
+    let lying_vol = open(&lying_path);
+    let lying = file(&lying_vol, "/README.TXT");
+    assert_eq!(lying.size(), 5000, "README.TXT's size as written");
+    let err = lying_vol
+        .read(&lying, 1000, &mut [0u8; 8])
         .expect_err("chain too short");
     assert!(matches!(err, FsError::Corrupted(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
-    let dir = file(&vol, "/DIR1");
-    assert!(matches!(
-        vol.read_file(&dir, 0, &mut [0u8; 8]),
-        Err(FsError::IsDir)
-    ));
+}
+
+/// `got` is the node `want` is: the same node, with the same entry.
+#[track_caller]
+fn assert_same(got: &Arc<Node>, want: &Arc<Node>, what: &str) {
+    assert!(
+        Arc::ptr_eq(got, want),
+        "{what}: ino {} instead of {}",
+        got.ino(),
+        want.ino()
+    );
+    assert_eq!(got.entry(), want.entry(), "{what}");
+}
+
+/// Byte offset of the FAT12 floppy's root directory (sector 19) and its size (224 entries).
+const FLOPPY_ROOT: usize = 19 * 512;
+const FLOPPY_ROOT_LEN: usize = 224 * 32;
+
+/// Sets the size field of the root entry whose 8.3 name is `short` in the FAT12 floppy
+/// image at `path`.
+fn set_size_on_disk(path: &Path, short: &[u8; 11], size: u32) {
+    let mut bytes = fs::read(path).expect("read image copy");
+    let root = &bytes[FLOPPY_ROOT..FLOPPY_ROOT + FLOPPY_ROOT_LEN];
+    let at = root
+        .chunks_exact(32)
+        .position(|e| e[..11] == short[..] && e[11] & 0x08 == 0)
+        .unwrap_or_else(|| panic!("{:?} not in the root", String::from_utf8_lossy(short)));
+    let field = FLOPPY_ROOT + at * 32 + 28;
+    bytes[field..field + 4].copy_from_slice(&size.to_le_bytes());
+    fs::write(path, &bytes).expect("write image copy");
 }
 
 #[test]
@@ -207,8 +256,9 @@ fn fat16_small_reads_as_the_manifest_says() {
 /// Lookups and odd reads that `small-fat16.img` and the FAT32 image share.
 fn check_fat16_tree(vol: &Volume) {
     let deep = "/LONG DIRECTORY NAME for nested tests/Level 2/LEVEL THREE/Deep File.TXT";
-    assert_eq!(file(vol, deep).size, 2900);
-    assert_eq!(file(vol, "/mixedcase.TXT").size, 71);
+    assert_eq!(file(vol, deep).entry().size, 2900);
+    assert_eq!(file(vol, deep).size(), 2900);
+    assert_eq!(file(vol, "/mixedcase.TXT").entry().size, 71);
     assert_err(vol, "/many/file-301.txt", libc::ENOENT);
     assert_err(vol, "/makefile/x", libc::ENOTDIR);
     check_odd_reads(
@@ -221,12 +271,7 @@ fn check_fat16_tree(vol: &Volume) {
         "/many-clusters.txt",
         &[(511, 65537), (329_999, 9), (12345, 1)],
     );
-    assert_eq!(
-        vol.read_dir(vol.dir_ref(&file(vol, "/many")).expect("dir"))
-            .expect("many")
-            .len(),
-        300
-    );
+    assert_eq!(vol.read_dir(&file(vol, "/many")).expect("many").len(), 300);
 }
 
 #[test]

@@ -234,9 +234,12 @@ fn open_read_only(image: &Path) -> Result<Volume, FsError> {
 
 fn ls(image: &Path, path: &str) -> Result<(), FsError> {
     let vol = open_read_only(image)?;
-    let dir = vol.dir_ref(&vol.lookup_path(path)?)?;
+    let dir = vol.lookup_path(path)?;
+    if !dir.is_dir() {
+        return Err(FsError::NotDir);
+    }
     let mut out = std::io::stdout().lock();
-    for item in vol.read_dir(dir)? {
+    for item in vol.read_dir(&dir)? {
         let kind = if item.entry.is_dir() { "d" } else { "-" };
         if !written(writeln!(
             out,
@@ -261,12 +264,12 @@ fn written(r: std::io::Result<()>) -> Result<bool, FsError> {
 
 fn cat(image: &Path, path: &str) -> Result<(), FsError> {
     let vol = open_read_only(image)?;
-    let entry = vol.lookup_path(path)?;
+    let node = vol.lookup_path(path)?;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 1 << 16];
     let mut offset = 0u64;
     loop {
-        let n = vol.read_file(&entry, offset, &mut buf)?;
+        let n = vol.read(&node, offset, &mut buf)?;
         if n == 0 {
             return Ok(());
         }

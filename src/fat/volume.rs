@@ -1,45 +1,141 @@
-//! A mounted FAT volume, read-only: the boot sector, the FAT and directories read through the
-//! page cache's block-device mapping ([`Bdev`]); file data through each file's own mapping
-//! ([`FatInode`], pages mapped by `get_block`).
+//! A mounted FAT volume: the inode table, and the operations a mount performs (lookup,
+//! create, mkdir, unlink, rmdir, rename, read, write, truncate, fallocate, fsync, sync,
+//! unmount), each as the kernel's vfat does it.
 //!
-//! Owns the stack of one mount: the image file, its I/O queue, the page cache, the `Bdev`, the
-//! [`FatTable`] over it and the inode cache (files keyed by first cluster; an empty file has
-//! no cluster and needs no mapping). Directory data still goes through the `Bdev` path for now;
-//! moving it to directory inodes' mappings comes later. Directories are read whole (root region
-//! or cluster chain) and walked with [`iterate`]; each directory's scan and [`NameIndex`] are
-//! cached, which is sound only because nothing here writes. Writes (create, extend, rename,
-//! unlink) come in a later slice, together with invalidation of that cache (and of the inodes'
-//! cluster caches).
+//! Models: fs/fat/namei_vfat.c, fs/fat/file.c (fat_setattr, fat_cont_expand, fat_fallocate,
+//! fat_file_fsync), fs/fat/inode.c (fat_write_inode, fat_set_state, fat_iget) (v5.10)
+//!
+//! Owns the stack of one mount: the image file, its I/O queue, the page cache, the block-device
+//! mapping ([`Bdev`]), the [`FatTable`] over it, and the nodes (files and directories the
+//! mount has looked at). Metadata (FAT, directories, the boot sector) goes through the `Bdev`;
+//! file data through each file's own mapping ([`FatInode`]).
+//!
+//! Identity: a node is found by its i_pos, the device byte offset of its short entry, as the
+//! kernel hashes FAT inodes; rename moves the i_pos, unlink drops it. Inode numbers are handed
+//! out from 2 up (1 is the root) and stay with the node for its life.
+//!
+//! Lock order, outermost first:
+//! 1. `rename_lock` (the kernel's s_vfs_rename_mutex), only in rename;
+//! 2. directory locks (the parent's i_rwsem), an ancestor before its descendants, else by
+//!    inode number;
+//! 3. a file's inode lock ([`FatInode::lock`], its i_rwsem);
+//! 4. `ihash` (the kernel's inode_hash_lock): the node table and every node's i_pos;
+//! 5. a node's `meta`;
+//! 6. page locks, the cluster cache, `fat_lock`.
+//!
+//! write_inode takes only 4, 5 and 6, never a directory lock, as fat_write_inode updates the
+//! entry through the buffer at i_pos: a writer holding its inode lock can write its entry
+//! while another thread holds the parent directory and waits for that inode lock (unlink).
+//!
+//! Deviations:
+//! * An unlinked file's clusters are freed at unlink, not when the last user lets go of it
+//!   (the kernel's evict); a reader that still has the node then reads nothing. The FUSE layer
+//!   keeps nodes alive across unlink when it adds lookup counts.
+//! * Directory times are not updated when entries are added or removed.
+//! * fallocate supports mode 0 only (growing through fat_cont_expand); FALLOC_FL_KEEP_SIZE,
+//!   which the kernel accepts, is EOPNOTSUPP here.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::bug::OnBug;
 use crate::dev::{FileDevice, IoQueue, Placement};
 use crate::error::FsError;
-use crate::fat::bpb::{Bpb, FatType};
-use crate::fat::dirent::{ATTR_DIR, DirEntry, NameIndex, Slot, SlotKind, iterate};
-use crate::fat::inode::{FatInode, cluster_offset};
-use crate::fat::name::ShortnameMode;
+use crate::fat::bpb::{Bpb, FatType, FsInfo};
+use crate::fat::dir::{DirLocation, Directory, alloc_new_dir};
+use crate::fat::dirent::{ATTR_ARCH, ATTR_DIR, DirEntry, RawEntry, Slot, SlotKind};
+use crate::fat::inode::{FAT_MAX_FILE_SIZE, FatInode};
+use crate::fat::name::{DIR_ENTRY_SIZE, ShortnameMode, vfat_valid_longname};
 use crate::fat::table::FatTable;
+use crate::fat::time::unix_to_fat;
 use crate::fs::bdev::Bdev;
-use crate::mm::waitqueue::unlock_page;
-use crate::mm::{CacheConfig, Era, PAGE_SHIFT, PAGE_SIZE, PageCache};
-use crate::sync::{Arc, Mutex};
+use crate::mm::filemap::{
+    filemap_fdatawait_range, filemap_fdatawrite_range, filemap_write_and_wait_range,
+};
+use crate::mm::{CacheConfig, Era, PageCache};
+use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering};
 
-/// Completion threads of the I/O queue of a volume.
-const IO_THREADS: usize = 2;
+/// The inode number of the root directory (FUSE_ROOT_ID).
+pub const ROOT_INO: u64 = 1;
 
 /// Size of the boot sector read before the geometry is known.
 const BOOT_SECTOR: usize = 512;
 
-/// Which directory to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DirRef {
-    /// The root directory (fixed region on FAT12/16, a cluster chain on FAT32).
-    Root,
-    /// A sub-directory, by its first cluster.
-    Cluster(u32),
+/// What a mount does when it finds its metadata corrupt (`errors=`).
+///
+/// Models: fs/fat/misc.c __fat_fs_error() (v5.10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorsPolicy {
+    /// Log it and go on; the operation that met it fails with EIO.
+    Continue,
+    /// Log it and refuse every later change with EROFS (the vfat default).
+    #[default]
+    RemountRo,
+    /// Log it and stop the process, as the kernel panics.
+    Panic,
+}
+
+impl std::str::FromStr for ErrorsPolicy {
+    type Err = FsError;
+
+    /// Parses `continue`, `remount-ro` or `panic`.
+    fn from_str(s: &str) -> Result<Self, FsError> {
+        match s {
+            "continue" => Ok(ErrorsPolicy::Continue),
+            "remount-ro" => Ok(ErrorsPolicy::RemountRo),
+            "panic" => Ok(ErrorsPolicy::Panic),
+            _ => Err(FsError::Invalid(
+                "errors= takes continue, remount-ro or panic",
+            )),
+        }
+    }
+}
+
+/// What a mount is asked to be: the vfat options that reach the FAT layer, and ours.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Where the volume is in the image, and `ro`.
+    pub placement: Placement,
+    /// `sync`: every write and directory change is on the disk when the call returns.
+    pub sync: bool,
+    /// The kernel era the page cache follows.
+    pub era: Era,
+    /// Page-cache size in 4 KiB frames.
+    pub cache_frames: usize,
+    /// What a failed BUG_ON does.
+    pub on_bug: OnBug,
+    /// How short names are shown and created (`shortname=`).
+    pub shortname: ShortnameMode,
+    /// Minutes east of UTC that DOS times are in (`tz=UTC` is 0, `time_offset=`).
+    pub tz_offset_minutes: i32,
+    /// Completion threads of the device queue.
+    pub io_threads: usize,
+    /// Simulated device latency per request (`io_latency_us=`).
+    pub io_latency: Duration,
+    /// Stall between clearing PG_writeback and the wake (`wake_delay_us=`).
+    pub wake_delay: Duration,
+    /// What corrupt metadata found at run time does (`errors=`).
+    pub errors: ErrorsPolicy,
+}
+
+impl Default for MountOptions {
+    /// Read-write, not `sync`, era v5.11, 64 MiB of cache, `on_bug=abort`, UTC.
+    fn default() -> Self {
+        MountOptions {
+            placement: Placement::default(),
+            sync: false,
+            era: Era::V5_11,
+            cache_frames: 16 * 1024,
+            on_bug: OnBug::Abort,
+            shortname: ShortnameMode::default(),
+            tz_offset_minutes: 0,
+            io_threads: 2,
+            io_latency: Duration::ZERO,
+            wake_delay: Duration::ZERO,
+            errors: ErrorsPolicy::default(),
+        }
+    }
 }
 
 /// One file or directory of a directory listing.
@@ -47,67 +143,281 @@ pub enum DirRef {
 pub struct DirItem {
     /// The long name, or the short name as the `shortname=` mode shows it.
     pub name: String,
-    /// The decoded short entry.
+    /// The short entry, with the size and first cluster a live node has now.
     pub entry: DirEntry,
+    /// Byte offset of the short entry in its directory (for [`Volume::child_at`]).
+    pub offset: usize,
 }
 
-/// One directory's live entries and their name index, as last read.
+/// File system statistics (statfs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    /// Bytes per cluster: the allocation unit.
+    pub cluster_size: u32,
+    /// Data clusters of the volume.
+    pub clusters: u32,
+    /// Free clusters.
+    pub free: u32,
+    /// The longest name, in bytes (vfat's 255).
+    pub name_max: u32,
+}
+
+/// What a node is.
 #[derive(Debug)]
-struct CachedDir {
-    /// Files, directories, `.` and `..` in on-disk order (so sorted by offset).
-    slots: Vec<Slot>,
-    /// Volume labels found in the directory.
-    labels: Vec<Slot>,
-    /// Case-insensitive lookup by long or short name.
-    index: NameIndex,
+enum Kind {
+    File(FatInode<Arc<Bdev>>),
+    /// Boxed: a directory's bookkeeping is several times a file inode's size.
+    Dir(Box<Mutex<Directory>>),
 }
 
-impl CachedDir {
-    /// The slot whose short entry sits at `offset`.
-    fn slot_at(&self, offset: usize) -> Option<&Slot> {
-        let i = self
-            .slots
-            .binary_search_by_key(&offset, |s| s.offset)
-            .ok()?;
-        self.slots.get(i)
+/// What `meta` guards: the short entry as the node sees it, and whether it needs writing.
+#[derive(Debug)]
+struct Meta {
+    /// Attributes and times; for a file, size and first cluster are taken from its inode
+    /// when written.
+    entry: DirEntry,
+    /// Changed since last written (mark_inode_dirty).
+    dirty: bool,
+}
+
+/// A file or directory the mount knows.
+#[derive(Debug)]
+pub struct Node {
+    ino: u64,
+    kind: Kind,
+    meta: Mutex<Meta>,
+    /// Its entry is gone (unlink, rmdir, replaced by rename). A file's clusters are freed
+    /// when the last holder lets go of the node (the kernel's evict); a removed directory
+    /// refuses new entries (the kernel's S_DEAD).
+    unlinked: AtomicBool,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Relaxed: whoever unlinked the node handed it over through the Arc, whose release
+        // on drop orders the store before this load.
+        if !self.unlinked.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Kind::File(f) = &self.kind {
+            if let Err(e) = f.evict() {
+                log::error!(
+                    "fat: cannot free the clusters of unlinked inode {}: {e}",
+                    self.ino
+                );
+            }
+        }
     }
 }
 
-/// A FAT volume mounted read-only.
+impl Node {
+    /// The inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir(_))
+    }
+
+    /// The short entry as it stands now (size and first cluster live for a file).
+    pub fn entry(&self) -> DirEntry {
+        let mut e = self.meta.lock().entry;
+        if let Kind::File(f) = &self.kind {
+            e.first_cluster = f.first_cluster();
+            // FAT sizes are 32-bit; write refuses to pass 4 GiB - 1.
+            e.size = u32::try_from(f.size()).unwrap_or(u32::MAX);
+        }
+        e
+    }
+
+    /// Size in bytes (0 for a directory, as FAT records it).
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            Kind::File(f) => f.size(),
+            Kind::Dir(_) => 0,
+        }
+    }
+
+    /// The file's inode; `IsDir` for a directory.
+    pub fn file(&self) -> Result<&FatInode<Arc<Bdev>>, FsError> {
+        match &self.kind {
+            Kind::File(f) => Ok(f),
+            Kind::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    /// The directory, locked; `NotDir` for a file.
+    fn dir(&self) -> Result<MutexGuard<'_, Directory>, FsError> {
+        match &self.kind {
+            Kind::Dir(d) => Ok(d.lock()),
+            Kind::File(_) => Err(FsError::NotDir),
+        }
+    }
+
+    /// The directory, locked, to add entries to: `NotFound` once it was removed.
+    fn live_dir(&self) -> Result<MutexGuard<'_, Directory>, FsError> {
+        let d = self.dir()?;
+        // Relaxed: rmdir sets the flag under this directory's lock, which we now hold.
+        if self.unlinked.load(Ordering::Relaxed) {
+            return Err(FsError::NotFound);
+        }
+        Ok(d)
+    }
+
+    /// Whether its entry is gone.
+    pub fn unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Relaxed)
+    }
+
+    /// The cluster a `..` entry uses to name this directory: 0 for the root.
+    fn dotdot_cluster(&self) -> u32 {
+        if self.ino == ROOT_INO {
+            0
+        } else {
+            self.meta.lock().entry.first_cluster
+        }
+    }
+}
+
+/// Where a node's short entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos {
+    /// The directory holding the entry.
+    parent: u64,
+    /// Byte offset of the short entry in that directory.
+    offset: usize,
+    /// Device byte offset of the short entry: the i_pos.
+    dev: u64,
+}
+
+/// The node table (under `ihash`).
+#[derive(Debug, Default)]
+struct Nodes {
+    by_ino: HashMap<u64, Arc<Node>>,
+    by_pos: HashMap<u64, u64>,
+    pos: HashMap<u64, Pos>,
+    next_ino: u64,
+}
+
+impl Nodes {
+    fn attach(&mut self, node: &Arc<Node>, pos: Pos) {
+        self.by_pos.insert(pos.dev, node.ino);
+        self.pos.insert(node.ino, pos);
+        self.by_ino.insert(node.ino, Arc::clone(node));
+    }
+
+    fn detach(&mut self, ino: u64) {
+        if let Some(pos) = self.pos.remove(&ino) {
+            self.by_pos.remove(&pos.dev);
+        }
+    }
+}
+
+/// A mounted FAT volume.
 #[derive(Debug)]
 pub struct Volume {
     cache: Arc<PageCache>,
-    queue: Arc<IoQueue>,
     bdev: Arc<Bdev>,
     table: Arc<FatTable<Arc<Bdev>>>,
+    queue: Arc<IoQueue>,
     bpb: Bpb,
-    mode: ShortnameMode,
-    dirs: Mutex<HashMap<DirRef, Arc<CachedDir>>>,
-    /// File inodes by first cluster.
-    inodes: Mutex<HashMap<u32, Arc<FatInode<Arc<Bdev>>>>>,
+    opts: MountOptions,
+    read_only: bool,
+    /// Set by `errors=remount-ro` on corruption: every later change is refused.
+    remounted_ro: AtomicBool,
+    root: Arc<Node>,
+    ihash: Mutex<Nodes>,
+    rename_lock: Mutex<()>,
 }
 
 impl Volume {
-    /// Opens the image at `path`, with a page cache of `cache_frames` frames (era v5.11).
+    /// Opens the image at `path` read-only, with a page cache of `cache_frames` frames.
     pub fn open(path: &Path, placement: Placement, cache_frames: usize) -> Result<Volume, FsError> {
-        let dev = Arc::new(FileDevice::open(path, placement)?);
-        let queue = Arc::new(IoQueue::new(dev, IO_THREADS, Duration::ZERO)?);
-        let cache = PageCache::new(CacheConfig::new(Era::V5_11, cache_frames))?;
+        let placement = Placement {
+            read_only: true,
+            ..placement
+        };
+        Volume::mount(
+            path,
+            MountOptions {
+                placement,
+                cache_frames,
+                ..MountOptions::default()
+            },
+        )
+    }
+
+    /// Mounts the image at `path`. Read-write unless `ro` was asked or the image cannot be
+    /// written; then the volume's dirty bit is set (a volume found dirty is reported in the
+    /// log and mounted anyway, as the kernel does).
+    ///
+    /// Models: fs/fat/inode.c fat_fill_super() and fat_set_state() (v5.10).
+    pub fn mount(path: &Path, opts: MountOptions) -> Result<Volume, FsError> {
+        let dev = Arc::new(FileDevice::open(path, opts.placement)?);
+        let read_only = dev.read_only();
+        let queue = Arc::new(IoQueue::new(dev, opts.io_threads.max(1), opts.io_latency)?);
+        let cache = PageCache::new(CacheConfig {
+            on_bug: opts.on_bug,
+            wake_delay: opts.wake_delay,
+            ..CacheConfig::new(opts.era, opts.cache_frames)
+        })?;
         let bdev = Arc::new(Bdev::new(&cache, Arc::clone(&queue)));
         let mut boot = [0u8; BOOT_SECTOR];
         bdev.read(0, &mut boot)?;
         let bpb = Bpb::parse(&boot)?;
         let table = Arc::new(FatTable::new(&bpb, Arc::clone(&bdev), None)?);
-        Ok(Volume {
+        let root_dir = Directory::load(&table, &bpb, DirLocation::root(&bpb)?, opts.shortname)?;
+        let mut root_entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));
+        root_entry.first_cluster = bpb.root_cluster().unwrap_or(0);
+        let root = Arc::new(Node {
+            ino: ROOT_INO,
+            kind: Kind::Dir(Box::new(Mutex::new(root_dir))),
+            meta: Mutex::new(Meta {
+                entry: root_entry,
+                dirty: false,
+            }),
+            unlinked: AtomicBool::new(false),
+        });
+        let mut nodes = Nodes {
+            next_ino: ROOT_INO + 1,
+            ..Nodes::default()
+        };
+        nodes.by_ino.insert(ROOT_INO, Arc::clone(&root));
+        let vol = Volume {
             cache,
-            queue,
             bdev,
             table,
+            queue,
             bpb,
-            mode: ShortnameMode::default(),
-            dirs: Mutex::new(HashMap::new()),
-            inodes: Mutex::new(HashMap::new()),
-        })
+            opts,
+            read_only,
+            remounted_ro: AtomicBool::new(false),
+            root,
+            ihash: Mutex::new(nodes),
+            rename_lock: Mutex::new(()),
+        };
+        if !read_only {
+            if vol.bpb.dirty(&boot) {
+                log::warn!(
+                    "fat: volume was not properly unmounted; some data may be corrupt, run fsck"
+                );
+            }
+            vol.set_state(true)?;
+        }
+        Ok(vol)
+    }
+
+    /// Sets or clears the dirty bit in the boot sector and writes it through to the disk.
+    ///
+    /// Models: fs/fat/inode.c fat_set_state() (v5.10).
+    fn set_state(&self, dirty: bool) -> Result<(), FsError> {
+        let mut boot = [0u8; BOOT_SECTOR];
+        self.bdev.read(0, &mut boot)?;
+        self.bpb.set_dirty(&mut boot, dirty);
+        self.bdev.write(0, &boot)?;
+        self.bdev.sync()
     }
 
     /// The parsed boot sector.
@@ -120,77 +430,34 @@ impl Volume {
         self.bpb.fat_type()
     }
 
-    /// The entry standing for the root directory (it has none on disk).
-    pub fn root_entry(&self) -> DirEntry {
-        let mut entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));
-        entry.first_cluster = self.bpb.root_cluster().unwrap_or(0);
-        entry
+    /// Whether the mount refuses changes (`ro`, or the image is not writable).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
-    /// The directory `entry` names; `NotDir` for a file. Cluster 0 is the root, as in `..`.
-    pub fn dir_ref(&self, entry: &DirEntry) -> Result<DirRef, FsError> {
-        if !entry.is_dir() {
-            return Err(FsError::NotDir);
-        }
-        let root = self.bpb.root_cluster();
-        Ok(match entry.first_cluster {
-            0 => DirRef::Root,
-            c if Some(c) == root => DirRef::Root,
-            c => DirRef::Cluster(c),
-        })
+    /// The page cache (statistics, BUG reports).
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.cache
     }
 
-    /// The files and directories of `dir`, in on-disk order, without `.`, `..` and labels.
-    pub fn read_dir(&self, dir: DirRef) -> Result<Vec<DirItem>, FsError> {
-        let cached = self.cached_dir(dir)?;
-        let items = cached.slots.iter().filter(|s| s.kind == SlotKind::Entry);
-        Ok(items
-            .map(|s| DirItem {
-                name: s.name.clone(),
-                entry: s.entry,
-            })
-            .collect())
+    /// The device queue (latency, completions).
+    pub fn queue(&self) -> &Arc<IoQueue> {
+        &self.queue
     }
 
-    /// The entry `name` denotes in `dir`, by long or short name, case-insensitively.
-    pub fn lookup(&self, dir: DirRef, name: &str) -> Result<DirEntry, FsError> {
-        let cached = self.cached_dir(dir)?;
-        let offset = cached.index.lookup(name).ok_or(FsError::NotFound)?;
-        let slot = cached.slot_at(offset).ok_or(FsError::NotFound)?;
-        Ok(slot.entry)
+    /// The root directory.
+    pub fn root(&self) -> Arc<Node> {
+        Arc::clone(&self.root)
     }
 
-    /// The entry of an absolute or root-relative `/`-separated path; `/` is the root.
-    ///
-    /// `NotFound` for a missing component, `NotDir` when a non-final component is a file,
-    /// as path walks in the kernel fail with ENOENT and ENOTDIR.
-    pub fn lookup_path(&self, path: &str) -> Result<DirEntry, FsError> {
-        // The walk keeps the directories above it, so ".." goes back up the way a path walk
-        // does (the root's parent is the root) without trusting the on-disk ".." entries.
-        let mut stack = vec![self.root_entry()];
-        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
-            let here = stack.last().expect("the root never leaves the stack");
-            let dir = self.dir_ref(here)?;
-            if part == ".." {
-                if stack.len() > 1 {
-                    stack.pop();
-                }
-                continue;
-            }
-            stack.push(self.lookup(dir, part)?);
-        }
-        let entry = stack.pop().expect("the root never leaves the stack");
-        // "file/" names a directory that is not one.
-        if path.ends_with('/') && !entry.is_dir() {
-            return Err(FsError::NotDir);
-        }
-        Ok(entry)
+    /// The node with inode number `ino`, if the mount knows it.
+    pub fn node(&self, ino: u64) -> Option<Arc<Node>> {
+        self.ihash.lock().by_ino.get(&ino).cloned()
     }
 
     /// The volume label: the root's label entry, else the boot sector's; `None` if unset.
     pub fn label(&self) -> Result<Option<String>, FsError> {
-        let root = self.cached_dir(DirRef::Root)?;
-        if let Some(slot) = root.labels.first() {
+        if let Some(slot) = self.root.dir()?.labels().first() {
             return Ok(Some(slot.name.clone()));
         }
         let bpb_label = String::from_utf8_lossy(&self.bpb.volume_label);
@@ -199,107 +466,943 @@ impl Volume {
         Ok((!bpb_label.is_empty() && bpb_label != "NO NAME").then(|| bpb_label.to_owned()))
     }
 
-    /// Reads file data at `offset` into `buf`; returns the bytes read, short at end of file.
+    /// statfs.
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            cluster_size: self.bpb.bytes_per_cluster(),
+            clusters: self.bpb.data_clusters(),
+            free: self.table.free_count(),
+            name_max: 255,
+        }
+    }
+
+    fn fat32(&self) -> bool {
+        self.bpb.fat_type() == FatType::Fat32
+    }
+
+    fn check_writable(&self) -> Result<(), FsError> {
+        // Relaxed: a change racing the remount may still go through, as in the kernel,
+        // where the check is a plain flag test too.
+        if self.read_only || self.remounted_ro.load(Ordering::Relaxed) {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Applies the `errors=` policy to corruption an operation met; the result is passed on.
     ///
-    /// Through the file's page-cache mapping: a cached page is served without I/O. A chain
-    /// shorter than the size says is `Corrupted` (EIO), as in the kernel.
-    pub fn read_file(
+    /// Models: fs/fat/misc.c __fat_fs_error() (v5.10).
+    fn fs_error<T>(&self, r: Result<T, FsError>) -> Result<T, FsError> {
+        let Err(FsError::Corrupted(what)) = &r else {
+            return r;
+        };
+        log::error!("FAT-fs: {what}");
+        match self.opts.errors {
+            ErrorsPolicy::Continue => {}
+            ErrorsPolicy::RemountRo => {
+                if !self.read_only && !self.remounted_ro.swap(true, Ordering::Relaxed) {
+                    log::error!("FAT-fs: filesystem has been set read-only");
+                }
+            }
+            ErrorsPolicy::Panic => panic!("FAT-fs: fs panic from previous error: {what}"),
+        }
+        r
+    }
+
+    /// Whether `errors=remount-ro` has made the mount read-only.
+    pub fn remounted_read_only(&self) -> bool {
+        self.remounted_ro.load(Ordering::Relaxed)
+    }
+
+    /// The DOS `(date, time, centis)` of now, in the mount's time zone.
+    fn now_stamp(&self) -> (u16, u16, u8) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        unix_to_fat(secs, now.subsec_nanos(), self.opts.tz_offset_minutes)
+    }
+
+    /// The short entry at device byte `dev`, read through the cache.
+    fn read_entry(&self, dev: u64) -> Result<DirEntry, FsError> {
+        let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+        self.bdev.read(dev, &mut raw)?;
+        Ok(DirEntry::parse(&raw, self.fat32()))
+    }
+
+    // ---- lookup ----------------------------------------------------------------------------
+
+    /// The node of `slot` in directory `dir` (locked by the caller as `d`), from the table or
+    /// made now from the entry on disk.
+    ///
+    /// Models: fs/fat/inode.c fat_build_inode() / fat_iget() (v5.10).
+    fn node_for(&self, dir: &Node, d: &Directory, slot: &Slot) -> Result<Arc<Node>, FsError> {
+        let dev = d.dev_offset(slot.offset)?;
+        if let Some(node) = self.node_at(dev) {
+            return Ok(node);
+        }
+        // Built without `ihash` held (a directory load reads the whole directory); a racing
+        // builder of the same entry loses below and its node is dropped unused.
+        let entry = self.read_entry(dev)?;
+        let kind = if entry.is_dir() {
+            if entry.first_cluster == 0 {
+                log::error!("fat: directory {:?} has no first cluster", slot.name);
+                return Err(FsError::Corrupted("directory without a cluster"));
+            }
+            let loc = DirLocation::Chain {
+                first: entry.first_cluster,
+            };
+            Kind::Dir(Box::new(Mutex::new(Directory::load(
+                &self.table,
+                &self.bpb,
+                loc,
+                self.opts.shortname,
+            )?)))
+        } else {
+            Kind::File(self.file_inode(&entry))
+        };
+        let pos = Pos {
+            parent: dir.ino,
+            offset: slot.offset,
+            dev,
+        };
+        let mut nodes = self.ihash.lock();
+        if let Some(ino) = nodes.by_pos.get(&dev) {
+            let found = nodes.by_ino.get(ino).cloned();
+            return found.ok_or(FsError::Corrupted("node table out of step"));
+        }
+        let node = Arc::new(Node {
+            ino: nodes.next_ino,
+            kind,
+            meta: Mutex::new(Meta {
+                entry,
+                dirty: false,
+            }),
+            unlinked: AtomicBool::new(false),
+        });
+        nodes.next_ino += 1;
+        nodes.attach(&node, pos);
+        Ok(node)
+    }
+
+    /// The live node whose short entry is at device byte `dev`.
+    fn node_at(&self, dev: u64) -> Option<Arc<Node>> {
+        let nodes = self.ihash.lock();
+        let ino = nodes.by_pos.get(&dev)?;
+        nodes.by_ino.get(ino).cloned()
+    }
+
+    /// A file inode for `entry` (mmu_private = i_size, as fat_fill_inode loads it).
+    fn file_inode(&self, entry: &DirEntry) -> FatInode<Arc<Bdev>> {
+        let key = (entry.first_cluster, u64::from(entry.size), self.read_only);
+        let (table, queue) = (Arc::clone(&self.table), Arc::clone(&self.queue));
+        FatInode::new(&self.cache, table, queue, &self.bpb, key)
+    }
+
+    fn lookup_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        let d = dir.dir()?;
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        self.node_for(dir, &d, &slot)
+    }
+
+    fn child_at_inner(&self, dir: &Node, offset: usize) -> Result<Arc<Node>, FsError> {
+        let d = dir.dir()?;
+        let slot = d.slot_at(offset).ok_or(FsError::NotFound)?.clone();
+        if slot.kind != SlotKind::Entry {
+            return Err(FsError::NotFound);
+        }
+        self.node_for(dir, &d, &slot)
+    }
+
+    /// The node of an absolute or root-relative `/`-separated path; `/` is the root.
+    ///
+    /// `NotFound` for a missing component, `NotDir` when a non-final component is a file, as
+    /// path walks in the kernel fail with ENOENT and ENOTDIR.
+    pub fn lookup_path(&self, path: &str) -> Result<Arc<Node>, FsError> {
+        // The walk keeps the directories above it, so ".." goes back up the way a path walk
+        // does (the root's parent is the root) without trusting the on-disk ".." entries.
+        let mut stack = vec![self.root()];
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if !stack.last().is_some_and(|n| n.is_dir()) {
+                // A path goes on past a file ("file/..", "file/x").
+                return Err(FsError::NotDir);
+            }
+            if part == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            let here = stack.last().expect("the root never leaves the stack");
+            let next = self.lookup(here, part)?;
+            stack.push(next);
+        }
+        let node = stack.pop().expect("the root never leaves the stack");
+        // "file/" names a directory that is not one.
+        if path.ends_with('/') && !node.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        Ok(node)
+    }
+
+    fn read_dir_inner(&self, dir: &Node) -> Result<Vec<DirItem>, FsError> {
+        let d = dir.dir()?;
+        let mut items = Vec::new();
+        for slot in d.entries() {
+            // A node the mount has may be newer than its entry on disk (size, times).
+            let live = d
+                .dev_offset(slot.offset)
+                .ok()
+                .and_then(|dev| self.node_at(dev));
+            items.push(DirItem {
+                name: slot.name.clone(),
+                entry: live.map_or(slot.entry, |n| n.entry()),
+                offset: slot.offset,
+            });
+        }
+        Ok(items)
+    }
+
+    // ---- data ------------------------------------------------------------------------------
+
+    fn read_inner(&self, node: &Node, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        node.file()?.read(offset, buf)
+    }
+
+    fn write_inner(&self, node: &Node, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        self.check_writable()?;
+        let file = node.file()?;
+        let n = {
+            let mut io = file.lock();
+            let n = file.write(&mut io, offset, data)?;
+            self.touch(node, true);
+            n
+        };
+        if self.opts.sync && n > 0 {
+            self.fsync_range(node, offset, offset + n as u64 - 1)?;
+        }
+        Ok(n)
+    }
+
+    fn set_size_inner(&self, node: &Node, size: u64) -> Result<(), FsError> {
+        self.check_writable()?;
+        let file = node.file()?;
+        if size > FAT_MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let mut io = file.lock();
+        let old = file.size();
+        if size > old {
+            return self.cont_expand(node, file, &mut io, size);
+        }
+        if size < old {
+            file.shrink(&mut io, size)?;
+        }
+        self.touch(node, true);
+        if self.opts.sync {
+            // IS_DIRSYNC (a `sync` mount has it too): fat_free syncs the inode.
+            self.write_inode(node)?;
+            self.bdev.sync()?;
+        }
+        Ok(())
+    }
+
+    /// fat_cont_expand, called with the inode lock held.
+    fn cont_expand(
         &self,
-        entry: &DirEntry,
+        node: &Node,
+        file: &FatInode<Arc<Bdev>>,
+        io: &mut crate::fat::inode::InodeIo,
+        size: u64,
+    ) -> Result<(), FsError> {
+        let start = file.size();
+        file.expand(io, size)?;
+        self.touch(node, true);
+        if !self.opts.sync {
+            return Ok(());
+        }
+        // The fsync sequence written out by hand (no struct file here): the range, then the
+        // entry (write_inode_now), then the wait; the first error wins.
+        let mapping = file.mapping();
+        let err = filemap_fdatawrite_range(mapping, start, size - 1);
+        let err2 = self.write_inode(node).and_then(|()| self.bdev.sync());
+        let err = match err {
+            Ok(()) => filemap_fdatawait_range(mapping, start, size - 1),
+            e => e,
+        };
+        err.and(err2)
+    }
+
+    fn fallocate_inner(
+        &self,
+        node: &Node,
+        mode: i32,
         offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, FsError> {
-        if entry.is_dir() {
+        len: u64,
+    ) -> Result<(), FsError> {
+        if mode != 0 {
+            return Err(FsError::NotSupported);
+        }
+        self.check_writable()?;
+        let file = node.file().map_err(|_| FsError::NotSupported)?;
+        let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        if end > FAT_MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let mut io = file.lock();
+        if end <= file.size() {
+            return Ok(());
+        }
+        self.cont_expand(node, file, &mut io, end)
+    }
+
+    fn fsync_inner(&self, node: &Node) -> Result<(), FsError> {
+        self.fsync_range(node, 0, u64::MAX)
+    }
+
+    /// fsync of bytes `[start, end]` of the file (the whole entry and metadata either way).
+    fn fsync_range(&self, node: &Node, start: u64, end: u64) -> Result<(), FsError> {
+        let data = match &node.kind {
+            Kind::File(f) => filemap_write_and_wait_range(f.mapping(), start, end),
+            Kind::Dir(_) => Ok(()),
+        };
+        let meta = self.write_inode(node);
+        let sync = self.bdev.sync();
+        data.and(meta).and(sync)
+    }
+
+    /// Marks `node` changed; with `modified`, stamps its modification time and sets the
+    /// archive bit, as a write or truncate does.
+    fn touch(&self, node: &Node, modified: bool) {
+        let stamp = modified.then(|| self.now_stamp());
+        let mut meta = node.meta.lock();
+        if let Some((date, time, _)) = stamp {
+            meta.entry.modify_date = date;
+            meta.entry.modify_time = time;
+            meta.entry.access_date = date;
+            if !node.is_dir() {
+                meta.entry.attr |= ATTR_ARCH;
+            }
+        }
+        meta.dirty = true;
+    }
+
+    /// Writes `node`'s entry (size, first cluster, attributes, times) into its directory's
+    /// bytes at i_pos, keeping the name there; nothing for the root or an unlinked node.
+    ///
+    /// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
+    fn write_inode(&self, node: &Node) -> Result<(), FsError> {
+        // `ihash` keeps the i_pos from moving (rename) while the entry is written.
+        let nodes = self.ihash.lock();
+        let Some(pos) = nodes.pos.get(&node.ino).copied() else {
+            node.meta.lock().dirty = false;
+            return Ok(());
+        };
+        if !node.meta.lock().dirty {
+            return Ok(());
+        }
+        let mut entry = node.entry();
+        let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+        self.bdev.read(pos.dev, &mut raw)?;
+        let disk = DirEntry::parse(&raw, self.fat32());
+        entry.name = disk.name;
+        entry.nt_case = disk.nt_case;
+        entry.serialize(&mut raw, self.fat32());
+        self.bdev.write(pos.dev, &raw)?;
+        node.meta.lock().dirty = false;
+        drop(nodes);
+        Ok(())
+    }
+
+    // ---- namespace -------------------------------------------------------------------------
+
+    fn create_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        self.check_writable()?;
+        let mut d = dir.live_dir()?;
+        if d.lookup(name).is_some() {
+            return Err(FsError::Exists);
+        }
+        let template = DirEntry::stamped(ATTR_ARCH, self.now_stamp());
+        let slot = d.add(&self.table, name, &template)?;
+        let node = self.node_for(dir, &d, &slot)?;
+        drop(d);
+        self.dir_sync()?;
+        Ok(node)
+    }
+
+    fn mkdir_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        self.check_writable()?;
+        let mut d = dir.live_dir()?;
+        if d.lookup(name).is_some() {
+            return Err(FsError::Exists);
+        }
+        // A bad name fails before a cluster is spent on it.
+        vfat_valid_longname(name)?;
+        let stamp = self.now_stamp();
+        let cluster = alloc_new_dir(&self.table, &self.bpb, dir.dotdot_cluster(), stamp)?;
+        let mut template = DirEntry::stamped(ATTR_DIR, stamp);
+        template.first_cluster = cluster;
+        let slot = match d.add(&self.table, name, &template) {
+            Ok(slot) => slot,
+            Err(e) => {
+                if let Err(free) = self.table.free_chain(cluster) {
+                    log::error!("fat: cannot free cluster {cluster} of a failed mkdir: {free}");
+                }
+                return Err(e);
+            }
+        };
+        let node = self.node_for(dir, &d, &slot)?;
+        drop(d);
+        self.dir_sync()?;
+        Ok(node)
+    }
+
+    fn unlink_inner(&self, dir: &Node, name: &str) -> Result<(), FsError> {
+        self.check_writable()?;
+        let mut d = dir.dir()?;
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        if slot.entry.is_dir() {
             return Err(FsError::IsDir);
         }
-        let size = u64::from(entry.size);
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let want = usize::try_from(size - offset).map_or(buf.len(), |left| left.min(buf.len()));
-        let inode = self.inode(entry)?;
-        let mut done = 0;
-        while done < want {
-            let pos = offset + done as u64;
-            let in_page = (pos as usize) & (PAGE_SIZE - 1);
-            let n = (PAGE_SIZE - in_page).min(want - done);
-            let page = inode.read_page_locked(pos >> PAGE_SHIFT)?;
-            page.with_data(|d| buf[done..done + n].copy_from_slice(&d[in_page..in_page + n]));
-            unlock_page(page.page());
-            done += n;
-        }
-        Ok(done)
+        let node = self.node_for(dir, &d, &slot)?;
+        d.remove(&self.table, slot.offset)?;
+        self.forget_unlinked(&node)?;
+        drop(d);
+        self.dir_sync()
     }
 
-    /// The inode of the non-empty file `entry`, from the cache or made now.
-    fn inode(&self, entry: &DirEntry) -> Result<Arc<FatInode<Arc<Bdev>>>, FsError> {
-        let (first, size) = (entry.first_cluster, u64::from(entry.size));
-        if first == 0 {
-            log::error!("fat: file of {size} bytes has no first cluster");
-            return Err(FsError::Corrupted("file data without a cluster"));
+    fn rmdir_inner(&self, dir: &Node, name: &str) -> Result<(), FsError> {
+        self.check_writable()?;
+        let mut d = dir.dir()?;
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        if !slot.entry.is_dir() {
+            return Err(FsError::NotDir);
         }
-        let mut inodes = self.inodes.lock();
-        let inode = inodes.entry(first).or_insert_with(|| {
-            let key = (first, size, false);
-            let (table, queue) = (Arc::clone(&self.table), Arc::clone(&self.queue));
-            Arc::new(FatInode::new(&self.cache, table, queue, &self.bpb, key))
-        });
-        if inode.size() != size {
-            // Two entries sharing one chain: cross-linked files, which fsck repairs.
-            log::error!(
-                "fat: cluster {first} starts files of {} and {size} bytes",
-                inode.size()
-            );
-            return Err(FsError::Corrupted("cross-linked files"));
+        let node = self.node_for(dir, &d, &slot)?;
+        // Parent before child: the ancestor-first rule of the lock order.
+        let child = node.dir()?;
+        if !child.is_empty() {
+            return Err(FsError::NotEmpty);
         }
-        Ok(Arc::clone(inode))
-    }
-
-    /// The scan of `dir`, from the cache or read now.
-    fn cached_dir(&self, dir: DirRef) -> Result<Arc<CachedDir>, FsError> {
-        if let Some(found) = self.dirs.lock().get(&dir) {
-            return Ok(Arc::clone(found));
-        }
-        // Read without the lock held: a racing reader builds an equal scan, and either wins.
-        let bytes = self.dir_bytes(dir)?;
-        let scan = iterate(&bytes, self.fat_type() == FatType::Fat32, self.mode);
-        let cached = Arc::new(CachedDir {
-            index: NameIndex::build(&scan.entries),
-            slots: scan.entries,
-            labels: scan.volume_labels,
-        });
-        let mut dirs = self.dirs.lock();
-        Ok(Arc::clone(dirs.entry(dir).or_insert(cached)))
-    }
-
-    /// All bytes of directory `dir`: the fixed root region, or every cluster of its chain.
-    fn dir_bytes(&self, dir: DirRef) -> Result<Vec<u8>, FsError> {
-        let start = match (dir, self.bpb.first_root_dir_sector()) {
-            (DirRef::Root, Some(sector)) => return self.fixed_root(sector),
-            (DirRef::Root, None) => self
-                .bpb
-                .root_cluster()
-                .ok_or(FsError::Corrupted("FAT32 volume without a root cluster"))?,
-            (DirRef::Cluster(c), _) => c,
+        d.remove(&self.table, slot.offset)?;
+        // Set under the child's lock, so a create that takes it next sees the flag.
+        node.unlinked.store(true, Ordering::Relaxed);
+        let first = match child.location() {
+            DirLocation::Chain { first } => *first,
+            DirLocation::Fixed { .. } => return Err(FsError::Invalid("rmdir of the root")),
         };
-        let chain = self.table.chain(start)?;
-        let cluster_bytes = usize::try_from(self.bpb.bytes_per_cluster())
-            .map_err(|_| FsError::Corrupted("cluster size"))?;
-        let mut bytes = vec![0u8; chain.len() * cluster_bytes];
-        for (cluster, chunk) in chain.iter().zip(bytes.chunks_exact_mut(cluster_bytes)) {
-            self.bdev
-                .read(cluster_offset(&self.bpb, *cluster)?, chunk)?;
-        }
-        Ok(bytes)
+        drop(child);
+        self.forget_unlinked(&node)?;
+        self.table.free_chain(first)?;
+        drop(d);
+        self.dir_sync()
     }
 
-    /// The FAT12/16 root directory region starting at `sector`.
-    fn fixed_root(&self, sector: u64) -> Result<Vec<u8>, FsError> {
-        let bps = u64::from(self.bpb.bytes_per_sector);
-        let len = u64::from(self.bpb.root_dir_sectors()) * bps;
-        let len = usize::try_from(len).map_err(|_| FsError::Corrupted("root directory size"))?;
-        let mut bytes = vec![0u8; len];
-        self.bdev.read(sector * bps, &mut bytes)?;
-        Ok(bytes)
+    /// Takes a node whose entry is gone out of the table; a file's clusters go when the
+    /// last holder drops it (see [`Node`]'s Drop).
+    fn forget_unlinked(&self, node: &Node) -> Result<(), FsError> {
+        node.unlinked.store(true, Ordering::Relaxed);
+        let mut nodes = self.ihash.lock();
+        nodes.detach(node.ino);
+        nodes.by_ino.remove(&node.ino);
+        Ok(())
+    }
+
+    fn rename_inner(
+        &self,
+        old_dir: &Node,
+        old_name: &str,
+        new_dir: &Node,
+        new_name: &str,
+        noreplace: bool,
+    ) -> Result<(), FsError> {
+        self.check_writable()?;
+        vfat_valid_longname(new_name)?;
+        let _serial = self.rename_lock.lock();
+        let same = old_dir.ino == new_dir.ino;
+        // Lock order: an ancestor before its descendant, unrelated directories by number.
+        let old_first = same || !self.is_ancestor(new_dir.ino, old_dir.ino);
+        let (mut od, mut nd) = if same {
+            (old_dir.dir()?, None)
+        } else if old_first {
+            let od = old_dir.dir()?;
+            (od, Some(new_dir.dir()?))
+        } else {
+            let nd = new_dir.dir()?;
+            (old_dir.dir()?, Some(nd))
+        };
+        // Relaxed: rmdir sets the flag under the directory's lock, held here.
+        if new_dir.unlinked.load(Ordering::Relaxed) {
+            return Err(FsError::NotFound);
+        }
+        let oslot = od.lookup(old_name).ok_or(FsError::NotFound)?.clone();
+        let node = self.node_for(old_dir, &od, &oslot)?;
+        if node.is_dir() && (node.ino == new_dir.ino || self.is_ancestor(node.ino, new_dir.ino)) {
+            // A directory cannot move into itself.
+            return Err(FsError::Invalid("rename of a directory into itself"));
+        }
+        let target = {
+            let ndir: &Directory = nd.as_deref().unwrap_or(&od);
+            ndir.lookup(new_name).cloned()
+        };
+        // The same entry under another case or spelling is a rename onto itself.
+        let target = target.filter(|t| !(same && t.offset == oslot.offset));
+        if let Some(t) = &target {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            let ndir: &Directory = nd.as_deref().unwrap_or(&od);
+            let tnode = self.node_for(new_dir, ndir, t)?;
+            match (node.is_dir(), tnode.is_dir()) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !tnode.dir()?.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            let ndir: &mut Directory = nd.as_deref_mut().unwrap_or(&mut od);
+            ndir.remove(&self.table, t.offset)?;
+            if let Kind::Dir(td) = &tnode.kind {
+                // An empty directory replaced: its chain goes now, as rmdir's does.
+                let first = match td.lock().location() {
+                    DirLocation::Chain { first } => *first,
+                    DirLocation::Fixed { .. } => return Err(FsError::Invalid("the root")),
+                };
+                self.table.free_chain(first)?;
+            }
+            self.forget_unlinked(&tnode)?;
+        } else if same && old_name == new_name {
+            return Ok(());
+        }
+        // The entry on disk, brought up to date first, is what moves.
+        self.write_inode(&node)?;
+        let mut entry = self.read_entry(od.dev_offset(oslot.offset)?)?;
+        if !node.is_dir() {
+            entry.attr |= ATTR_ARCH;
+        }
+        let onto_itself = same && od.lookup(new_name).map(|s| s.offset) == Some(oslot.offset);
+        let nslot = if onto_itself {
+            // A new spelling of the same name (case): the old entry must go first, or the
+            // new one would clash with it; if the add then fails, the old name comes back.
+            od.remove(&self.table, oslot.offset)?;
+            match od.add(&self.table, new_name, &entry) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    let back = od.add(&self.table, old_name, &entry)?;
+                    let pos = Pos {
+                        parent: old_dir.ino,
+                        offset: back.offset,
+                        dev: od.dev_offset(back.offset)?,
+                    };
+                    let mut nodes = self.ihash.lock();
+                    nodes.detach(node.ino);
+                    nodes.attach(&node, pos);
+                    return Err(e);
+                }
+            }
+        } else {
+            let ndir: &mut Directory = nd.as_deref_mut().unwrap_or(&mut od);
+            let slot = ndir.add(&self.table, new_name, &entry)?;
+            od.remove(&self.table, oslot.offset)?;
+            slot
+        };
+        let ndir: &Directory = nd.as_deref().unwrap_or(&od);
+        let pos = Pos {
+            parent: new_dir.ino,
+            offset: nslot.offset,
+            dev: ndir.dev_offset(nslot.offset)?,
+        };
+        {
+            let mut nodes = self.ihash.lock();
+            nodes.detach(node.ino);
+            nodes.attach(&node, pos);
+        }
+        if node.is_dir() && !same {
+            node.dir()?
+                .set_dotdot(&self.table, new_dir.dotdot_cluster())?;
+        }
+        drop(nd);
+        drop(od);
+        self.dir_sync()
+    }
+
+    /// Whether directory `a` is an ancestor of node `b` (by the parents the table records).
+    fn is_ancestor(&self, a: u64, b: u64) -> bool {
+        let nodes = self.ihash.lock();
+        let mut cur = b;
+        // Bounded by the table's size: a damaged volume cannot make this loop for ever.
+        for _ in 0..=nodes.pos.len() {
+            let Some(pos) = nodes.pos.get(&cur) else {
+                return false;
+            };
+            if pos.parent == a {
+                return true;
+            }
+            cur = pos.parent;
+        }
+        false
+    }
+
+    /// After a directory change on a `sync` mount (which is also `dirsync`), the metadata is
+    /// written and flushed before the call returns.
+    fn dir_sync(&self) -> Result<(), FsError> {
+        if self.opts.sync {
+            self.bdev.sync()?;
+        }
+        Ok(())
+    }
+
+    // ---- sync and unmount ------------------------------------------------------------------
+
+    fn sync_fs_inner(&self) -> Result<(), FsError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let nodes: Vec<Arc<Node>> = self.ihash.lock().by_ino.values().cloned().collect();
+        let mut first: Result<(), FsError> = Ok(());
+        let mut keep = |r: Result<(), FsError>| {
+            if let Err(e) = r {
+                log::error!("fat: sync: {e}");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        };
+        for node in &nodes {
+            if let Kind::File(f) = &node.kind {
+                keep(filemap_write_and_wait_range(f.mapping(), 0, u64::MAX));
+            }
+        }
+        for node in &nodes {
+            keep(self.write_inode(node));
+        }
+        keep(self.write_fsinfo());
+        keep(self.bdev.sync());
+        first
+    }
+
+    /// Writes the free count and next-free hint into FAT32's FSInfo sector, if it has a valid
+    /// one (a sector whose signatures do not check is left alone, as the kernel does).
+    ///
+    /// Models: fs/fat/misc.c fat_clusters_flush() (v5.10).
+    fn write_fsinfo(&self) -> Result<(), FsError> {
+        let Some(sector) = self.bpb.fsinfo_sector() else {
+            return Ok(());
+        };
+        let at = u64::from(sector) * u64::from(self.bpb.bytes_per_sector);
+        let mut raw = [0u8; BOOT_SECTOR];
+        self.bdev.read(at, &mut raw)?;
+        if FsInfo::parse(&raw).is_err() {
+            log::warn!("fat: FSInfo sector {sector} is invalid; not updated");
+            return Ok(());
+        }
+        let info = FsInfo {
+            free_count: Some(self.table.free_count()),
+            next_free: self.table.next_free(),
+        };
+        info.serialize(&mut raw);
+        self.bdev.write(at, &raw)
+    }
+
+    /// Unmounts: syncs everything and clears the dirty bit. On an error the bit stays set and
+    /// the error is returned, so the next mount (and fsck) knows.
+    ///
+    /// Models: fs/fat/inode.c fat_put_super() (v5.10).
+    pub fn unmount(self) -> Result<(), FsError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.sync_fs()?;
+        if self.remounted_read_only() {
+            // The volume met corruption: the dirty bit stays so the next mount and fsck know.
+            return Ok(());
+        }
+        self.set_state(false)
+    }
+}
+
+/// The public operations: each passes corruption it meets to the `errors=` policy.
+impl Volume {
+    /// The node `name` denotes in `dir`, by long or short name, case-insensitively.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_lookup() (v5.10).
+    pub fn lookup(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        self.fs_error(self.lookup_inner(dir, name))
+    }
+
+    /// The node whose short entry is at `offset` in `dir` (from a [`DirItem`]).
+    pub fn child_at(&self, dir: &Node, offset: usize) -> Result<Arc<Node>, FsError> {
+        self.fs_error(self.child_at_inner(dir, offset))
+    }
+
+    /// The files and directories of `dir`, in on-disk order, without `.`, `..` and labels.
+    ///
+    /// Models: fs/fat/dir.c fat_readdir() (v5.10).
+    pub fn read_dir(&self, dir: &Node) -> Result<Vec<DirItem>, FsError> {
+        self.fs_error(self.read_dir_inner(dir))
+    }
+
+    /// Reads file data at `offset` into `buf`; returns the bytes read, short at end of file.
+    pub fn read(&self, node: &Node, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        self.fs_error(self.read_inner(node, offset, buf))
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short at 4 GiB - 1 or a full
+    /// volume). On a `sync` mount the written range, the entry and the FAT are on the disk
+    /// when it returns (IOCB_DSYNC: generic_write_sync after the inode lock is dropped).
+    ///
+    /// Models: mm/filemap.c generic_file_write_iter() with fat_write_begin/fat_write_end
+    /// (v5.10).
+    pub fn write(&self, node: &Node, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        self.fs_error(self.write_inner(node, offset, data))
+    }
+
+    /// Sets the size (truncate / ftruncate): growth zero-fills through the page cache
+    /// (fat_cont_expand, which on a `sync` mount writes the new range, the entry and the FAT
+    /// and waits, all under the inode lock); shrinking drops the cache past the size, waiting
+    /// for writeback, and frees the clusters past it.
+    ///
+    /// Models: fs/fat/file.c fat_setattr() with ATTR_SIZE, fat_cont_expand() (v5.10).
+    pub fn set_size(&self, node: &Node, size: u64) -> Result<(), FsError> {
+        self.fs_error(self.set_size_inner(node, size))
+    }
+
+    /// fallocate: mode 0 grows the file to `offset + len` through fat_cont_expand; every
+    /// other mode is EOPNOTSUPP (see the module's deviations).
+    ///
+    /// Models: fs/fat/file.c fat_fallocate() (v5.10).
+    pub fn fallocate(&self, node: &Node, mode: i32, offset: u64, len: u64) -> Result<(), FsError> {
+        self.fs_error(self.fallocate_inner(node, mode, offset, len))
+    }
+
+    /// fsync / fdatasync: the file's data, then its entry, then every dirty metadata page
+    /// (FAT, directories), then a device flush; a returned fsync is durable.
+    ///
+    /// Models: fs/fat/file.c fat_file_fsync() (v5.10).
+    pub fn fsync(&self, node: &Node) -> Result<(), FsError> {
+        self.fs_error(self.fsync_inner(node))
+    }
+
+    /// Creates an empty file `name` in `dir`.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_create() (v5.10).
+    pub fn create(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        self.fs_error(self.create_inner(dir, name))
+    }
+
+    /// Creates the directory `name` in `dir`: a zeroed cluster with `.` and `..`, then its
+    /// entry; the cluster is freed again if the entry cannot be added.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_mkdir() (v5.10).
+    pub fn mkdir(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
+        self.fs_error(self.mkdir_inner(dir, name))
+    }
+
+    /// Removes the file `name` from `dir` and frees its clusters.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_unlink() (v5.10).
+    pub fn unlink(&self, dir: &Node, name: &str) -> Result<(), FsError> {
+        self.fs_error(self.unlink_inner(dir, name))
+    }
+
+    /// Removes the empty directory `name` from `dir` and frees its clusters.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_rmdir() (v5.10).
+    pub fn rmdir(&self, dir: &Node, name: &str) -> Result<(), FsError> {
+        self.fs_error(self.rmdir_inner(dir, name))
+    }
+
+    /// Renames `old_name` in `old_dir` to `new_name` in `new_dir`, replacing a target of the
+    /// same kind (an empty directory only) unless `noreplace`.
+    ///
+    /// Order: the target's entry goes, the new entry is written, then the old one is removed,
+    /// so a crash leaves the file under one name or both, never none.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_rename() (v5.10).
+    pub fn rename(
+        &self,
+        old_dir: &Node,
+        old_name: &str,
+        new_dir: &Node,
+        new_name: &str,
+        noreplace: bool,
+    ) -> Result<(), FsError> {
+        self.fs_error(self.rename_inner(old_dir, old_name, new_dir, new_name, noreplace))
+    }
+
+    /// syncfs: every file's data, every changed entry, the FSInfo hints, then every metadata
+    /// page, then a device flush. The first error is returned after all of it was tried.
+    pub fn sync_fs(&self) -> Result<(), FsError> {
+        self.fs_error(self.sync_fs_inner())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::fat::mkfs::{MkfsOptions, mkfs};
+    use crate::fat::table::FatEntry;
+
+    /// A fresh 8 MiB FAT16 image in a private temporary directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("fatcache-vol-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let img = dir.join("v.img");
+            let opts = MkfsOptions {
+                size: 8 << 20,
+                volume_id: Some(0x1234_5678),
+                ..MkfsOptions::default()
+            };
+            mkfs(&img, &opts).expect("mkfs");
+            Scratch(dir)
+        }
+
+        fn img(&self) -> PathBuf {
+            self.0.join("v.img")
+        }
+
+        fn mount(&self, errors: ErrorsPolicy) -> Volume {
+            let opts = MountOptions {
+                cache_frames: 256,
+                on_bug: OnBug::Panic,
+                errors,
+                ..MountOptions::default()
+            };
+            Volume::mount(&self.img(), opts).expect("mount")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file of 5000 bytes whose chain is then broken: its second cluster marked free.
+    fn broken_file(s: &Scratch) {
+        let vol = s.mount(ErrorsPolicy::Continue);
+        let f = vol.create(&vol.root(), "broken.bin").expect("create");
+        vol.write(&f, 0, &[7u8; 5000]).expect("write");
+        let first = f.entry().first_cluster;
+        let second = vol.table.next_in_chain(first).expect("chain").expect("two");
+        drop(f);
+        vol.unmount().expect("unmount");
+        let vol = s.mount(ErrorsPolicy::Continue);
+        vol.table
+            .set(second, FatEntry::Free)
+            .expect("break the chain");
+        vol.unmount().expect("unmount");
+    }
+
+    #[test]
+    fn files_round_trip_through_unmount_and_the_dirty_bit_follows_the_mount() {
+        let s = Scratch::new("round");
+        let vol = s.mount(ErrorsPolicy::default());
+        let dirty_on_disk = || {
+            let boot = std::fs::read(s.img()).expect("read image");
+            vol.bpb().dirty(&boot[..512])
+        };
+        assert!(dirty_on_disk(), "set and written at mount");
+        let d = vol.mkdir(&vol.root(), "Sub Dir").expect("mkdir");
+        let f = vol.create(&d, "a long file name.txt").expect("create");
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        assert_eq!(vol.write(&f, 0, &data).expect("write"), data.len());
+        drop((d, f));
+        vol.unmount().expect("unmount");
+        let vol = s.mount(ErrorsPolicy::default());
+        let f = vol
+            .lookup_path("/sub dir/A LONG FILE NAME.TXT")
+            .expect("lookup");
+        assert_eq!(f.size(), 70_000);
+        let mut back = vec![0u8; 70_000];
+        assert_eq!(vol.read(&f, 0, &mut back).expect("read"), 70_000);
+        let bad: Vec<usize> = (0..70_000).filter(|&i| back[i] != data[i]).collect();
+        assert!(
+            bad.is_empty(),
+            "{} bytes differ, from {:?} to {:?}",
+            bad.len(),
+            bad.first(),
+            bad.last()
+        );
+        drop(f);
+        vol.unmount().expect("unmount");
+        let boot = std::fs::read(s.img()).expect("read image");
+        let bpb = Bpb::parse(&boot[..512]).expect("bpb");
+        assert!(!bpb.dirty(&boot[..512]), "cleared by the clean unmount");
+    }
+
+    #[test]
+    fn errors_remount_ro_refuses_changes_after_corruption() {
+        let s = Scratch::new("remount");
+        broken_file(&s);
+        let vol = s.mount(ErrorsPolicy::RemountRo);
+        let f = vol.lookup_path("/broken.bin").expect("lookup");
+        let mut buf = vec![0u8; 5000];
+        let e = vol.read(&f, 0, &mut buf).expect_err("the chain is broken");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(vol.remounted_read_only());
+        let e = vol.create(&vol.root(), "new").expect_err("read-only now");
+        assert_eq!(e.errno(), libc::EROFS);
+        drop(f);
+        vol.unmount().expect("unmount");
+        let boot = std::fs::read(s.img()).expect("read image");
+        let bpb = Bpb::parse(&boot[..512]).expect("bpb");
+        assert!(
+            bpb.dirty(&boot[..512]),
+            "the dirty bit stays after an error"
+        );
+    }
+
+    #[test]
+    fn errors_continue_fails_the_operation_only() {
+        let s = Scratch::new("continue");
+        broken_file(&s);
+        let vol = s.mount(ErrorsPolicy::Continue);
+        let f = vol.lookup_path("/broken.bin").expect("lookup");
+        let mut buf = vec![0u8; 5000];
+        let e = vol.read(&f, 0, &mut buf).expect_err("the chain is broken");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(!vol.remounted_read_only());
+        vol.create(&vol.root(), "still writable").expect("create");
+    }
+
+    #[test]
+    fn errors_panic_panics() {
+        let s = Scratch::new("panic");
+        broken_file(&s);
+        let vol = s.mount(ErrorsPolicy::Panic);
+        let f = vol.lookup_path("/broken.bin").expect("lookup");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut buf = vec![0u8; 5000];
+            let _ = vol.read(&f, 0, &mut buf);
+        }));
+        assert!(r.is_err(), "errors=panic must panic");
+    }
+
+    #[test]
+    fn errors_option_parses_the_three_policies_and_names_a_bad_one() {
+        assert_eq!(
+            "continue".parse::<ErrorsPolicy>().ok(),
+            Some(ErrorsPolicy::Continue)
+        );
+        assert_eq!(
+            "remount-ro".parse::<ErrorsPolicy>().ok(),
+            Some(ErrorsPolicy::RemountRo)
+        );
+        assert_eq!(
+            "panic".parse::<ErrorsPolicy>().ok(),
+            Some(ErrorsPolicy::Panic)
+        );
+        let e = "ignore".parse::<ErrorsPolicy>().expect_err("unknown");
+        assert!(e.to_string().contains("errors="), "{e}");
     }
 }

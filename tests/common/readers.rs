@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fatcache::dev::Placement;
-use fatcache::fat::volume::{DirRef, Volume};
+use fatcache::fat::volume::{Node as VolNode, Volume};
 
 use super::{TempDir, find_tool};
 
@@ -495,14 +495,14 @@ pub(crate) fn our_tree(image: &Path) -> Result<Tree, String> {
     let vol = Volume::open(image, placement, OUR_FRAMES)
         .map_err(|e| format!("fatcache: Volume::open {}: {e}", image.display()))?;
     let mut tree = Tree::new();
-    our_walk(&vol, DirRef::Root, "", 0, &mut tree)?;
+    our_walk(&vol, &vol.root(), "", 0, &mut tree)?;
     Ok(tree)
 }
 
 /// Adds everything in fatcache directory `dir` (named `prefix`) to `tree`.
 fn our_walk(
     vol: &Volume,
-    dir: DirRef,
+    dir: &VolNode,
     prefix: &str,
     depth: usize,
     tree: &mut Tree,
@@ -517,19 +517,19 @@ fn our_walk(
         .map_err(|e| format!("fatcache: read_dir {prefix}/: {e}"))?;
     for item in items {
         let path = format!("{prefix}/{}", item.name);
+        let node = vol
+            .child_at(dir, item.offset)
+            .map_err(|e| format!("fatcache: open {path}: {e}"))?;
         if item.entry.is_dir() {
             insert(tree, &path, Node::Dir)?;
-            let sub = vol
-                .dir_ref(&item.entry)
-                .map_err(|e| format!("fatcache: dir_ref {path}: {e}"))?;
-            our_walk(vol, sub, &path, depth + 1, tree)?;
+            our_walk(vol, &node, &path, depth + 1, tree)?;
         } else {
             let size = item.entry.size as usize;
             let mut data = vec![0u8; size];
             let mut done = 0;
             while done < size {
                 let n = vol
-                    .read_file(&item.entry, done as u64, &mut data[done..])
+                    .read(&node, done as u64, &mut data[done..])
                     .map_err(|e| format!("fatcache: read {path} at {done}: {e}"))?;
                 if n == 0 {
                     return Err(format!("fatcache: {path}: read {done} bytes of {size}"));
