@@ -800,7 +800,7 @@ mod tests {
         let mut index = NameIndex::new();
         let mut aliases = Vec::new();
         for i in 0..2000 {
-            // Every tenth name shares one alias basis, so numeric tails climb.
+            // Every tenth name shares one alias basis: ~1..~4, then the hash form.
             let name = match i % 10 {
                 0 => format!("Shared prefix {i}.txt"),
                 _ => format!("{i:04} unique report.txt"),
@@ -808,9 +808,9 @@ mod tests {
             aliases.push(add(&mut index, &name, i * E));
         }
         assert_eq!(index.by_offset.len(), 2000);
-        let want = ["SHARED~1TXT", "SHARED~2TXT", "SHARE~11TXT"].map(sn);
+        let want = ["SHARED~1TXT", "SHARED~2TXT", "SHF12D~1TXT"].map(sn);
         let got = [aliases[0], aliases[10], aliases[100]];
-        assert_eq!(got, want, "~2, then ~11");
+        assert_eq!(got, want, "~2, then a hash form after ~4");
         #[rustfmt::skip]
         let lookups = [
             ("exact", "0042 unique report.txt", Some(42)),

@@ -7,8 +7,11 @@
 //!
 //! Deviation: aliases use printable ASCII only; other UTF-16 units become `_`, as vfat does for
 //! units its codepage lacks. Such names need LFN slots in every mode, so only alias bytes differ.
-//! Deviation: numeric tails run `~1`..`~999999` (the Windows scheme), not vfat's `~1`..`~9` and
-//! then a jiffies-seeded hex form, so images are reproducible.
+//! Deviation: after `~1`..`~4` an alias takes the Windows form: two base characters, four hex
+//! digits of a hash of the long name, `~1`..`~9`; vfat seeds those hex digits from jiffies.
+//! The hash keeps images reproducible and the search short however many names share a base
+//! (a numeric search would make N creates in one directory cost N^2). Should every hash form
+//! be taken, plain numeric tails go on from `~5` to `~999999`.
 //! Deviation: short names on disk decode as codepage 437 (the kernel default); lower-case
 //! display folds ASCII letters only.
 
@@ -56,6 +59,10 @@ const BAD_CHARS: &[char] = &['"', '*', '/', ':', '<', '>', '?', '\\', '|'];
 const NOT_IN_SHORT: &[u8] = b"\"*/:<>?\\|+,;=[]";
 /// Largest numeric tail tried: "~999999" leaves one character of base.
 const MAX_NUMTAIL: u32 = 999_999;
+/// Numeric tails tried before the hash form.
+const PLAIN_TAILS: u32 = 4;
+/// Hashes of the long name tried (each with `~1`..`~9`) before plain tails from `~5`.
+const HASH_ROUNDS: u32 = 16;
 
 /// Unicode for bytes 0x80..=0xFF of codepage 437, the kernel's default `codepage=`.
 const CP437_HIGH: [u16; 128] = [
@@ -553,13 +560,42 @@ fn with_numtail(basis: &Basis, n: u32) -> ShortName {
     ShortName(raw)
 }
 
+/// The basis cut to two characters, then `hash` in four hex digits and tail `~n` (1..=9).
+fn with_hashtail(basis: &Basis, hash: u16, n: u32) -> ShortName {
+    let tail = format!("{hash:04X}~{n}");
+    let keep = basis.base_len.min(8 - tail.len());
+    let mut raw = basis.raw;
+    raw[keep..8].fill(b' ');
+    raw[keep..keep + tail.len()].copy_from_slice(tail.as_bytes());
+    ShortName(raw)
+}
+
+/// A 16-bit hash of `name` for round `round`: FNV-1a over the round and the UTF-16 units,
+/// folded. Any well-spread hash does; this one is stable, so aliases are reproducible.
+fn name_hash(name: &str, round: u32) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    let units = round
+        .to_le_bytes()
+        .into_iter()
+        .chain(name.encode_utf16().flat_map(u16::to_le_bytes));
+    for b in units {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (h >> 16) as u16 ^ (h as u16)
+}
+
+/// The first free alias of `name`: `~1`..`~4`, then the hash forms, then `~5` on.
 fn alias_of(
+    name: &str,
     basis: &Basis,
     exists: &mut impl FnMut(&ShortName) -> bool,
 ) -> Result<ShortName, FsError> {
-    let alias = (1..=MAX_NUMTAIL)
-        .map(|n| with_numtail(basis, n))
-        .find(|s| !exists(s));
+    let plain = (1..=PLAIN_TAILS).map(|n| with_numtail(basis, n));
+    let hashed = (0..HASH_ROUNDS)
+        .flat_map(|round| (1..=9).map(move |n| (round, n)))
+        .map(|(round, n)| with_hashtail(basis, name_hash(name, round), n));
+    let rest = (PLAIN_TAILS + 1..=MAX_NUMTAIL).map(|n| with_numtail(basis, n));
+    let alias = plain.chain(hashed).chain(rest).find(|s| !exists(s));
     alias.ok_or_else(|| {
         log::warn!("every numeric tail of {:?} is taken", ShortName(basis.raw));
         FsError::Exists
@@ -573,7 +609,8 @@ pub fn short_only_form(name: &str, mode: ShortnameMode) -> Result<Option<ShortOn
     Ok(short_only_of(&build_basis(name)?, mode))
 }
 
-/// The 8.3 alias for a name that needs LFN slots: the first free `BASE~N.EXT`.
+/// The 8.3 alias for a name that needs LFN slots: the first free `BASE~N.EXT` for N up to 4,
+/// then `BAHHHH~N.EXT` with a hash of the name (see the module's deviations).
 ///
 /// Upper case; dots and spaces dropped; `+ , ; = [ ]` and non-ASCII become `_`; base up to 8,
 /// extension up to 3 from after the last dot (not a leading one). As vfat's default `numtail`
@@ -582,7 +619,7 @@ pub fn generate_alias(
     name: &str,
     mut exists: impl FnMut(&ShortName) -> bool,
 ) -> Result<ShortName, FsError> {
-    alias_of(&build_basis(name)?, &mut exists)
+    alias_of(name, &build_basis(name)?, &mut exists)
 }
 
 /// How to write the new name `name`: a short entry alone, or LFN slots and a free alias.
@@ -601,7 +638,7 @@ pub fn vfat_create_shortname(
         }
         return Ok(NameForm::ShortOnly(form));
     }
-    alias_of(&basis, &mut exists).map(|alias| NameForm::Lfn { alias })
+    alias_of(name, &basis, &mut exists).map(|alias| NameForm::Lfn { alias })
 }
 
 /// Whether two names denote the same FAT file, as vfat_cmpi() decides on lookup.
@@ -829,19 +866,39 @@ mod tests {
     fn numeric_tails() {
         let long = "Long File Name.txt";
         let one = [sn("LONGFI~1TXT")];
-        let nine: Vec<ShortName> = (1..=9).map(|n| sn(&format!("LONGFI~{n}TXT"))).collect();
+        let four: Vec<ShortName> = (1..=4).map(|n| sn(&format!("LONGFI~{n}TXT"))).collect();
+        let hashed = |s: &ShortName| s.0[6] == b'~' && s.0[2..6].iter().all(u8::is_ascii_hexdigit);
         #[rustfmt::skip]
         let cases: [(&str, &str, Taken<'_>, &str); 4] = [
             ("~1 taken gives ~2", long, &|s| one.contains(s), "LONGFI~2TXT"),
-            ("~10 shortens the base", long, &|s| nine.contains(s), "LONGF~10TXT"),
-            ("short base is not cut", "x", &|s| s.0[1] == b'~' && s.0[3] == b' ', "X~10       "),
-            ("~100 shortens again", long, &|s| s.0[5] == b'~' || s.0[6] == b'~', "LONG~100TXT"),
+            ("~4 taken gives the hash form", long, &|s| four.contains(s), "LO8FA1~1TXT"),
+            ("hash forms taken give ~5", long, &|s| four.contains(s) || hashed(s), "LONGFI~5TXT"),
+            ("~10 shortens the base", long, &|s| s.0[6] == b'~' || hashed(s), "LONGF~10TXT"),
         ];
         for (what, name, taken, want) in cases {
             assert_eq!(generate_alias(name, taken).expect(what), sn(want), "{what}");
         }
         let all = generate_alias("x", |_| true);
         assert!(matches!(all, Err(FsError::Exists)), "every tail taken");
+    }
+
+    #[test]
+    fn many_names_sharing_a_base_find_an_alias_in_few_tries() {
+        // 3,000 names with one basis: each alias search must stay short, or creating N files
+        // in a directory costs N^2.
+        let mut taken = std::collections::HashSet::new();
+        let mut worst = 0;
+        for i in 0..3000 {
+            let mut tries = 0;
+            let alias = generate_alias(&format!("a fairly long file name {i}.txt"), |s| {
+                tries += 1;
+                taken.contains(s)
+            })
+            .expect("an alias");
+            assert!(taken.insert(alias), "alias {alias} handed out twice");
+            worst = worst.max(tries);
+        }
+        assert!(worst < 200, "an alias search took {worst} tries");
     }
 
     #[test]
