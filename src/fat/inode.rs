@@ -102,9 +102,8 @@ impl<S: FatStore + 'static> FileData<S> {
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
         let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
         let first = self.first_cluster();
-        let clusters = &mut cache.clusters;
-        while clusters.len() <= index {
-            let next = match clusters.last() {
+        while cache.clusters.len() <= index {
+            let next = match cache.clusters.last() {
                 None if first == 0 => None,
                 None => Some(first),
                 Some(&last) => self.table.next_in_chain(last)?,
@@ -115,11 +114,11 @@ impl<S: FatStore + 'static> FileData<S> {
             // A loop shorter than the file would otherwise hand out the same clusters again as
             // later parts of the file (the kernel's walk has the same blind spot): a cluster
             // seen before on this chain is a loop, whatever the length.
-            if clusters.len() >= limit || !cache.seen.insert(next) {
+            if cache.clusters.len() >= limit || cache.seen.contains(&next) {
                 log::error!("fat: chain from cluster {first} loops at {next}");
                 return Err(FsError::Corrupted("cluster chain loops"));
             }
-            clusters.push(next);
+            cache.push(next);
         }
         Ok(true)
     }
@@ -130,7 +129,7 @@ impl<S: FatStore + 'static> FileData<S> {
         let size = self.size.load(Ordering::Acquire);
         loop {
             let held = cache.clusters.len();
-            let run = contiguous_run(&cache.clusters[index..]);
+            let run = cache.run_from(index);
             let walked = held as u64 * self.cluster_bytes();
             if index + run < held || walked >= size {
                 return Ok(run);
@@ -172,17 +171,12 @@ impl<S: FatStore + 'static> FileData<S> {
         if keep == 0 {
             // The file forgets the chain before it is freed, so no reader maps a freed cluster.
             self.first_cluster.store(0, Ordering::Release);
-            cache.clusters.clear();
-            cache.seen.clear();
+            cache.truncate(0);
             self.table.free_chain(first)?;
             return Ok(());
         }
         self.table.truncate_chain(first, keep)?;
-        if cache.clusters.len() > keep as usize {
-            for c in cache.clusters.split_off(keep as usize) {
-                cache.seen.remove(&c);
-            }
-        }
+        cache.truncate(keep as usize);
         Ok(())
     }
 }
@@ -217,13 +211,18 @@ impl<S: FatStore + 'static> BlockMap for FileData<S> {
                 None => self.table.alloc(count, None)?,
                 Some(&last) => self.table.extend(last, count)?,
             };
+            // The new clusters may have been a directory's, whose last changes can still sit
+            // unwritten in the metadata cache: drop them before this file's data goes there.
+            for run in new.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
+                let at = cluster_offset(&self.bpb, run[0])?;
+                self.table.store().clean_aliases(at, run.len() as u64 * cb);
+            }
             if cache.clusters.is_empty() {
                 // Release: the chain is linked in the FAT before anyone can see its start.
                 self.first_cluster.store(new[0], Ordering::Release);
             }
             for c in new {
-                cache.seen.insert(c);
-                cache.clusters.push(c);
+                cache.push(c);
             }
         }
         let bs = self.block_size();
@@ -259,19 +258,50 @@ pub(crate) fn cluster_offset(bpb: &Bpb, cluster: u32) -> Result<u64, FsError> {
     Ok(sector * u64::from(bpb.bytes_per_sector))
 }
 
-/// The walked prefix of a file's chain, and the set of its clusters for loop detection.
+/// The walked prefix of a file's chain, the set of its clusters for loop detection, and its
+/// contiguous runs, so the run from any cluster is found in O(log n) however long it is.
 #[derive(Debug, Default)]
 struct ChainCache {
     clusters: Vec<u32>,
     seen: rustc_hash::FxHashSet<u32>,
+    /// (first index, length) of each run of consecutive clusters, in file order.
+    runs: Vec<(usize, usize)>,
 }
 
-/// How many clusters from the start of `clusters` are consecutive on disk (at least 1).
-fn contiguous_run(clusters: &[u32]) -> usize {
-    1 + clusters
-        .windows(2)
-        .take_while(|w| w[0].checked_add(1) == Some(w[1]))
-        .count()
+impl ChainCache {
+    /// Appends the next cluster of the chain.
+    fn push(&mut self, c: u32) {
+        let follows = self.clusters.last().and_then(|l| l.checked_add(1)) == Some(c);
+        match self.runs.last_mut() {
+            Some((_, len)) if follows => *len += 1,
+            _ => self.runs.push((self.clusters.len(), 1)),
+        }
+        self.clusters.push(c);
+        self.seen.insert(c);
+    }
+
+    /// Keeps the first `keep` clusters.
+    fn truncate(&mut self, keep: usize) {
+        if keep >= self.clusters.len() {
+            return;
+        }
+        for c in self.clusters.split_off(keep) {
+            self.seen.remove(&c);
+        }
+        self.runs.retain(|&(start, _)| start < keep);
+        if let Some((start, len)) = self.runs.last_mut() {
+            *len = (*len).min(keep - *start);
+        }
+    }
+
+    /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
+    fn run_from(&self, index: usize) -> usize {
+        let i = self.runs.partition_point(|&(start, _)| start <= index);
+        match i.checked_sub(1).and_then(|i| self.runs.get(i)) {
+            Some(&(start, len)) => start + len - index,
+            None => 1,
+        }
+    }
 }
 
 /// The address-space operations of a file mapping (fat_aops).
@@ -602,6 +632,25 @@ mod tests {
             let (t, q) = (Arc::clone(&self.table), Arc::clone(&self.queue));
             FatInode::new(&self.cache, t, q, &self.bpb, (first, size, false))
         }
+    }
+
+    #[test]
+    fn chain_cache_runs_follow_pushes_and_truncation() {
+        let mut c = ChainCache::default();
+        for cl in (100..110).chain(200..205) {
+            c.push(cl);
+        }
+        assert_eq!(
+            (c.run_from(0), c.run_from(9), c.run_from(10), c.run_from(12)),
+            (10, 1, 5, 3)
+        );
+        c.truncate(12);
+        assert_eq!((c.run_from(10), c.clusters.len()), (2, 12));
+        assert!(!c.seen.contains(&204) && c.seen.contains(&201));
+        c.truncate(5);
+        assert_eq!((c.run_from(0), c.run_from(4), c.runs.len()), (5, 1, 1));
+        c.push(105);
+        assert_eq!(c.run_from(0), 6, "a push that continues the run extends it");
     }
 
     /// 10 11 | 20 21 22 | 5: three extents, the last cluster partly used.

@@ -16,6 +16,10 @@ impl FatStore for Bdev {
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         Bdev::write(self, offset, buf)
     }
+
+    fn clean_aliases(&self, offset: u64, len: u64) {
+        Bdev::clean_aliases(self, offset, len);
+    }
 }
 
 /// A shared store is a store: a mount shares one block-device mapping between the FAT and the
@@ -27,6 +31,10 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         T::write(self, offset, buf)
+    }
+
+    fn clean_aliases(&self, offset: u64, len: u64) {
+        T::clean_aliases(self, offset, len);
     }
 }
 

@@ -50,6 +50,10 @@ pub trait FatStore: Send + Sync {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError>;
     /// Writes `buf` at byte `offset` of the volume.
     fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError>;
+    /// Forgets unwritten changes to bytes `[offset, offset + len)`, which have just become file
+    /// data: a stale metadata copy must never be written over the file's bytes
+    /// (clean_bdev_aliases). Nothing to do for a store without a write-back cache.
+    fn clean_aliases(&self, _offset: u64, _len: u64) {}
 }
 
 /// The meaning of one FAT entry.

@@ -871,6 +871,9 @@ impl Volume {
         d.remove(&self.table, slot.offset)?;
         self.forget_unlinked(&node)?;
         drop(d);
+        // If nobody else holds the file, its clusters are freed here, before the sync, so a
+        // `sync` mount has the freeing on the disk too.
+        drop(node);
         self.dir_sync()
     }
 

@@ -23,10 +23,12 @@ use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
 use crate::mm::filemap::{
     AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
-    filemap_fdatawrite_range, read_cache_page,
+    filemap_fdatawrite_range, find_lock_page, read_cache_page,
 };
 use crate::mm::waitqueue::unlock_page;
-use crate::mm::writeback::{WritebackControl, set_page_dirty, set_page_writeback};
+use crate::mm::writeback::{
+    WritebackControl, set_page_dirty, set_page_writeback, wait_on_page_writeback,
+};
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
 
@@ -93,6 +95,22 @@ impl BdevAops {
         let last = to.div_ceil(BDEV_BLOCK).min(BLOCKS_PER_PAGE);
         let bits = (first..last).fold(0u8, |b, i| b | 1 << i);
         *self.dirty_blocks.lock().entry(index).or_insert(0) |= bits;
+    }
+
+    /// Stops the blocks under page bytes `[from, to)` of the locked page `index` from being
+    /// written; a dirty page without a record was dirty whole, so it keeps the other blocks.
+    fn clear_blocks(&self, index: u64, from: usize, to: usize, page_dirty: bool) {
+        let first = from / BDEV_BLOCK;
+        let last = to.div_ceil(BDEV_BLOCK).min(BLOCKS_PER_PAGE);
+        let bits = (first..last).fold(0u8, |b, i| b | 1 << i);
+        let mut map = self.dirty_blocks.lock();
+        match map.get_mut(&index) {
+            Some(b) => *b &= !bits,
+            None if page_dirty => {
+                map.insert(index, !bits);
+            }
+            None => {}
+        }
     }
 
     /// The runs of dirty blocks of page `index` as (offset in page, length), clipped to
@@ -306,6 +324,31 @@ impl Bdev {
             done += n;
         }
         Ok(())
+    }
+
+    /// clean_bdev_aliases: bytes `[offset, offset + len)` now belong to a file, whose own
+    /// mapping writes them; unwritten changes this mapping holds for them (a freed
+    /// directory's last updates) are dropped, and a write of them in flight is waited for, so
+    /// neither can land over the file's data.
+    ///
+    /// Models: fs/buffer.c clean_bdev_aliases(), called from __block_write_begin for new
+    /// blocks (v5.10).
+    pub fn clean_aliases(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.size());
+        let mut pos = offset;
+        while pos < end {
+            let index = pos >> PAGE_SHIFT;
+            let page_end = (index + 1) << PAGE_SHIFT;
+            let to = end.min(page_end);
+            if let Some(page) = find_lock_page(&self.mapping, index) {
+                let from_in = (pos - (index << PAGE_SHIFT)) as usize;
+                let to_in = (to - (index << PAGE_SHIFT)) as usize;
+                self.aops.clear_blocks(index, from_in, to_in, page.dirty());
+                wait_on_page_writeback(page.page());
+                unlock_page(page.page());
+            }
+            pos = to;
+        }
     }
 
     /// Write back every dirty page, wait for it, and flush the device: a returned sync is

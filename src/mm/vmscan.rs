@@ -145,6 +145,18 @@ impl PageCache {
 
     /// Try to free up to `want` frames; returns how many were freed.
     pub fn shrink_lru(&self, want: usize) -> usize {
+        let mut freed = self.shrink_pass(want);
+        if freed == 0 {
+            // A first pass may only take away second chances (clear PG_referenced and rotate);
+            // the kernel's scan then goes round again at a higher priority. Without this a
+            // cache whose pages were all touched twice frees nothing.
+            freed = self.shrink_pass(want);
+        }
+        freed
+    }
+
+    /// One look at each page on the LRU at most, until `want` are freed.
+    fn shrink_pass(&self, want: usize) -> usize {
         let mut freed = 0;
         let mut budget = self.lru_len();
         while freed < want && budget > 0 {
@@ -244,6 +256,21 @@ mod tests {
         let order: Vec<u32> = std::iter::from_fn(|| l.pop_head()).collect();
         assert_eq!(order, vec![7, 3, 4]);
         assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn a_cache_whose_pages_were_all_touched_again_still_reclaims() {
+        let c = cache_for(Era::V5_11, 4);
+        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
+        for i in 0..4 {
+            let p = find_or_create_page(&m, i).expect("page");
+            unlock_page(*p);
+        }
+        for i in 0..4 {
+            drop(find_get_page(&m, i));
+        }
+        let p = find_or_create_page(&m, 10).expect("the second look reclaims");
+        unlock_page(*p);
     }
 
     #[test]
