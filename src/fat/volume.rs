@@ -32,6 +32,8 @@
 //!   (the kernel's evict); a reader that still has the node then reads nothing. The FUSE layer
 //!   keeps nodes alive across unlink when it adds lookup counts.
 //! * Directory times are not updated when entries are added or removed.
+//! * A rename to another spelling of the same name ("File.txt" to "file.TXT") re-spells the
+//!   entry, as Windows does; Linux's VFS sees one inode on both sides and does nothing.
 //! * fallocate supports mode 0 only (growing through fat_cont_expand); FALLOC_FL_KEEP_SIZE,
 //!   which the kernel accepts, is EOPNOTSUPP here.
 
@@ -962,6 +964,13 @@ impl Volume {
             match (node.is_dir(), tnode.is_dir()) {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
+                // The target holds the source: not empty, as Linux answers. (Its lock is
+                // held already, as the old directory or above it, so it must not be taken.)
+                (true, true)
+                    if tnode.ino == old_dir.ino || self.is_ancestor(tnode.ino, old_dir.ino) =>
+                {
+                    return Err(FsError::NotEmpty);
+                }
                 (true, true) if !tnode.dir()?.is_empty() => return Err(FsError::NotEmpty),
                 _ => {}
             }
