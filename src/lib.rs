@@ -19,6 +19,7 @@ pub mod dev;
 pub mod error;
 pub mod fat;
 pub mod fs;
+pub mod fuse;
 pub mod mm;
 pub mod scenario;
 pub(crate) mod sync;

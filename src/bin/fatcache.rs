@@ -1,9 +1,10 @@
 //! The `fatcache` command line.
 //!
-//! Today: `fatcache demo` runs the race interleavings of SEMANTICS section 5 (S1, S2) on the
-//! page-cache core with real threads, in every era, and prints one line per era and scenario
-//! plus the first BUG report; `fatcache eras` lists the eras; `fatcache mkfs` makes a new image.
-//! Mounting comes with the FUSE layer.
+//! `fatcache mount IMAGE DIR [-o OPTIONS] [-f]` mounts an image through FUSE (also as
+//! `mount -t fuse.fatcache IMAGE DIR -o OPTIONS`, the argument order mount.fuse3 uses);
+//! `fatcache demo` runs the race interleavings of SEMANTICS section 5 (S1, S2) on the
+//! page-cache core with real threads, in every era; `fatcache eras` lists the eras;
+//! `fatcache mkfs` makes a new image; `ls` and `cat` read an image without mounting it.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Mount an image through FUSE; stays in the background unless -f.
+    Mount {
+        /// The image file (or block device).
+        image: PathBuf,
+        /// The directory to mount it on.
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated (see --help-options); may be given several times.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground (logs to standard error; Ctrl-C unmounts).
+        #[arg(short = 'f', long)]
+        foreground: bool,
+        /// List every mount option and exit.
+        #[arg(long)]
+        help_options: bool,
+    },
     /// Run the S1 (three-CPU) and S2 (frame reuse) races on the page cache in each era.
     Demo {
         /// Only this era (v5.8 v5.9 v5.10 v5.11 v6.9 alt-a alt-b); default: all.
@@ -119,6 +136,19 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Mount {
+            image,
+            mountpoint,
+            options,
+            foreground,
+            help_options,
+        } => {
+            if help_options {
+                print!("{}", fatcache::fuse::options::help_text());
+                return ExitCode::SUCCESS;
+            }
+            mount(&image, &mountpoint, &options, foreground)
+        }
         Cmd::Ls { image, path } => report(ls(&image, &path)),
         Cmd::Cat { image, path } => report(cat(&image, &path)),
         Cmd::Eras => {
@@ -289,4 +319,92 @@ fn report(r: Result<(), FsError>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long a background mount may take to appear before the parent gives up.
+const MOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn mount(image: &Path, mountpoint: &Path, options: &[String], foreground: bool) -> ExitCode {
+    let opts = match fatcache::fuse::options::FuseOptions::parse(options.iter().map(String::as_str))
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("fatcache mount: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if foreground {
+        return match fatcache::fuse::serve(image, mountpoint, opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fatcache mount: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    background(image, mountpoint, options)
+}
+
+/// Runs this program again with `-f` in its own process group, detached from the terminal,
+/// and returns once the mount is there (or the child failed), as mount(8) expects.
+fn background(image: &Path, mountpoint: &Path, options: &[String]) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("fatcache mount: cannot find this program to run it again: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount").arg(image).arg(mountpoint).arg("-f");
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fatcache mount: cannot start the daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < MOUNT_WAIT {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("fatcache mount: the daemon exited with {status} before mounting");
+            return ExitCode::FAILURE;
+        }
+        if is_mounted(mountpoint) {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "fatcache mount: {} did not appear in {MOUNT_WAIT:?}",
+        mountpoint.display()
+    );
+    let _ = child.kill();
+    ExitCode::FAILURE
+}
+
+/// Whether a fatcache FUSE mount is on `dir` (by /proc/self/mountinfo).
+fn is_mounted(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    info.lines().any(|l| {
+        let mut f = l.split(' ');
+        // Field 5 is the mount point; after " - " comes the type: "fuse" when mounted with
+        // mount(2) directly, "fuse.fatcache" through fusermount3.
+        let at = f.nth(4) == Some(want.as_ref());
+        let fstype = l.split(" - ").nth(1).and_then(|t| t.split(' ').next());
+        at && fstype.is_some_and(|t| t == "fuse" || t == "fuse.fatcache")
+    })
 }

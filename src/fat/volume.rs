@@ -329,6 +329,10 @@ pub struct Volume {
     read_only: bool,
     /// Set by `errors=remount-ro` on corruption: every later change is refused.
     remounted_ro: AtomicBool,
+    /// Set by [`Volume::shutdown`]: every later change is refused.
+    closed: AtomicBool,
+    /// The last shutdown wrote everything back and cleared the dirty bit.
+    clean: AtomicBool,
     root: Arc<Node>,
     ihash: Mutex<Nodes>,
     rename_lock: Mutex<()>,
@@ -396,6 +400,8 @@ impl Volume {
             opts,
             read_only,
             remounted_ro: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            clean: AtomicBool::new(false),
             root,
             ihash: Mutex::new(nodes),
             rename_lock: Mutex::new(()),
@@ -485,7 +491,10 @@ impl Volume {
     fn check_writable(&self) -> Result<(), FsError> {
         // Relaxed: a change racing the remount may still go through, as in the kernel,
         // where the check is a plain flag test too.
-        if self.read_only || self.remounted_ro.load(Ordering::Relaxed) {
+        if self.read_only
+            || self.remounted_ro.load(Ordering::Relaxed)
+            || self.closed.load(Ordering::Relaxed)
+        {
             return Err(FsError::ReadOnly);
         }
         Ok(())
@@ -1123,15 +1132,111 @@ impl Volume {
     ///
     /// Models: fs/fat/inode.c fat_put_super() (v5.10).
     pub fn unmount(self) -> Result<(), FsError> {
+        self.shutdown()
+    }
+
+    /// [`Volume::unmount`] for a volume still shared (the FUSE session's destroy): syncs,
+    /// clears the dirty bit, and refuses every later change with EROFS.
+    pub fn shutdown(&self) -> Result<(), FsError> {
         if self.read_only {
             return Ok(());
         }
         self.sync_fs()?;
+        // Relaxed: nothing may change the volume from here on; the sync above saw everything
+        // that returned before this call.
+        self.closed.store(true, Ordering::Relaxed);
         if self.remounted_read_only() {
             // The volume met corruption: the dirty bit stays so the next mount and fsck know.
             return Ok(());
         }
-        self.set_state(false)
+        self.set_state(false)?;
+        self.clean.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the last [`Volume::shutdown`] wrote everything back and cleared the dirty bit
+    /// (always true for a read-only mount, which changes nothing).
+    pub fn cleanly_shut_down(&self) -> bool {
+        self.read_only || self.clean.load(Ordering::Relaxed)
+    }
+
+    /// close() of a file opened for writing on a `flush` mount: start writing its data, its
+    /// entry and the metadata, without waiting (fat_flush_inodes).
+    ///
+    /// Models: fs/fat/file.c fat_file_release() with `flush` (v5.10).
+    pub fn release_flush(&self, node: &Node) -> Result<(), FsError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let data = match &node.kind {
+            Kind::File(f) => crate::mm::filemap::filemap_fdatawrite(f.mapping()),
+            Kind::Dir(_) => Ok(()),
+        };
+        let meta = self.write_inode(node);
+        let bdev = crate::mm::filemap::filemap_flush(self.bdev.mapping());
+        data.and(meta).and(bdev)
+    }
+
+    /// Sets the modification and/or access time (utimes), as Unix seconds and nanoseconds.
+    ///
+    /// Models: fs/fat/file.c fat_setattr() ATTR_MTIME / ATTR_ATIME (v5.10): FAT keeps 2-second
+    /// modification times and access dates only.
+    pub fn set_times(
+        &self,
+        node: &Node,
+        atime: Option<(i64, u32)>,
+        mtime: Option<(i64, u32)>,
+    ) -> Result<(), FsError> {
+        self.check_writable()?;
+        if node.ino == ROOT_INO {
+            // The root has no entry to keep times in; the kernel accepts and forgets them.
+            return Ok(());
+        }
+        let tz = self.opts.tz_offset_minutes;
+        {
+            let mut meta = node.meta.lock();
+            if let Some((secs, nanos)) = mtime {
+                let (date, time, _) = unix_to_fat(secs, nanos, tz);
+                meta.entry.modify_date = date;
+                meta.entry.modify_time = time;
+            }
+            if let Some((secs, nanos)) = atime {
+                meta.entry.access_date = unix_to_fat(secs, nanos, tz).0;
+            }
+            meta.dirty = true;
+        }
+        if self.opts.sync {
+            self.write_inode(node)?;
+            self.bdev.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the read-only attribute (chmod without write bits, as vfat maps it).
+    pub fn set_read_only_attr(&self, node: &Node, read_only: bool) -> Result<(), FsError> {
+        self.check_writable()?;
+        if node.ino == ROOT_INO {
+            return Ok(());
+        }
+        {
+            let mut meta = node.meta.lock();
+            if read_only {
+                meta.entry.attr |= crate::fat::dirent::ATTR_RO;
+            } else {
+                meta.entry.attr &= !crate::fat::dirent::ATTR_RO;
+            }
+            meta.dirty = true;
+        }
+        if self.opts.sync {
+            self.write_inode(node)?;
+            self.bdev.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The time zone offset DOS times are in (minutes east of UTC).
+    pub fn tz_offset_minutes(&self) -> i32 {
+        self.opts.tz_offset_minutes
     }
 }
 

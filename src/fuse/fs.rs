@@ -1,0 +1,804 @@
+//! The `fuser` filesystem: each request becomes a [`Volume`] call, each result a reply.
+//!
+//! Inode numbers are the volume's node numbers; the root is 1, as FUSE wants. A node the kernel
+//! knows (it has seen it in a lookup, create, mkdir or readdirplus reply) is kept here with its
+//! lookup count and released at the matching forget, so an unlinked file that is still open
+//! keeps its clusters until the kernel lets it go, as on a kernel vfat mount.
+//!
+//! Errors map through [`FsError::errno`]; what vfat cannot do gets the errno a kernel vfat
+//! mount gives: hard links and symlinks EPERM, device nodes and FIFOs EPERM, chown to another
+//! owner EPERM (success under `quiet`), RENAME_EXCHANGE EINVAL (v5.10 vfat takes only
+//! RENAME_NOREPLACE), setxattr EOPNOTSUPP.
+//!
+//! Virtual xattrs on the root: `user.fatcache.era`, `user.fatcache.stats` (JSON) and
+//! `user.fatcache.last_bug`; FAT has no xattrs of its own, so every other name is ENODATA.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::error::FsError;
+use crate::fat::dirent::{ATTR_RO, DirEntry};
+use crate::fat::time::{fat_date_to_unix, fat_to_unix};
+use crate::fat::volume::{Node, ROOT_INO, Volume};
+use crate::fuse::options::{CacheMode, FuseOptions};
+use crate::sync::{Arc, Mutex};
+
+/// How long the kernel may cache names and attributes. Every change goes through us, so this
+/// only bounds how stale a listing of another mount of the same image could look.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write request the kernel sends (FUSE's max_write).
+const MAX_WRITE: u32 = 1 << 20;
+
+/// The names of the virtual xattrs on the root.
+const XATTRS: [&str; 3] = [
+    "user.fatcache.era",
+    "user.fatcache.stats",
+    "user.fatcache.last_bug",
+];
+
+/// A FAT volume served to the kernel through FUSE.
+#[derive(Debug)]
+pub struct FatFuse {
+    vol: Arc<Volume>,
+    opts: FuseOptions,
+    /// Nodes the kernel holds, with their lookup counts.
+    known: Mutex<HashMap<u64, (Arc<Node>, u64)>>,
+}
+
+/// The errno of a failure, for a reply.
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// A Unix time from a FAT (seconds, nanoseconds) pair; before the epoch clamps to it.
+fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(s) => UNIX_EPOCH + Duration::new(s, nanos),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+impl FatFuse {
+    /// Serves `vol` with the mount options `opts`.
+    pub fn new(vol: Arc<Volume>, opts: FuseOptions) -> FatFuse {
+        FatFuse {
+            vol,
+            opts,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The volume served.
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.vol
+    }
+
+    /// The node of `ino`: one the kernel holds, else one the volume still has.
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, FsError> {
+        if ino.0 == ROOT_INO {
+            return Ok(self.vol.root());
+        }
+        if let Some((node, _)) = self.known.lock().get(&ino.0) {
+            return Ok(Arc::clone(node));
+        }
+        // ESTALE: the kernel asked for an inode it was told about and then forgot.
+        self.vol.node(ino.0).ok_or(FsError::NotFound)
+    }
+
+    /// Records one more kernel reference to `node` (a lookup-count increment).
+    fn remember(&self, node: &Arc<Node>) {
+        if node.ino() == ROOT_INO {
+            return;
+        }
+        let mut known = self.known.lock();
+        let slot = known
+            .entry(node.ino())
+            .or_insert_with(|| (Arc::clone(node), 0));
+        slot.1 += 1;
+    }
+
+    /// The attributes of `node`, as a vfat mount shows them.
+    ///
+    /// Models: fs/fat/inode.c fat_fill_inode() / fat_getattr() (v5.10): modes from the masks
+    /// (a read-only attribute takes the write bits away), owner from uid=/gid=, times from
+    /// the entry in the mount's time zone, blocks in whole clusters.
+    fn attr(&self, node: &Node) -> FileAttr {
+        let e: DirEntry = node.entry();
+        let tz = self.vol.tz_offset_minutes();
+        let cluster = u64::from(self.vol.statfs().cluster_size);
+        let (kind, mut perm) = if node.is_dir() {
+            (FileType::Directory, 0o777 & !self.opts.dmask)
+        } else {
+            (FileType::RegularFile, 0o777 & !self.opts.fmask)
+        };
+        if e.attr & ATTR_RO != 0 && !node.is_dir() {
+            perm &= !0o222;
+        }
+        let size = node.size();
+        let mtime = system_time(fat_to_unix(e.modify_date, e.modify_time, 0, tz));
+        let atime = system_time((fat_date_to_unix(e.access_date, tz), 0));
+        let crtime = system_time(fat_to_unix(
+            e.create_date,
+            e.create_time,
+            e.create_centis,
+            tz,
+        ));
+        let (mtime, atime, crtime) = if node.ino() == ROOT_INO {
+            // The root has no entry: the kernel shows the epoch (0 in DOS terms) too.
+            (UNIX_EPOCH, UNIX_EPOCH, UNIX_EPOCH)
+        } else {
+            (mtime, atime, crtime)
+        };
+        FileAttr {
+            ino: INodeNo(node.ino()),
+            size,
+            blocks: size.div_ceil(cluster) * cluster / 512,
+            atime,
+            mtime,
+            ctime: mtime,
+            crtime,
+            kind,
+            perm: u16::try_from(perm).unwrap_or(0o755),
+            // 1 for a directory says "count unknown", so find(1) does not trust it to skip
+            // subdirectories (vfat counts them; we do not keep that count).
+            nlink: 1,
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: u32::try_from(cluster).unwrap_or(4096),
+            flags: 0,
+        }
+    }
+
+    /// Replies to an entry-making request with `node` and counts the kernel's reference.
+    fn reply_entry(&self, node: Result<Arc<Node>, FsError>, reply: ReplyEntry) {
+        match node {
+            Ok(node) => {
+                let attr = self.attr(&node);
+                self.remember(&node);
+                reply.entry(&TTL, &attr, Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The flags an open file gets: direct I/O unless `cache=kernel`.
+    fn open_flags(&self) -> FopenFlags {
+        match self.opts.cache {
+            CacheMode::Direct => {
+                // Our write path takes the inode lock, so the kernel may send writes to one
+                // file in parallel.
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+            }
+            CacheMode::Kernel => FopenFlags::empty(),
+        }
+    }
+
+    /// The value of virtual xattr `name` on the root.
+    fn xattr(&self, name: &str) -> Option<Vec<u8>> {
+        let cache = self.vol.cache();
+        match name {
+            "user.fatcache.era" => Some(cache.era().name().as_bytes().to_vec()),
+            "user.fatcache.last_bug" => {
+                Some(cache.bug().last_report().unwrap_or_default().into_bytes())
+            }
+            "user.fatcache.stats" => Some(stats_json(self.vol.as_ref()).into_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Answers a getxattr/listxattr `size` probe or request with `value`.
+    fn reply_xattr(value: &[u8], size: u32, reply: ReplyXattr) {
+        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        if size == 0 {
+            reply.size(len);
+        } else if len > size {
+            reply.error(Errno::from_i32(libc::ERANGE));
+        } else {
+            reply.data(value);
+        }
+    }
+}
+
+/// The page-cache and volume counters as one JSON object.
+fn stats_json(vol: &Volume) -> String {
+    let s = vol.cache().stats();
+    let fs = vol.statfs();
+    let hits: Vec<String> = vol
+        .cache()
+        .bug()
+        .hits()
+        .into_iter()
+        .map(|(site, n)| format!("{:?}:{n}", site))
+        .collect();
+    format!(
+        concat!(
+            "{{\"era\":\"{}\",\"frames\":{},\"frames_free\":{},\"dirty\":{},\"writeback\":{},",
+            "\"waits_locked\":{},\"waits_writeback\":{},\"wakes_locked\":{},",
+            "\"wakes_writeback\":{},\"stale_wakes\":{},\"wb_starts\":{},\"wb_ends\":{},",
+            "\"reclaimed\":{},\"alloc_failures\":{},\"bad_pages\":{},\"bug_hits\":{},",
+            "\"io_completed\":{},\"clusters\":{},\"free_clusters\":{},\"bugs\":{{{}}}}}"
+        ),
+        s.era,
+        s.frames,
+        s.frames_free,
+        s.nr_dirty,
+        s.nr_writeback,
+        s.waits_locked,
+        s.waits_writeback,
+        s.wakes_locked,
+        s.wakes_writeback,
+        s.stale_wakes,
+        s.wb_starts,
+        s.wb_ends,
+        s.reclaimed,
+        s.alloc_failures,
+        s.bad_pages,
+        s.bug_hits,
+        vol.queue().completed(),
+        fs.clusters,
+        fs.free,
+        hits.join(","),
+    )
+}
+
+/// A name from the kernel as UTF-8; FAT names are Unicode, so anything else is EINVAL.
+fn name_of(name: &OsStr) -> Result<&str, FsError> {
+    name.to_str()
+        .ok_or(FsError::Invalid("a FAT name must be valid UTF-8"))
+}
+
+/// Unix (seconds, nanoseconds) of a setattr time.
+fn unix_of(t: TimeOrNow) -> (i64, u32) {
+    let at = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => (
+            -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            0,
+        ),
+    }
+}
+
+impl Filesystem for FatFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large requests: fewer round trips per byte, as a kernel block device gets.
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            log::debug!("fuse: max_write limited to {max}");
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            log::debug!("fuse: max_readahead limited to {max}");
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Unmount from outside, Ctrl-C or SIGTERM all end here: write everything back and
+        // clear the dirty bit.
+        self.known.lock().clear();
+        match self.vol.shutdown() {
+            Ok(()) => log::info!("fatcache: volume written back and marked clean"),
+            Err(e) => log::error!("fatcache: unmount could not write everything back: {e}"),
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let node = self
+            .node(parent)
+            .and_then(|dir| self.vol.lookup(&dir, name_of(name)?));
+        self.reply_entry(node, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut known = self.known.lock();
+        if let Some(slot) = known.get_mut(&ino.0) {
+            slot.1 = slot.1.saturating_sub(nlookup);
+            if slot.1 == 0 {
+                // Dropped outside the map's lock: an unlinked file is freed on its last drop.
+                let gone = known.remove(&ino.0);
+                drop(known);
+                drop(gone);
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &self.attr(&node)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = (|| -> Result<Arc<Node>, FsError> {
+            let node = self.node(ino)?;
+            // FAT has one owner for everything: a change of it is EPERM, or silently ignored
+            // under `quiet`, as vfat does.
+            let owner_change =
+                uid.is_some_and(|u| u != self.opts.uid) || gid.is_some_and(|g| g != self.opts.gid);
+            if owner_change && !self.opts.quiet {
+                return Err(FsError::NotPermitted);
+            }
+            if let Some(size) = size {
+                self.vol.set_size(&node, size)?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                self.vol
+                    .set_times(&node, atime.map(unix_of), mtime.map(unix_of))?;
+            }
+            if let Some(mode) = mode {
+                // vfat keeps only "no write bit for anyone" as the read-only attribute; for a
+                // directory it keeps nothing.
+                if !node.is_dir() {
+                    self.vol.set_read_only_attr(&node, mode & 0o222 == 0)?;
+                }
+            }
+            Ok(node)
+        })();
+        match r {
+            Ok(node) => reply.attr(&TTL, &self.attr(&node)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // FAT holds regular files and directories only.
+            reply.error(Errno::from_i32(libc::EPERM));
+            return;
+        }
+        let node = self
+            .node(parent)
+            .and_then(|dir| self.vol.create(&dir, name_of(name)?));
+        self.reply_entry(node, reply);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let node = self
+            .node(parent)
+            .and_then(|dir| self.vol.mkdir(&dir, name_of(name)?));
+        self.reply_entry(node, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .node(parent)
+            .and_then(|dir| self.vol.unlink(&dir, name_of(name)?));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .node(parent)
+            .and_then(|dir| self.vol.rmdir(&dir, name_of(name)?));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        }
+        let r = (|| {
+            let (old, new) = (self.node(parent)?, self.node(newparent)?);
+            let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+            self.vol
+                .rename(&old, name_of(name)?, &new, name_of(newname)?, noreplace)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(node) if node.is_dir() => reply.error(Errno::from_i32(libc::EISDIR)),
+            Ok(_) => reply.opened(FileHandle(0), self.open_flags()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = self.node(ino).and_then(|node| {
+            let mut buf = vec![0u8; size as usize];
+            let n = self.vol.read(&node, offset, &mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        });
+        match r {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = self
+            .node(ino)
+            .and_then(|node| self.vol.write(&node, offset, data));
+        match r {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // vfat has no flush operation; `flush` acts at release.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let for_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        if self.opts.flush && for_write {
+            if let Err(e) = self.node(ino).and_then(|n| self.vol.release_flush(&n)) {
+                // close(2) has no way to report it; the error stays on the mapping for fsync.
+                log::warn!("fuse: flush at close of inode {}: {e}", ino.0);
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.node(ino).and_then(|node| self.vol.fsync(&node)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(node) if node.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = (|| {
+            let dir = self.node(ino)?;
+            let items = self.vol.read_dir(&dir)?;
+            let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+            // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
+            let dots = [(ino.0, "."), (ino.0, "..")];
+            for (i, (n, name)) in dots.iter().enumerate().skip(skip) {
+                if reply.add(INodeNo(*n), i as u64 + 1, FileType::Directory, name) {
+                    return Ok(());
+                }
+            }
+            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
+                let child = self.vol.child_at(&dir, item.offset)?;
+                let kind = if child.is_dir() {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                if reply.add(INodeNo(child.ino()), i as u64 + 3, kind, &item.name) {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = (|| {
+            let dir = self.node(ino)?;
+            let items = self.vol.read_dir(&dir)?;
+            let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+            let dir_attr = self.attr(&dir);
+            for (i, name) in [".", ".."].iter().enumerate().skip(skip) {
+                if reply.add(ino, i as u64 + 1, name, &TTL, &dir_attr, Generation(0)) {
+                    return Ok(());
+                }
+            }
+            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
+                let child = self.vol.child_at(&dir, item.offset)?;
+                let attr = self.attr(&child);
+                let full = reply.add(
+                    INodeNo(child.ino()),
+                    i as u64 + 3,
+                    &item.name,
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                );
+                if full {
+                    return Ok(());
+                }
+                // An entry that went into the reply counts as a lookup.
+                self.remember(&child);
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.node(ino).and_then(|node| self.vol.fsync(&node)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.vol.statfs();
+        reply.statfs(
+            u64::from(s.clusters),
+            u64::from(s.free),
+            u64::from(s.free),
+            0,
+            0,
+            s.cluster_size,
+            s.name_max,
+            s.cluster_size,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value = (ino.0 == ROOT_INO)
+            .then(|| name.to_str().and_then(|n| self.xattr(n)))
+            .flatten();
+        match value {
+            Some(v) => Self::reply_xattr(&v, size, reply),
+            None => reply.error(Errno::from_i32(libc::ENODATA)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut list = Vec::new();
+        if ino.0 == ROOT_INO {
+            for name in XATTRS {
+                list.extend_from_slice(name.as_bytes());
+                list.push(0);
+            }
+        }
+        Self::reply_xattr(&list, size, reply);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let node = self
+            .node(parent)
+            .and_then(|dir| self.vol.create(&dir, name_of(name)?));
+        match node {
+            Ok(node) => {
+                let attr = self.attr(&node);
+                self.remember(&node);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(0), self.open_flags());
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .node(ino)
+            .and_then(|node| self.vol.fallocate(&node, mode, offset, length));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // FAT has no holes: data runs from 0 to the size, the only hole is at the end.
+        let size = match self.node(ino) {
+            Ok(node) => i64::try_from(node.size()).unwrap_or(i64::MAX),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match whence {
+            libc::SEEK_DATA if (0..size).contains(&offset) => reply.offset(offset),
+            libc::SEEK_HOLE if (0..size).contains(&offset) => reply.offset(size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => reply.error(Errno::from_i32(libc::ENXIO)),
+            _ => reply.error(Errno::from_i32(libc::EINVAL)),
+        }
+    }
+}

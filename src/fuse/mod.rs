@@ -1,0 +1,102 @@
+//! The FUSE side: the only module that imports `fuser`. [`fs::FatFuse`] turns requests into
+//! [`Volume`] calls; [`serve`] mounts a volume and runs the session until it is unmounted from
+//! outside or the process gets SIGINT, SIGTERM or SIGHUP, which unmount it cleanly.
+//!
+//! * [`options`]: the `-o` mount options, vfat's and ours.
+//! * [`fs`]: the `fuser::Filesystem` implementation.
+
+pub mod fs;
+pub mod options;
+
+use std::path::Path;
+use std::time::Duration;
+
+use fuser::{Config, MountOption};
+
+use crate::fat::volume::Volume;
+use crate::fuse::fs::FatFuse;
+use crate::fuse::options::FuseOptions;
+use crate::sync::Arc;
+
+/// How often the foreground loop looks whether the session ended from outside.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Mounts `image` on `mountpoint` with `opts` and serves it until it is unmounted (umount,
+/// fusermount3 -u) or a SIGINT, SIGTERM or SIGHUP arrives; either way the volume is written
+/// back and marked clean before this returns. Errors name what failed.
+pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), String> {
+    let vol = Volume::mount(image, opts.volume.clone())
+        .map_err(|e| format!("cannot mount {}: {e}", image.display()))?;
+    let vol = Arc::new(vol);
+    let mut config = opts.fuser_config();
+    let add = |config: &mut Config, o: MountOption| {
+        if !config.mount_options.contains(&o) {
+            config.mount_options.push(o);
+        }
+    };
+    if opts.fsname.is_none() {
+        add(
+            &mut config,
+            MountOption::FSName(image.display().to_string()),
+        );
+    }
+    // The kernel checks permissions against the modes we report, as it does for vfat.
+    add(&mut config, MountOption::DefaultPermissions);
+    if vol.read_only() {
+        add(&mut config, MountOption::RO);
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    // One /dev/fuse descriptor per worker thread: requests really run in parallel.
+    config.clone_fd = true;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot watch for signals: {e}"))?;
+    let handle = signals.handle();
+    let fs = FatFuse::new(Arc::clone(&vol), opts);
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
+    log::info!(
+        "fatcache: {} mounted on {}",
+        image.display(),
+        mountpoint.display()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::Builder::new()
+        .name("fatcache-signals".to_owned())
+        .spawn(move || {
+            let mut signals = signals;
+            if let Some(sig) = signals.forever().next() {
+                let _ = tx.send(sig);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    let ended = loop {
+        match rx.recv_timeout(POLL) {
+            Ok(sig) => {
+                log::info!("fatcache: signal {sig}: unmounting");
+                break session.umount_and_join();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if session.guard.is_finished() => {
+                break session.join();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break session.umount_and_join();
+            }
+        }
+    };
+    handle.close();
+    let _ = watcher.join();
+    ended.map_err(|e| format!("the FUSE session ended with an error: {e}"))?;
+    // destroy() wrote everything back; a failure there was logged. Say so in the status too.
+    if !vol.cleanly_shut_down() {
+        return Err(format!(
+            "{} was not written back cleanly (see the log); it is left marked dirty for fsck",
+            image.display()
+        ));
+    }
+    Ok(())
+}
