@@ -132,9 +132,27 @@ fn parse_volume_id(s: &str) -> Result<u32, String> {
     u32::from_str_radix(&hex, 16).map_err(|_| format!("volume id {s:?}: not hexadecimal"))
 }
 
+/// mount(8) runs `mount -t fuse.fatcache IMAGE DIR -o OPTS` as `fatcache IMAGE DIR -o OPTS`
+/// (through mount.fuse3, as fstab entries do): a first argument that is not a subcommand or a
+/// flag is taken as an image, and `mount` is put in front of it.
+fn mount_helper_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const COMMANDS: [&str; 7] = ["mount", "demo", "eras", "ls", "cat", "mkfs", "help"];
+    let first = args.get(1).and_then(|a| a.to_str());
+    let is_image = first.is_some_and(|a| !a.starts_with('-') && !COMMANDS.contains(&a));
+    // Non-UTF-8 image paths are images too: no subcommand is spelled that way.
+    let is_image = is_image || (args.len() > 2 && first.is_none());
+    if is_image {
+        args.insert(1, "mount".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    // fuser::mnt warns when it finds its mount already gone after an outside umount, which is
+    // how a normal unmount ends; RUST_LOG overrides this.
+    let filter = env_logger::Env::default().default_filter_or("warn,fuser::mnt=error");
+    env_logger::Builder::from_env(filter).init();
+    let cli = Cli::parse_from(mount_helper_args(std::env::args_os().collect()));
     match cli.cmd {
         Cmd::Mount {
             image,
