@@ -60,6 +60,11 @@ enum Cmd {
         #[arg(long)]
         all_reports: bool,
     },
+    /// Print the page-cache counters of a mounted fatcache (its user.fatcache.* xattrs).
+    Stats {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// List the kernel eras and what each one models.
     Eras,
     /// List a directory of an image, read through fatcache's own page cache (read-only).
@@ -136,7 +141,9 @@ fn parse_volume_id(s: &str) -> Result<u32, String> {
 /// (through mount.fuse3, as fstab entries do): a first argument that is not a subcommand or a
 /// flag is taken as an image, and `mount` is put in front of it.
 fn mount_helper_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const COMMANDS: [&str; 7] = ["mount", "demo", "eras", "ls", "cat", "mkfs", "help"];
+    const COMMANDS: [&str; 8] = [
+        "mount", "demo", "eras", "ls", "cat", "mkfs", "stats", "help",
+    ];
     let first = args.get(1).and_then(|a| a.to_str());
     let is_image = first.is_some_and(|a| !a.starts_with('-') && !COMMANDS.contains(&a));
     // Non-UTF-8 image paths are images too: no subcommand is spelled that way.
@@ -169,6 +176,7 @@ fn main() -> ExitCode {
         }
         Cmd::Ls { image, path } => report(ls(&image, &path)),
         Cmd::Cat { image, path } => report(cat(&image, &path)),
+        Cmd::Stats { mountpoint } => stats(&mountpoint),
         Cmd::Eras => {
             for e in ALL_ERAS {
                 println!("{:<6} {}", e.name(), e.describe());
@@ -425,4 +433,44 @@ fn is_mounted(dir: &Path) -> bool {
         let fstype = l.split(" - ").nth(1).and_then(|t| t.split(' ').next());
         at && fstype.is_some_and(|t| t == "fuse" || t == "fuse.fatcache")
     })
+}
+
+/// `fatcache stats DIR`: the counters of the mount on DIR, one per line, then the last BUG
+/// report if there was one.
+fn stats(dir: &Path) -> ExitCode {
+    let get = |name: &str| -> Result<String, String> {
+        match xattr::get(dir, name) {
+            Ok(Some(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
+            Ok(None) => Err(format!(
+                "{}: no {name}: not a fatcache mount?",
+                dir.display()
+            )),
+            Err(e) => Err(format!("{}: {name}: {e}", dir.display())),
+        }
+    };
+    let (json, bug) = match (get("user.fatcache.stats"), get("user.fatcache.last_bug")) {
+        (Ok(j), Ok(b)) => (j, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("fatcache stats: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The object is flat apart from "bugs"; print it as "key: value" lines.
+    let body = json.trim().trim_start_matches('{').trim_end_matches('}');
+    let (fields, bugs) = body.split_once(",\"bugs\":{").unwrap_or((body, ""));
+    for field in fields.split(',') {
+        if let Some((k, v)) = field.split_once(':') {
+            println!("{:<16} {}", k.trim_matches('"'), v.trim_matches('"'));
+        }
+    }
+    let bugs = bugs.trim_end_matches('}');
+    println!(
+        "{:<16} {}",
+        "bug sites",
+        if bugs.is_empty() { "none" } else { bugs }
+    );
+    if !bug.is_empty() {
+        println!("\nlast BUG report:\n{bug}");
+    }
+    ExitCode::SUCCESS
 }
