@@ -20,6 +20,16 @@ use crate::sync::{Arc, Ordering};
 pub const RECLAIM_BATCH: usize = 32;
 const NIL: u32 = u32::MAX;
 
+/// What reclaim did with one page.
+enum Reclaimed {
+    /// Freed: the frame is on the free list.
+    Freed,
+    /// Recently used: its PG_referenced was cleared and it goes round once more.
+    SecondChance,
+    /// Locked, dirty, under writeback or pinned: left as it is.
+    Kept,
+}
+
 /// An intrusive doubly linked list of frame numbers, head = oldest.
 #[derive(Debug)]
 pub(crate) struct Lru {
@@ -145,19 +155,22 @@ impl PageCache {
 
     /// Try to free up to `want` frames; returns how many were freed.
     pub fn shrink_lru(&self, want: usize) -> usize {
-        let mut freed = self.shrink_pass(want);
-        if freed == 0 {
-            // A first pass may only take away second chances (clear PG_referenced and rotate);
-            // the kernel's scan then goes round again at a higher priority. Without this a
-            // cache whose pages were all touched twice frees nothing.
-            freed = self.shrink_pass(want);
+        let (mut freed, second_chances) = self.shrink_pass(want);
+        if freed == 0 && second_chances > 0 {
+            // The first pass only took away second chances (cleared PG_referenced and
+            // rotated); the kernel's scan then goes round again at a higher priority. Without
+            // this a cache whose pages were all touched twice frees nothing. A pass that met
+            // only pinned, dirty or locked pages is not repeated: a second look finds the same.
+            freed = self.shrink_pass(want).0;
         }
         freed
     }
 
-    /// One look at each page on the LRU at most, until `want` are freed.
-    fn shrink_pass(&self, want: usize) -> usize {
+    /// One look at each page on the LRU at most, until `want` are freed; returns the frames
+    /// freed and the second chances taken away.
+    fn shrink_pass(&self, want: usize) -> (usize, usize) {
         let mut freed = 0;
+        let mut second_chances = 0;
         let mut budget = self.lru_len();
         while freed < want && budget > 0 {
             let isolated: Vec<u32> = {
@@ -185,25 +198,31 @@ impl PageCache {
                 let Some(page) = self.page(Pfn(p)).try_get() else {
                     continue;
                 };
-                if self.reclaim_one(page.page()) {
-                    let _ = page.into_raw(); // frozen and freed: the reference went with it
-                    freed += 1;
-                } else if page.mapping_id() != NO_MAPPING {
+                match self.reclaim_one(page.page()) {
+                    Reclaimed::Freed => {
+                        let _ = page.into_raw(); // frozen and freed: the reference went with it
+                        freed += 1;
+                        continue;
+                    }
+                    Reclaimed::SecondChance => second_chances += 1,
+                    Reclaimed::Kept => {}
+                }
+                if page.mapping_id() != NO_MAPPING {
                     self.lru_add(page.page());
                 }
             }
         }
-        freed
+        (freed, second_chances)
     }
 
-    /// shrink_page_list for one isolated page whose one reference the caller holds: true if the
-    /// frame went back to the free list (the caller's reference with it).
-    fn reclaim_one(&self, page: Page<'_>) -> bool {
+    /// shrink_page_list for one isolated page whose one reference the caller holds: whether
+    /// the frame went back to the free list (the caller's reference with it).
+    fn reclaim_one(&self, page: Page<'_>) -> Reclaimed {
         if page.frame().flags.test_and_clear(self.mask(PG::Referenced)) {
-            return false;
+            return Reclaimed::SecondChance;
         }
         if !trylock_page(page) {
-            return false;
+            return Reclaimed::Kept;
         }
         if page.dirty() || page.writeback() || page.mapping_id() == NO_MAPPING {
             if page.writeback() {
@@ -211,12 +230,12 @@ impl PageCache {
                 page.frame().flags.set(self.mask(PG::Reclaim));
             }
             unlock_page(page);
-            return false;
+            return Reclaimed::Kept;
         }
         // __remove_mapping: only the page cache's reference and ours may exist.
         if !page.ref_freeze(2) {
             unlock_page(page);
-            return false;
+            return Reclaimed::Kept;
         }
         let mapping = page.mapping_id();
         if let Some(core) = self.mappings.get(&mapping).map(|c| Arc::clone(c.value())) {
@@ -232,7 +251,7 @@ impl PageCache {
         self.free.lock().push(page.pfn().0);
         self.stats.frames_free.inc();
         self.stats.reclaimed.inc();
-        true
+        Reclaimed::Freed
     }
 }
 
