@@ -613,8 +613,9 @@ pub fn short_only_form(name: &str, mode: ShortnameMode) -> Result<Option<ShortOn
 /// then `BAHHHH~N.EXT` with a hash of the name (see the module's deviations).
 ///
 /// Upper case; dots and spaces dropped; `+ , ; = [ ]` and non-ASCII become `_`; base up to 8,
-/// extension up to 3 from after the last dot (not a leading one). As vfat's default `numtail`
-/// does, a tail is always added: "readme.txt" under Win95 rules becomes `README~1.TXT`.
+/// extension up to 3 from after the last dot (not a leading one). A tail is always added here;
+/// [`vfat_create_shortname`] does not call this for a name that fits 8.3 without loss, whose
+/// alias is its own 8.3 form ("readme.txt" gets `README.TXT`, as in vfat).
 pub fn generate_alias(
     name: &str,
     mut exists: impl FnMut(&ShortName) -> bool,
@@ -632,11 +633,18 @@ pub fn vfat_create_shortname(
     mut exists: impl FnMut(&ShortName) -> bool,
 ) -> Result<NameForm, FsError> {
     let basis = build_basis(name)?;
-    if let Some(form) = short_only_of(&basis, mode) {
-        if exists(&form.short) {
+    if basis.whole && basis.base.valid && basis.ext.valid {
+        // The name fits 8.3 without loss. Taken: EEXIST. Right case for the mode: a short
+        // entry alone. Otherwise ("readme.txt" under Win95 rules) LFN slots whose alias is the
+        // name's own 8.3 form, with no numeric tail: vfat returns before its tail search.
+        let short = ShortName(basis.raw);
+        if exists(&short) {
             return Err(FsError::Exists);
         }
-        return Ok(NameForm::ShortOnly(form));
+        return Ok(match short_only_of(&basis, mode) {
+            Some(form) => NameForm::ShortOnly(form),
+            None => NameForm::Lfn { alias: short },
+        });
     }
     alias_of(name, &basis, &mut exists).map(|alias| NameForm::Lfn { alias })
 }
@@ -993,14 +1001,15 @@ mod tests {
                 nt_case,
             })
         };
-        let tailed = NameForm::Lfn {
-            alias: sn("README~1TXT"),
+        // vfat keeps a lossless 8.3 form as the alias, with no numeric tail.
+        let own_form = NameForm::Lfn {
+            alias: sn("README  TXT"),
         };
         let free = |_: &ShortName| false;
         #[rustfmt::skip]
         let cases = [
             ("upper-case 8.3 stands alone", "README.TXT", Mixed, alone("README  TXT", 0)),
-            ("Win95 rule adds slots and a tail", "readme.txt", Mixed, tailed),
+            ("Win95 rule adds slots, the alias its 8.3 form", "readme.txt", Mixed, own_form),
             ("WinNT rule uses case bits", "readme.txt", Winnt, alone("README  TXT", 0x18)),
         ];
         for (what, name, mode, want) in cases {

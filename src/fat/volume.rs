@@ -685,9 +685,14 @@ impl Volume {
         let file = node.file()?;
         let n = {
             let mut io = file.lock();
-            let n = file.write(&mut io, offset, data)?;
-            self.touch(node, true);
-            n
+            let (size, first) = (file.size(), file.first_cluster());
+            let r = file.write(&mut io, offset, data);
+            // A failed write may still have grown the file (the zero fill before it) and
+            // given it its first cluster: the entry must say so, or those clusters leak.
+            if r.is_ok() || file.size() != size || file.first_cluster() != first {
+                self.touch(node, r.is_ok());
+            }
+            r?
         };
         if self.opts.sync && n > 0 {
             self.fsync_range(node, offset, offset + n as u64 - 1)?;
@@ -726,9 +731,14 @@ impl Volume {
         io: &mut crate::fat::inode::InodeIo,
         size: u64,
     ) -> Result<(), FsError> {
-        let start = file.size();
-        file.expand(io, size)?;
-        self.touch(node, true);
+        let (start, first) = (file.size(), file.first_cluster());
+        let r = file.expand(io, size);
+        // A failed expansion keeps what it zero-filled (as the kernel's does): the entry must
+        // record that size and first cluster, or the clusters leak.
+        if r.is_ok() || file.size() != start || file.first_cluster() != first {
+            self.touch(node, true);
+        }
+        r?;
         if !self.opts.sync {
             return Ok(());
         }
