@@ -35,9 +35,11 @@ enum Cmd {
     /// Mount an image through FUSE; stays in the background unless -f.
     Mount {
         /// The image file (or block device).
-        image: PathBuf,
+        #[arg(required_unless_present = "help_options")]
+        image: Option<PathBuf>,
         /// The directory to mount it on.
-        mountpoint: PathBuf,
+        #[arg(required_unless_present = "help_options")]
+        mountpoint: Option<PathBuf>,
         /// Mount options, comma-separated (see --help-options); may be given several times.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
@@ -167,13 +169,13 @@ fn main() -> ExitCode {
             options,
             foreground,
             help_options,
-        } => {
-            if help_options {
+        } => match (image, mountpoint) {
+            (Some(image), Some(dir)) if !help_options => mount(&image, &dir, &options, foreground),
+            _ => {
                 print!("{}", fatcache::fuse::options::help_text());
-                return ExitCode::SUCCESS;
+                ExitCode::SUCCESS
             }
-            mount(&image, &mountpoint, &options, foreground)
-        }
+        },
         Cmd::Ls { image, path } => report(ls(&image, &path)),
         Cmd::Cat { image, path } => report(cat(&image, &path)),
         Cmd::Stats { mountpoint } => stats(&mountpoint),
@@ -387,9 +389,13 @@ fn background(image: &Path, mountpoint: &Path, options: &[String]) -> ExitCode {
         cmd.arg("-o").arg(o);
     }
     use std::os::unix::process::CommandExt as _;
+    // The daemon's errors reach the caller through a pipe until the mount is up; after
+    // that nobody reads it and later log lines fail quietly (SIGPIPE is ignored), so a
+    // caller capturing our output is not kept waiting until the unmount.
     cmd.process_group(0)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -397,6 +403,11 @@ fn background(image: &Path, mountpoint: &Path, options: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(mut err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut err, &mut std::io::stderr());
+        });
+    }
     let start = std::time::Instant::now();
     while start.elapsed() < MOUNT_WAIT {
         if let Ok(Some(status)) = child.try_wait() {

@@ -51,8 +51,16 @@ const XATTRS: [&str; 3] = [
 pub struct FatFuse {
     vol: Arc<Volume>,
     opts: FuseOptions,
-    /// Nodes the kernel holds, with their lookup counts.
-    known: Mutex<HashMap<u64, (Arc<Node>, u64)>>,
+    /// Nodes the kernel holds.
+    known: Mutex<HashMap<u64, Known>>,
+}
+
+/// A node the kernel holds: by lookups (until forget) and by open files (until release).
+#[derive(Debug)]
+struct Known {
+    node: Arc<Node>,
+    lookups: u64,
+    opens: u64,
 }
 
 /// The errno of a failure, for a reply.
@@ -88,23 +96,52 @@ impl FatFuse {
         if ino.0 == ROOT_INO {
             return Ok(self.vol.root());
         }
-        if let Some((node, _)) = self.known.lock().get(&ino.0) {
-            return Ok(Arc::clone(node));
+        if let Some(k) = self.known.lock().get(&ino.0) {
+            return Ok(Arc::clone(&k.node));
         }
         // ESTALE: the kernel asked for an inode it was told about and then forgot.
         self.vol.node(ino.0).ok_or(FsError::NotFound)
     }
 
-    /// Records one more kernel reference to `node` (a lookup-count increment).
-    fn remember(&self, node: &Arc<Node>) {
+    /// Records one more kernel reference to `node`: a lookup, or with `open` an open file.
+    fn remember(&self, node: &Arc<Node>, open: bool) {
         if node.ino() == ROOT_INO {
             return;
         }
         let mut known = self.known.lock();
-        let slot = known
-            .entry(node.ino())
-            .or_insert_with(|| (Arc::clone(node), 0));
-        slot.1 += 1;
+        let k = known.entry(node.ino()).or_insert_with(|| Known {
+            node: Arc::clone(node),
+            lookups: 0,
+            opens: 0,
+        });
+        if open {
+            k.opens += 1;
+        } else {
+            k.lookups += 1;
+        }
+    }
+
+    /// Lets go of the node of `ino` when nothing keeps it any more: no open file, and no
+    /// lookup unless the name is gone (`unlinked`: the kernel forgets such an inode later,
+    /// but vfat frees a closed, unlinked file inside the unlink).
+    fn release_if_unused(&self, ino: u64, unlinked: bool) {
+        let mut known = self.known.lock();
+        let unused = known
+            .get(&ino)
+            .is_some_and(|k| k.opens == 0 && (unlinked || k.lookups == 0));
+        if unused {
+            // Dropped outside the lock: the last drop of an unlinked file frees its clusters.
+            let gone = known.remove(&ino);
+            drop(known);
+            drop(gone);
+        }
+    }
+
+    /// The inode number `name` in `parent` has now, if any (before an unlink or rename).
+    fn ino_of(&self, parent: INodeNo, name: &OsStr) -> Option<u64> {
+        let dir = self.node(parent).ok()?;
+        let node = self.vol.lookup(&dir, name.to_str()?).ok()?;
+        Some(node.ino())
     }
 
     /// The attributes of `node`, as a vfat mount shows them.
@@ -165,7 +202,7 @@ impl FatFuse {
         match node {
             Ok(node) => {
                 let attr = self.attr(&node);
-                self.remember(&node);
+                self.remember(&node, false);
                 reply.entry(&TTL, &attr, Generation(0));
             }
             Err(e) => reply.error(errno(&e)),
@@ -306,16 +343,10 @@ impl Filesystem for FatFuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut known = self.known.lock();
-        if let Some(slot) = known.get_mut(&ino.0) {
-            slot.1 = slot.1.saturating_sub(nlookup);
-            if slot.1 == 0 {
-                // Dropped outside the map's lock: an unlinked file is freed on its last drop.
-                let gone = known.remove(&ino.0);
-                drop(known);
-                drop(gone);
-            }
+        if let Some(k) = self.known.lock().get_mut(&ino.0) {
+            k.lookups = k.lookups.saturating_sub(nlookup);
         }
+        self.release_if_unused(ino.0, false);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -411,11 +442,18 @@ impl Filesystem for FatFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let victim = self.ino_of(parent, name);
         let r = self
             .node(parent)
             .and_then(|dir| self.vol.unlink(&dir, name_of(name)?));
         match r {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                // A closed file's clusters are free when unlink returns, as on vfat.
+                if let Some(ino) = victim {
+                    self.release_if_unused(ino, true);
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -455,6 +493,7 @@ impl Filesystem for FatFuse {
             reply.error(Errno::from_i32(libc::EINVAL));
             return;
         }
+        let replaced = self.ino_of(newparent, newname);
         let r = (|| {
             let (old, new) = (self.node(parent)?, self.node(newparent)?);
             let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
@@ -462,7 +501,14 @@ impl Filesystem for FatFuse {
                 .rename(&old, name_of(name)?, &new, name_of(newname)?, noreplace)
         })();
         match r {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                // A replaced target that nobody has open is freed now, as on vfat.
+                let moved = self.ino_of(newparent, newname);
+                if let Some(ino) = replaced.filter(|&i| Some(i) != moved) {
+                    self.release_if_unused(ino, true);
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -481,7 +527,10 @@ impl Filesystem for FatFuse {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
             Ok(node) if node.is_dir() => reply.error(Errno::from_i32(libc::EISDIR)),
-            Ok(_) => reply.opened(FileHandle(0), self.open_flags()),
+            Ok(node) => {
+                self.remember(&node, true);
+                reply.opened(FileHandle(0), self.open_flags())
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -559,6 +608,11 @@ impl Filesystem for FatFuse {
                 log::warn!("fuse: flush at close of inode {}: {e}", ino.0);
             }
         }
+        if let Some(k) = self.known.lock().get_mut(&ino.0) {
+            k.opens = k.opens.saturating_sub(1);
+        }
+        let unlinked = self.node(ino).is_ok_and(|n| n.unlinked());
+        self.release_if_unused(ino.0, unlinked);
         reply.ok();
     }
 
@@ -655,7 +709,7 @@ impl Filesystem for FatFuse {
                     return Ok(());
                 }
                 // An entry that went into the reply counts as a lookup.
-                self.remember(&child);
+                self.remember(&child, false);
             }
             Ok(())
         })();
@@ -754,7 +808,9 @@ impl Filesystem for FatFuse {
         match node {
             Ok(node) => {
                 let attr = self.attr(&node);
-                self.remember(&node);
+                // create is a lookup and an open at once.
+                self.remember(&node, false);
+                self.remember(&node, true);
                 reply.created(&TTL, &attr, Generation(0), FileHandle(0), self.open_flags());
             }
             Err(e) => reply.error(errno(&e)),

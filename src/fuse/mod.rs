@@ -77,14 +77,23 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         match rx.recv_timeout(POLL) {
             Ok(sig) => {
                 log::info!("fatcache: signal {sig}: unmounting");
-                break session.umount_and_join();
+                // Everything is on the disk before anything can fail; the dirty bit goes when
+                // the session ends.
+                if let Err(e) = vol.sync_fs() {
+                    log::error!("fatcache: sync on signal {sig}: {e}");
+                }
+                // A lazy unmount, as libfuse does: a busy mount (a shell's cwd in it) would
+                // refuse a plain one, and the session would end with the volume dirty.
+                detach(mountpoint);
+                break session.join();
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if session.guard.is_finished() => {
                 break session.join();
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                break session.umount_and_join();
+                detach(mountpoint);
+                break session.join();
             }
         }
     };
@@ -99,4 +108,21 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Detaches the mount now and lets it go once it is no longer busy (umount -l as root,
+/// fusermount3 -uz otherwise); the FUSE session ends when the last user lets go.
+fn detach(mountpoint: &Path) {
+    let tries: [(&str, &[&str]); 2] = [("fusermount3", &["-u", "-z"]), ("umount", &["-l"])];
+    for (prog, args) in tries {
+        let status = std::process::Command::new(prog)
+            .args(args)
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            return;
+        }
+    }
+    log::error!("fatcache: could not detach {}", mountpoint.display());
 }

@@ -95,7 +95,9 @@ pub struct FuseOptions {
     pub default_permissions: bool,
     /// `fsname=`: the source shown in /proc/mounts.
     pub fsname: Option<String>,
-    /// `subtype=`: the type shown in /proc/mounts after `fuse.` (`fatcache` if unset).
+    /// `subtype=`: the type shown in /proc/mounts after `fuse.` (`fatcache` if unset). Only
+    /// mounts made through fusermount3 show it; fuser 0.18's direct mount (as root) always
+    /// shows plain `fuse`.
     pub subtype: Option<String>,
     /// `nosuid`, `nodev`, `noexec`, `noatime` and their opposites.
     pub vfs: VfsFlags,
