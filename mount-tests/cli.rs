@@ -1,0 +1,74 @@
+//! The command line around a mount: `--help-options`, refused options, how the mount shows in
+//! mountinfo.
+
+use std::process::Command;
+
+use crate::harness::{Fat, Mounted, describe, is_mounted, mount_type};
+
+/// `fatcache mount --help-options` lists the options without an image or mount point, as its
+/// help text says ("List every mount option and exit").
+#[test]
+fn help_options_needs_no_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fatcache"))
+        .args(["mount", "--help-options"])
+        .output()
+        .expect("run fatcache");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("era=") && text.contains("cache_mb="),
+        "{}",
+        describe("fatcache mount --help-options", &out)
+    );
+}
+
+/// An unknown or malformed option is refused with a message that names it, and nothing is
+/// mounted.
+#[test]
+fn bad_options_are_refused_by_name() {
+    crate::harness::require_fuse();
+    let scratch = crate::common::TempDir::new("mount", "badopt");
+    let image = scratch.0.join("img");
+    crate::common::readers::mkfs_fat(&image, 12, 1440, 1, "BAD").expect("mkfs");
+    let dir = scratch.0.join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for (opts, named) in [
+        ("no_such_option", "no_such_option"),
+        ("era=v1.0", "era"),
+        ("cache_mb=0", "cache_mb"),
+        ("uid", "uid"),
+        ("ro=1", "ro"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fatcache"))
+            .arg("mount")
+            .arg(&image)
+            .arg(&dir)
+            .args(["-f", "-o", opts])
+            .output()
+            .expect("run fatcache mount");
+        let mounted = is_mounted(&dir);
+        if mounted {
+            let _ = Command::new("umount").arg("-l").arg(&dir).status();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && !mounted && err.contains(named),
+            "-o {opts}: {}",
+            describe("fatcache mount", &out)
+        );
+    }
+}
+
+/// The mount shows as a FUSE mount in /proc/self/mountinfo. Through fusermount3 (a user's
+/// mount) its type is `fuse.fatcache`; as root fuser 0.18 calls mount(2) itself and always
+/// passes the type `fuse` (its direct path drops `subtype=`), which this test accepts and
+/// the option's documentation states.
+#[test]
+fn mountinfo_type_is_fuse() {
+    let m = Mounted::new(Fat::F12, "fstype", "");
+    let shown = mount_type(&m.dir);
+    m.finish();
+    assert!(
+        matches!(shown.as_deref(), Some("fuse" | "fuse.fatcache")),
+        "type in /proc/self/mountinfo: {shown:?}"
+    );
+}
