@@ -56,7 +56,7 @@ use crate::mm::filemap::{
     filemap_fdatawait_range, filemap_fdatawrite_range, filemap_write_and_wait_range,
 };
 use crate::mm::{CacheConfig, Era, PageCache};
-use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// The inode number of the root directory (FUSE_ROOT_ID).
 pub const ROOT_INO: u64 = 1;
@@ -192,6 +192,8 @@ pub struct Node {
     /// when the last holder lets go of the node (the kernel's evict); a removed directory
     /// refuses new entries (the kernel's S_DEAD).
     unlinked: AtomicBool,
+    /// The volume's count of unlinked files not yet freed (see [`Volume::wait_for_orphans`]).
+    orphans: Arc<AtomicU64>,
 }
 
 impl Drop for Node {
@@ -208,6 +210,8 @@ impl Drop for Node {
                     self.ino
                 );
             }
+            // Release: a writer that sees the count drop also sees the clusters free.
+            self.orphans.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -327,6 +331,8 @@ pub struct Volume {
     bpb: Bpb,
     opts: MountOptions,
     read_only: bool,
+    /// Unlinked files whose last holder has not let go yet: their clusters are still used.
+    orphans: Arc<AtomicU64>,
     /// Set by `errors=remount-ro` on corruption: every later change is refused.
     remounted_ro: AtomicBool,
     /// Set by [`Volume::shutdown`]: every later change is refused.
@@ -377,6 +383,7 @@ impl Volume {
         let root_dir = Directory::load(&table, &bpb, DirLocation::root(&bpb)?, opts.shortname)?;
         let mut root_entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));
         root_entry.first_cluster = bpb.root_cluster().unwrap_or(0);
+        let orphans = Arc::new(AtomicU64::new(0));
         let root = Arc::new(Node {
             ino: ROOT_INO,
             kind: Kind::Dir(Box::new(Mutex::new(root_dir))),
@@ -385,6 +392,7 @@ impl Volume {
                 dirty: false,
             }),
             unlinked: AtomicBool::new(false),
+            orphans: Arc::clone(&orphans),
         });
         let mut nodes = Nodes {
             next_ino: ROOT_INO + 1,
@@ -399,6 +407,7 @@ impl Volume {
             bpb,
             opts,
             read_only,
+            orphans,
             remounted_ro: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -582,6 +591,7 @@ impl Volume {
             let found = nodes.by_ino.get(ino).cloned();
             return found.ok_or(FsError::Corrupted("node table out of step"));
         }
+        let orphans = Arc::clone(&self.orphans);
         let node = Arc::new(Node {
             ino: nodes.next_ino,
             kind,
@@ -590,6 +600,7 @@ impl Volume {
                 dirty: false,
             }),
             unlinked: AtomicBool::new(false),
+            orphans: Arc::clone(&orphans),
         });
         nodes.next_ino += 1;
         nodes.attach(&node, pos);
@@ -681,6 +692,34 @@ impl Volume {
     }
 
     fn write_inner(&self, node: &Node, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        match self.write_once(node, offset, data) {
+            Err(FsError::NoSpace) if self.wait_for_orphans() => self.write_once(node, offset, data),
+            r => r,
+        }
+    }
+
+    /// Waits a little for unlinked files still held to be freed, when there are any; true if
+    /// clusters are free now, so an operation that met a full volume is worth trying again.
+    ///
+    /// Through FUSE a closed file's release reaches us after close(2) returned, so `rm`
+    /// followed at once by a write may find the clusters of the removed file still in use;
+    /// on a kernel vfat mount the last close has freed them already.
+    fn wait_for_orphans(&self) -> bool {
+        // Acquire pairs with the Release in Node's drop: the freed clusters are visible.
+        let before = self.orphans.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while before > 0
+            && self.orphans.load(Ordering::Acquire) >= before
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Worth another try if anything is free now, also when an orphan was freed between
+        // the failure and this look.
+        self.table.free_count() > 0
+    }
+
+    fn write_once(&self, node: &Node, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         self.check_writable()?;
         let file = node.file()?;
         let n = {
@@ -701,6 +740,13 @@ impl Volume {
     }
 
     fn set_size_inner(&self, node: &Node, size: u64) -> Result<(), FsError> {
+        match self.set_size_once(node, size) {
+            Err(FsError::NoSpace) if self.wait_for_orphans() => self.set_size_once(node, size),
+            r => r,
+        }
+    }
+
+    fn set_size_once(&self, node: &Node, size: u64) -> Result<(), FsError> {
         self.check_writable()?;
         let file = node.file()?;
         if size > FAT_MAX_FILE_SIZE {
@@ -761,6 +807,15 @@ impl Volume {
         offset: u64,
         len: u64,
     ) -> Result<(), FsError> {
+        match self.fallocate_once(node, mode, offset, len) {
+            Err(FsError::NoSpace) if self.wait_for_orphans() => {
+                self.fallocate_once(node, mode, offset, len)
+            }
+            r => r,
+        }
+    }
+
+    fn fallocate_once(&self, node: &Node, mode: i32, offset: u64, len: u64) -> Result<(), FsError> {
         if mode != 0 {
             return Err(FsError::NotSupported);
         }
@@ -928,6 +983,9 @@ impl Volume {
     /// Takes a node whose entry is gone out of the table; a file's clusters go when the
     /// last holder drops it (see [`Node`]'s Drop).
     fn forget_unlinked(&self, node: &Node) -> Result<(), FsError> {
+        if !node.is_dir() && !node.unlinked.swap(true, Ordering::Relaxed) {
+            self.orphans.fetch_add(1, Ordering::Relaxed);
+        }
         node.unlinked.store(true, Ordering::Relaxed);
         let mut nodes = self.ihash.lock();
         nodes.detach(node.ino);

@@ -68,6 +68,14 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers a request that returns nothing: ok, or the failure's errno.
+fn reply_empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// A Unix time from a FAT (seconds, nanoseconds) pair; before the epoch clamps to it.
 fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
     match u64::try_from(secs) {
@@ -462,10 +470,7 @@ impl Filesystem for FatFuse {
         let r = self
             .node(parent)
             .and_then(|dir| self.vol.rmdir(&dir, name_of(name)?));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(r, reply);
     }
 
     fn symlink(
@@ -624,10 +629,7 @@ impl Filesystem for FatFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.node(ino).and_then(|node| self.vol.fsync(&node)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(self.node(ino).and_then(|node| self.vol.fsync(&node)), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -738,10 +740,7 @@ impl Filesystem for FatFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.node(ino).and_then(|node| self.vol.fsync(&node)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(self.node(ino).and_then(|node| self.vol.fsync(&node)), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -830,10 +829,7 @@ impl Filesystem for FatFuse {
         let r = self
             .node(ino)
             .and_then(|node| self.vol.fallocate(&node, mode, offset, length));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(r, reply);
     }
 
     fn lseek(
