@@ -10,12 +10,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::readers::{
-    FsckMode, Node, READERS, Tree, assert_trees_agree, check_trees, compare_trees, fsck_clean,
-    fsck_clean_allow_dirty, mkfs_fat, mtools_put_tree, mtools_tree,
+    FAT12, FAT16, FAT32, FsckMode, Layout, Node, READERS, Tree, assert_trees_agree, check_trees,
+    compare_trees, fsck_clean, fsck_clean_allow_dirty, mkfs_fat, mtools_put_tree, mtools_tree,
+    noise,
 };
 use common::{TempDir, tools};
 use fatcache::dev::Placement;
-use fatcache::fat::bpb::FatType;
 use fatcache::fat::volume::Volume;
 
 /// The prefix of this binary's temporary directories.
@@ -35,19 +35,6 @@ const BIG_PROBE: usize = 200_003;
 /// The 8.3 files (no long-name entries) whose directory entries the negative tests patch.
 const UPPER: &str = "/UPPER.TXT";
 const README: &str = "/README.TXT";
-
-/// `n` bytes of xorshift64* output: no runs or repeats that could hide a misplaced cluster.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
 
 /// The tree every image here holds: nested and empty directories, long and unicode names,
 /// pure 8.3 names (upper and lower case), an empty file, a directory spanning several
@@ -83,40 +70,6 @@ fn sample_tree() -> Tree {
     }
     t
 }
-
-/// One FAT type's test image: `mkfs.fat` arguments that give that type.
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    fat: u8,
-    kib: u64,
-    sectors_per_cluster: u8,
-    want: FatType,
-}
-
-/// FAT12 with 2 KiB clusters (about 990 of them).
-const FAT12: Layout = Layout {
-    fat: 12,
-    kib: 2000,
-    sectors_per_cluster: 4,
-    want: FatType::Fat12,
-};
-
-/// FAT16 with 1 KiB clusters (about 7960, above FAT12's 4084).
-const FAT16: Layout = Layout {
-    fat: 16,
-    kib: 8000,
-    sectors_per_cluster: 2,
-    want: FatType::Fat16,
-};
-
-/// FAT32 with 512-byte clusters: about 66900, just above the 65525 that fsck.fat and fatcache
-/// require of FAT32 (mkfs.fat only warns below it).
-const FAT32: Layout = Layout {
-    fat: 32,
-    kib: 34_000,
-    sectors_per_cluster: 1,
-    want: FatType::Fat32,
-};
 
 /// A scratch directory with `image.img` of `layout` holding [`sample_tree`]; `None` (after
 /// printing why) without the tools.

@@ -57,11 +57,13 @@ use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::readers::{FsckMode, Node as TreeNode, Tree, check_trees, compare_trees, mkfs_fat};
+use common::readers::{
+    FAT12, FAT16, FAT32, FsckMode, Layout, Node as TreeNode, Tree, check_trees, compare_trees,
+    mkfs_fat,
+};
 use common::{TempDir, tools};
 use fatcache::FsError;
 use fatcache::bug::OnBug;
-use fatcache::fat::bpb::FatType;
 use fatcache::fat::volume::{MountOptions, Node as VolNode, Volume};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -117,39 +119,6 @@ const BOUNDARIES: [u64; 22] = [
 
 // ---------------------------------------------------------------------------------------
 // Layouts
-
-/// One FAT type's image: `mkfs.fat` arguments that give that type (as tests/readers.rs).
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    fat: u8,
-    kib: u64,
-    sectors_per_cluster: u8,
-    want: FatType,
-}
-
-/// FAT12 with 2 KiB clusters (about 990 of them).
-const FAT12: Layout = Layout {
-    fat: 12,
-    kib: 2000,
-    sectors_per_cluster: 4,
-    want: FatType::Fat12,
-};
-
-/// FAT16 with 1 KiB clusters (about 7960).
-const FAT16: Layout = Layout {
-    fat: 16,
-    kib: 8000,
-    sectors_per_cluster: 2,
-    want: FatType::Fat16,
-};
-
-/// FAT32 with 512-byte clusters (about 66900, just above the FAT32 minimum).
-const FAT32: Layout = Layout {
-    fat: 32,
-    kib: 34_000,
-    sectors_per_cluster: 1,
-    want: FatType::Fat32,
-};
 
 // ---------------------------------------------------------------------------------------
 // Operations

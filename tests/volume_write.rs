@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::readers::{
-    FsckMode, Node as TNode, Tree, assert_trees_agree, check_trees, compare_trees, fsck_clean,
-    fsck_clean_allow_dirty, mkfs_fat,
+    FAT12, FAT16, FAT32, FsckMode, Layout, Node as TNode, Tree, assert_trees_agree, check_trees,
+    compare_trees, fsck_clean, fsck_clean_allow_dirty, mkfs_fat, noise,
 };
 use common::{TempDir, fnv1a64, tools};
 use fatcache::FsError;
@@ -46,48 +46,21 @@ const MAX_FILE: u64 = 0xFFFF_FFFF;
 /// The non-ASCII name the tests create: Latin, a dash outside Latin-1, and CJK.
 const UNICODE_NAME: &str = "Gr\u{fc}\u{df}e \u{2013} \u{4f60}\u{597d}.txt";
 
-/// One FAT type and the geometry its image is made with.
-#[derive(Clone, Copy, Debug)]
-struct Fat {
-    bits: u8,
-    kib: u64,
-    sectors_per_cluster: u8,
-}
-
-/// FAT12, 2 KiB clusters (about 990 of them), fixed root.
-const FAT12: Fat = Fat {
-    bits: 12,
-    kib: 2000,
-    sectors_per_cluster: 4,
-};
-/// FAT16, 1 KiB clusters (about 7,900), fixed root of 512 entries.
-const FAT16: Fat = Fat {
-    bits: 16,
-    kib: 8000,
-    sectors_per_cluster: 2,
-};
-/// FAT32, 512-byte clusters (about 66,500), the root a cluster chain.
-const FAT32: Fat = Fat {
-    bits: 32,
-    kib: 34000,
-    sectors_per_cluster: 1,
-};
-
 /// A fresh image of one FAT type in a private directory, removed on drop.
 struct Image {
     _dir: TempDir,
     path: PathBuf,
-    fat: Fat,
+    fat: Layout,
 }
 
 /// A fresh image for `test` on `fat`, or `None` (after a line saying why) without the tools.
-fn image(test: &str, fat: Fat) -> Option<Image> {
+fn image(test: &str, fat: Layout) -> Option<Image> {
     let _ = env_logger::builder().is_test(true).try_init();
-    let name = format!("{test}-fat{}", fat.bits);
+    let name = format!("{test}-fat{}", fat.fat);
     tools(&name, TOOLS)?;
     let dir = TempDir::new(TEMP, &name);
     let path = dir.0.join("v.img");
-    let made = mkfs_fat(&path, fat.bits, fat.kib, fat.sectors_per_cluster, "WTEST");
+    let made = mkfs_fat(&path, fat.fat, fat.kib, fat.sectors_per_cluster, "WTEST");
     made.unwrap_or_else(|e| panic!("mkfs: {e}"));
     Some(Image {
         _dir: dir,
@@ -135,30 +108,17 @@ per_fat!(
 );
 
 /// Runs `body` on a fresh image of `fat`, timing it.
-fn run(test: &str, fat: Fat, body: fn(&Image)) {
+fn run(test: &str, fat: Layout, body: fn(&Image)) {
     let Some(img) = image(test, fat) else {
         return;
     };
     let start = Instant::now();
     body(&img);
-    println!("{test} on FAT{}: {:?}", fat.bits, start.elapsed());
+    println!("{test} on FAT{}: {:?}", fat.fat, start.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// `n` bytes of xorshift64* output: no runs or repeats that could hide a misplaced cluster.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
 
 /// The options of a test mount: read-write, a cache of [`FRAMES`].
 fn opts() -> MountOptions {
@@ -337,7 +297,7 @@ fn image_hash(path: &Path) -> u64 {
 /// FAT12/16, 65 on FAT32), read from the image file itself.
 fn dirty_on_disk(img: &Image) -> bool {
     let boot = fs::read(&img.path).expect("read the image");
-    let at = if img.fat.bits == 32 { 65 } else { 37 };
+    let at = if img.fat.fat == 32 { 65 } else { 37 };
     boot[at] & 1 != 0
 }
 
@@ -347,7 +307,7 @@ fn dirty_on_disk(img: &Image) -> bool {
 /// so a live or crashed volume may carry a stale one, which fsck.fat reports.
 fn check_dirty(img: &Image, t: &Tree) -> Result<(), String> {
     let mut bytes = fs::read(&img.path).map_err(|e| format!("read the image: {e}"))?;
-    if img.fat.bits == 32 {
+    if img.fat.fat == 32 {
         let u16_at = |at: usize| usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
         let u32_at = |at: usize| {
             let b = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
@@ -1295,7 +1255,7 @@ fn many_files(img: &Image) {
     let vol = mount(img);
     let mut t = Tree::new();
     // Fixed roots hold 512 entries at most: there the files go in a subdirectory.
-    let dir_path = if img.fat.bits == 32 { "" } else { "/lots" };
+    let dir_path = if img.fat.fat == 32 { "" } else { "/lots" };
     if !dir_path.is_empty() {
         mkdir(&vol, &mut t, dir_path);
     }
@@ -1315,7 +1275,7 @@ fn many_files(img: &Image) {
         assert_eq!(vol.write(&node, 0, &data).expect("write"), data.len());
         t.insert(format!("{dir_path}/{name}"), TNode::File(data));
     }
-    println!("FAT{}: {N} creates in {:?}", img.fat.bits, start.elapsed());
+    println!("FAT{}: {N} creates in {:?}", img.fat.fat, start.elapsed());
     assert_errno(
         vol.create(&dir, "FILE-1234.TXT"),
         libc::EEXIST,
@@ -1325,7 +1285,7 @@ fn many_files(img: &Image) {
     unmount(vol);
     let start = Instant::now();
     assert_trees_agree(&img.path, &t);
-    println!("FAT{}: readers in {:?}", img.fat.bits, start.elapsed());
+    println!("FAT{}: readers in {:?}", img.fat.fat, start.elapsed());
     // By name after remount, in another case.
     let vol = mount(img);
     for (path, node) in &t {
@@ -1712,7 +1672,7 @@ fn dirty_bit(img: &Image) {
     if let Err(e) = fsck_clean_allow_dirty(&img.path) {
         println!(
             "FAT{}: fsck after a crash without sync (allowed): {e}",
-            img.fat.bits
+            img.fat.fat
         );
     }
     let vol = mount(img);

@@ -1455,6 +1455,13 @@ mod tests {
             self.0.join("v.img")
         }
 
+        /// Whether the boot sector on the disk has the dirty bit set.
+        fn dirty_on_disk(&self) -> bool {
+            let boot = std::fs::read(self.img()).expect("read image");
+            let bpb = Bpb::parse(&boot[..512]).expect("bpb");
+            bpb.dirty(&boot[..512])
+        }
+
         fn mount(&self, errors: ErrorsPolicy) -> Volume {
             self.mount_with(MountOptions {
                 errors,
@@ -1499,11 +1506,7 @@ mod tests {
     fn files_round_trip_through_unmount_and_the_dirty_bit_follows_the_mount() {
         let s = Scratch::new("round");
         let vol = s.mount(ErrorsPolicy::default());
-        let dirty_on_disk = || {
-            let boot = std::fs::read(s.img()).expect("read image");
-            vol.bpb().dirty(&boot[..512])
-        };
-        assert!(dirty_on_disk(), "set and written at mount");
+        assert!(s.dirty_on_disk(), "set and written at mount");
         let d = vol.mkdir(&vol.root(), "Sub Dir").expect("mkdir");
         let f = vol.create(&d, "a long file name.txt").expect("create");
         let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
@@ -1527,9 +1530,7 @@ mod tests {
         );
         drop(f);
         vol.unmount().expect("unmount");
-        let boot = std::fs::read(s.img()).expect("read image");
-        let bpb = Bpb::parse(&boot[..512]).expect("bpb");
-        assert!(!bpb.dirty(&boot[..512]), "cleared by the clean unmount");
+        assert!(!s.dirty_on_disk(), "cleared by the clean unmount");
     }
 
     #[test]
@@ -1546,12 +1547,7 @@ mod tests {
         assert_eq!(e.errno(), libc::EROFS);
         drop(f);
         vol.unmount().expect("unmount");
-        let boot = std::fs::read(s.img()).expect("read image");
-        let bpb = Bpb::parse(&boot[..512]).expect("bpb");
-        assert!(
-            bpb.dirty(&boot[..512]),
-            "the dirty bit stays after an error"
-        );
+        assert!(s.dirty_on_disk(), "the dirty bit stays after an error");
     }
 
     #[test]

@@ -647,3 +647,57 @@ pub(crate) fn assert_trees_agree(image: &Path, expected: &Tree) {
         panic!("readers disagree with the expected tree: {e}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Test images and test data
+
+/// One FAT type's test image: `mkfs.fat` arguments that give that type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    /// FAT type asked of mkfs.fat: 12, 16 or 32.
+    pub(crate) fat: u8,
+    /// Image size in KiB.
+    pub(crate) kib: u64,
+    /// Sectors (of 512 bytes) per cluster.
+    pub(crate) sectors_per_cluster: u8,
+    /// The type fatcache must find, by cluster count.
+    pub(crate) want: fatcache::fat::bpb::FatType,
+}
+
+/// FAT12 with 2 KiB clusters (about 990 of them), fixed root.
+pub(crate) const FAT12: Layout = Layout {
+    fat: 12,
+    kib: 2000,
+    sectors_per_cluster: 4,
+    want: fatcache::fat::bpb::FatType::Fat12,
+};
+
+/// FAT16 with 1 KiB clusters (about 7960, above FAT12's 4084), fixed root of 512 entries.
+pub(crate) const FAT16: Layout = Layout {
+    fat: 16,
+    kib: 8000,
+    sectors_per_cluster: 2,
+    want: fatcache::fat::bpb::FatType::Fat16,
+};
+
+/// FAT32 with 512-byte clusters: about 66900, just above the 65525 that fsck.fat and fatcache
+/// require of FAT32 (mkfs.fat only warns below it); the root is a cluster chain.
+pub(crate) const FAT32: Layout = Layout {
+    fat: 32,
+    kib: 34_000,
+    sectors_per_cluster: 1,
+    want: fatcache::fat::bpb::FatType::Fat32,
+};
+
+/// `n` bytes of xorshift64* output: no runs or repeats that could hide a misplaced cluster.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
