@@ -67,6 +67,8 @@ struct Shared {
     idle: Condvar,
     latency_ns: AtomicU64,
     completed: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 /// A device with its completion threads.
@@ -97,6 +99,8 @@ impl IoQueue {
             idle: Condvar::new(),
             latency_ns: AtomicU64::new(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX)),
             completed: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
         });
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -157,6 +161,14 @@ impl IoQueue {
         self.shared.completed.load(Ordering::Relaxed)
     }
 
+    /// Bytes (read, written) that requests have asked of the device so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.shared.bytes_read.load(Ordering::Relaxed),
+            self.shared.bytes_written.load(Ordering::Relaxed),
+        )
+    }
+
     /// Wait until every request submitted so far has completed (the queue must not be plugged).
     pub fn drain(&self) {
         let mut st = self.shared.state.lock();
@@ -208,9 +220,14 @@ fn completion_thread(s: &Shared) {
         let result = match &bio.op {
             BioOp::Read { offset, len } => {
                 let mut buf = vec![0u8; *len];
+                s.bytes_read.fetch_add(*len as u64, Ordering::Relaxed);
                 s.dev.read_at(*offset, &mut buf).map(|()| buf)
             }
-            BioOp::Write { offset, data } => s.dev.write_at(*offset, data).map(|()| Vec::new()),
+            BioOp::Write { offset, data } => {
+                s.bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                s.dev.write_at(*offset, data).map(|()| Vec::new())
+            }
             BioOp::Flush => s.dev.flush().map(|()| Vec::new()),
         };
         (bio.end_io)(result);

@@ -27,6 +27,7 @@ use crate::fs::buffer::{
     BlockMap, block_read_full_page, block_write_full_page, cont_write_begin,
     generic_cont_expand_simple, write_end,
 };
+use crate::fs::fs_writeback::{Bdi, WbInode};
 use crate::mm::filemap::{AddressSpace, read_cache_page};
 use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
@@ -304,9 +305,10 @@ impl ChainCache {
     }
 }
 
-/// The address-space operations of a file mapping (fat_aops).
+/// The address-space operations of a file mapping (fat_aops), and the inode's place on the
+/// flusher's dirty list.
 #[derive(Debug)]
-pub struct FileAops<S: FatStore + 'static>(Arc<FileData<S>>);
+pub struct FileAops<S: FatStore + 'static>(Arc<FileData<S>>, Arc<WbInode>);
 
 impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
     /// fat_writepage = block_write_full_page with fat_get_block; refused on a read-only volume
@@ -322,6 +324,11 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
             return Err(FsError::ReadOnly);
         }
         block_write_full_page(&*self.0, mapping, page, wbc)
+    }
+
+    /// __mark_inode_dirty(I_DIRTY_PAGES): onto the flusher's list.
+    fn dirty_inode(&self) {
+        self.1.mark_dirty();
     }
 }
 
@@ -343,18 +350,19 @@ impl InodeIo {
 #[derive(Debug)]
 pub struct FatInode<S: FatStore + 'static> {
     data: Arc<FileData<S>>,
-    mapping: AddressSpace,
+    /// Shared with the flusher's list, which holds it weakly: an evicted inode leaves it.
+    mapping: Arc<AddressSpace>,
     io: Mutex<InodeIo>,
 }
 
 impl<S: FatStore + 'static> FatInode<S> {
     /// The inode of a file starting at `first_cluster` with `size` bytes, its data read and
-    /// written through `queue`, its chain in `table`, its pages in `cache`; `read_only` refuses
+    /// written through `queue`, its chain in `table`, its pages in `cache`, its dirty pages
+    /// written in the background by `bdi`'s flusher when there is one; `read_only` refuses
     /// every change.
     pub fn new(
         cache: &Arc<PageCache>,
-        table: Arc<FatTable<S>>,
-        queue: Arc<IoQueue>,
+        (table, queue, bdi): (Arc<FatTable<S>>, Arc<IoQueue>, Option<&Arc<Bdi>>),
         bpb: &Bpb,
         (first_cluster, size, read_only): (u32, u64, bool),
     ) -> Self {
@@ -367,8 +375,10 @@ impl<S: FatStore + 'static> FatInode<S> {
             read_only,
             clusters: Mutex::new(ChainCache::default()),
         });
-        let aops = Arc::new(FileAops(Arc::clone(&data)));
-        let mapping = AddressSpace::new(cache, aops as Arc<dyn AddressSpaceOps>);
+        let wb = WbInode::new(bdi);
+        let aops = Arc::new(FileAops(Arc::clone(&data), Arc::clone(&wb)));
+        let mapping = Arc::new(AddressSpace::new(cache, aops as Arc<dyn AddressSpaceOps>));
+        wb.attach(Arc::downgrade(&mapping));
         // An inode is loaded with mmu_private = i_size (fat_fill_inode).
         let io = Mutex::new(InodeIo { mmu_private: size });
         FatInode { data, mapping, io }
@@ -630,7 +640,7 @@ mod tests {
 
         fn inode(&self, first: u32, size: u64) -> FatInode<MemFat> {
             let (t, q) = (Arc::clone(&self.table), Arc::clone(&self.queue));
-            FatInode::new(&self.cache, t, q, &self.bpb, (first, size, false))
+            FatInode::new(&self.cache, (t, q, None), &self.bpb, (first, size, false))
         }
     }
 
@@ -731,7 +741,7 @@ mod tests {
         let f = fixture();
         f.link(&[50]);
         let (t, q) = (Arc::clone(&f.table), Arc::clone(&f.queue));
-        let ino = FatInode::new(&f.cache, t, q, &f.bpb, (50, 10, true));
+        let ino = FatInode::new(&f.cache, (t, q, None), &f.bpb, (50, 10, true));
         let page = find_or_create_page(ino.mapping(), 0).expect("page");
         let mut wbc = WritebackControl::background(1);
         let e = ino

@@ -52,6 +52,7 @@ use crate::fat::name::{DIR_ENTRY_SIZE, ShortnameMode, vfat_valid_longname};
 use crate::fat::table::FatTable;
 use crate::fat::time::unix_to_fat;
 use crate::fs::bdev::Bdev;
+use crate::fs::fs_writeback::{Bdi, FlusherSnapshot, SuperOps, WritebackConfig};
 use crate::mm::filemap::{
     filemap_fdatawait_range, filemap_fdatawrite_range, filemap_write_and_wait_range,
 };
@@ -119,6 +120,9 @@ pub struct MountOptions {
     pub wake_delay: Duration,
     /// What corrupt metadata found at run time does (`errors=`).
     pub errors: ErrorsPolicy,
+    /// The flusher's period and expiry, and the dirty limits (`writeback_interval_ms=`,
+    /// `dirty_expire_ms=`, `dirty_ratio=`, `dirty_background_ratio=`).
+    pub writeback: WritebackConfig,
 }
 
 impl Default for MountOptions {
@@ -136,6 +140,7 @@ impl Default for MountOptions {
             io_latency: Duration::ZERO,
             wake_delay: Duration::ZERO,
             errors: ErrorsPolicy::default(),
+            writeback: WritebackConfig::default(),
         }
     }
 }
@@ -340,8 +345,70 @@ pub struct Volume {
     /// The last shutdown wrote everything back and cleared the dirty bit.
     clean: AtomicBool,
     root: Arc<Node>,
-    ihash: Mutex<Nodes>,
+    /// Shared with the flusher's [`InodeWriter`].
+    ihash: Arc<Mutex<Nodes>>,
     rename_lock: Mutex<()>,
+    /// The flusher (none on a read-only mount), and what it calls to write entries.
+    writeback: Option<(Arc<Bdi>, Arc<InodeWriter>)>,
+}
+
+/// What the flusher's kupdate pass calls to write the entries of dirty inodes.
+#[derive(Debug)]
+struct InodeWriter {
+    ihash: Arc<Mutex<Nodes>>,
+    bdev: Arc<Bdev>,
+    fat32: bool,
+}
+
+impl SuperOps for InodeWriter {
+    /// write_inode for every node whose entry changed since it was last written.
+    fn write_dirty_inodes(&self) -> Result<(), FsError> {
+        let dirty: Vec<Arc<Node>> = self
+            .ihash
+            .lock()
+            .by_ino
+            .values()
+            .filter(|n| n.meta.lock().dirty)
+            .cloned()
+            .collect();
+        for node in dirty {
+            let nodes = self.ihash.lock();
+            write_inode_locked(&self.bdev, self.fat32, &nodes, &node)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Volume {
+    /// A volume dropped without an unmount (an error path, a test) still stops its flusher,
+    /// whose thread would otherwise keep the cache alive.
+    fn drop(&mut self) {
+        self.stop_flusher();
+    }
+}
+
+/// fat_write_inode: writes `node`'s entry at its i_pos if it changed. The caller holds
+/// `ihash`, which keeps the i_pos from moving (rename) while the entry is written.
+///
+/// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
+fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> Result<(), FsError> {
+    let Some(pos) = nodes.pos.get(&node.ino).copied() else {
+        node.meta.lock().dirty = false;
+        return Ok(());
+    };
+    if !node.meta.lock().dirty {
+        return Ok(());
+    }
+    let mut entry = node.entry();
+    let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+    bdev.read(pos.dev, &mut raw)?;
+    let disk = DirEntry::parse(&raw, fat32);
+    entry.name = disk.name;
+    entry.nt_case = disk.nt_case;
+    entry.serialize(&mut raw, fat32);
+    bdev.write(pos.dev, &raw)?;
+    node.meta.lock().dirty = false;
+    Ok(())
 }
 
 impl Volume {
@@ -373,9 +440,13 @@ impl Volume {
         let cache = PageCache::new(CacheConfig {
             on_bug: opts.on_bug,
             wake_delay: opts.wake_delay,
+            dirty_ratio: opts.writeback.dirty_ratio,
+            dirty_background_ratio: opts.writeback.dirty_background_ratio,
             ..CacheConfig::new(opts.era, opts.cache_frames)
         })?;
-        let bdev = Arc::new(Bdev::new(&cache, Arc::clone(&queue)));
+        // A read-only mount dirties nothing and gets no flusher.
+        let bdi = (!read_only).then(|| Bdi::new(&cache, opts.writeback));
+        let bdev = Arc::new(Bdev::with_flusher(&cache, Arc::clone(&queue), bdi.as_ref()));
         let mut boot = [0u8; BOOT_SECTOR];
         bdev.read(0, &mut boot)?;
         let bpb = Bpb::parse(&boot)?;
@@ -399,6 +470,15 @@ impl Volume {
             ..Nodes::default()
         };
         nodes.by_ino.insert(ROOT_INO, Arc::clone(&root));
+        let ihash = Arc::new(Mutex::new(nodes));
+        let writeback = bdi.map(|bdi| {
+            let writer = Arc::new(InodeWriter {
+                ihash: Arc::clone(&ihash),
+                bdev: Arc::clone(&bdev),
+                fat32: bpb.fat_type() == FatType::Fat32,
+            });
+            (bdi, writer)
+        });
         let vol = Volume {
             cache,
             bdev,
@@ -412,8 +492,9 @@ impl Volume {
             closed: AtomicBool::new(false),
             clean: AtomicBool::new(false),
             root,
-            ihash: Mutex::new(nodes),
+            ihash,
             rename_lock: Mutex::new(()),
+            writeback,
         };
         if !read_only {
             if vol.bpb.dirty(&boot) {
@@ -422,6 +503,10 @@ impl Volume {
                 );
             }
             vol.set_state(true)?;
+        }
+        if let Some((bdi, writer)) = &vol.writeback {
+            let sb: std::sync::Weak<dyn SuperOps> = Arc::downgrade(writer) as std::sync::Weak<_>;
+            bdi.start(sb)?;
         }
         Ok(vol)
     }
@@ -618,7 +703,8 @@ impl Volume {
     fn file_inode(&self, entry: &DirEntry) -> FatInode<Arc<Bdev>> {
         let key = (entry.first_cluster, u64::from(entry.size), self.read_only);
         let (table, queue) = (Arc::clone(&self.table), Arc::clone(&self.queue));
-        FatInode::new(&self.cache, table, queue, &self.bpb, key)
+        let bdi = self.writeback.as_ref().map(|(bdi, _)| bdi);
+        FatInode::new(&self.cache, (table, queue, bdi), &self.bpb, key)
     }
 
     fn lookup_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
@@ -871,26 +957,8 @@ impl Volume {
     ///
     /// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
     fn write_inode(&self, node: &Node) -> Result<(), FsError> {
-        // `ihash` keeps the i_pos from moving (rename) while the entry is written.
         let nodes = self.ihash.lock();
-        let Some(pos) = nodes.pos.get(&node.ino).copied() else {
-            node.meta.lock().dirty = false;
-            return Ok(());
-        };
-        if !node.meta.lock().dirty {
-            return Ok(());
-        }
-        let mut entry = node.entry();
-        let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
-        self.bdev.read(pos.dev, &mut raw)?;
-        let disk = DirEntry::parse(&raw, self.fat32());
-        entry.name = disk.name;
-        entry.nt_case = disk.nt_case;
-        entry.serialize(&mut raw, self.fat32());
-        self.bdev.write(pos.dev, &raw)?;
-        node.meta.lock().dirty = false;
-        drop(nodes);
-        Ok(())
+        write_inode_locked(&self.bdev, self.fat32(), &nodes, node)
     }
 
     // ---- namespace -------------------------------------------------------------------------
@@ -1213,6 +1281,9 @@ impl Volume {
         // Relaxed: nothing may change the volume from here on; the sync above saw everything
         // that returned before this call.
         self.closed.store(true, Ordering::Relaxed);
+        // Nothing is dirty and nothing can be dirtied: the flusher has no more work, and must
+        // not touch the device once the dirty bit is clear.
+        self.stop_flusher();
         if self.remounted_read_only() {
             // The volume met corruption: the dirty bit stays so the next mount and fsck know.
             return Ok(());
@@ -1220,6 +1291,21 @@ impl Volume {
         self.set_state(false)?;
         self.clean.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Stops the flusher thread (idempotent); later dirty pages wait for a sync.
+    fn stop_flusher(&self) {
+        if let Some((bdi, _)) = &self.writeback {
+            bdi.stop();
+        }
+    }
+
+    /// The flusher's counters (all zero on a read-only mount).
+    pub fn flusher_stats(&self) -> FlusherSnapshot {
+        self.writeback
+            .as_ref()
+            .map(|(bdi, _)| bdi.stats())
+            .unwrap_or_default()
     }
 
     /// Whether the last [`Volume::shutdown`] wrote everything back and cleared the dirty bit

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
+use crate::fs::fs_writeback::{Bdi, WbInode};
 use crate::mm::filemap::{
     AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
     filemap_fdatawrite_range, find_lock_page, read_cache_page,
@@ -50,16 +51,16 @@ pub struct BdevAops {
     /// (by [`Bdev::write`] and writepage), so the map's lock is only for the map itself. A
     /// dirty page with no entry was dirtied some other way and is written whole.
     dirty_blocks: Mutex<rustc_hash::FxHashMap<u64, u8>>,
+    /// The mapping's place on the flusher's list (never queued when there is no flusher).
+    wb: Arc<WbInode>,
 }
 
 impl BdevAops {
-    /// Page I/O for the whole device (`size` bytes) behind `queue`.
-    pub fn new(queue: Arc<IoQueue>, size: u64) -> Self {
+    /// Page I/O for the whole device (`size` bytes) behind `queue`, listed through `wb`.
+    pub fn new(queue: Arc<IoQueue>, size: u64, wb: Arc<WbInode>) -> Self {
         BdevAops {
-            queue,
-            base: 0,
-            size,
-            dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
+            wb,
+            ..BdevAops::linear(queue, 0, size)
         }
     }
 
@@ -70,6 +71,7 @@ impl BdevAops {
             base,
             size,
             dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
+            wb: WbInode::new(None),
         }
     }
 
@@ -233,22 +235,44 @@ impl AddressSpaceOps for BdevAops {
         }
         Ok(())
     }
+
+    /// The block-device inode goes on the flusher's list like any other.
+    fn dirty_inode(&self) {
+        self.wb.mark_dirty();
+    }
 }
 
 /// The volume seen through the page cache, with byte-level access for metadata.
 #[derive(Debug)]
 pub struct Bdev {
-    mapping: AddressSpace,
+    /// Shared with the flusher's list, which holds it weakly.
+    mapping: Arc<AddressSpace>,
     aops: Arc<BdevAops>,
     queue: Arc<IoQueue>,
 }
 
 impl Bdev {
-    /// The block-device mapping of the device behind `queue`, in `cache`.
+    /// The block-device mapping of the device behind `queue`, in `cache`, written back only
+    /// when someone syncs it.
     pub fn new(cache: &Arc<PageCache>, queue: Arc<IoQueue>) -> Self {
+        Bdev::with_flusher(cache, queue, None)
+    }
+
+    /// [`Bdev::new`] whose dirty pages `bdi`'s flusher also writes in the background, as the
+    /// kernel's flusher writes the block-device inode's.
+    pub fn with_flusher(
+        cache: &Arc<PageCache>,
+        queue: Arc<IoQueue>,
+        bdi: Option<&Arc<Bdi>>,
+    ) -> Self {
         let size = queue.device().size();
-        let aops = Arc::new(BdevAops::new(Arc::clone(&queue), size));
-        let mapping = AddressSpace::new(cache, Arc::clone(&aops) as Arc<dyn AddressSpaceOps>);
+        let wb = WbInode::new(bdi);
+        let aops = Arc::new(BdevAops::new(Arc::clone(&queue), size, Arc::clone(&wb)));
+        let mapping = Arc::new(AddressSpace::new(
+            cache,
+            Arc::clone(&aops) as Arc<dyn AddressSpaceOps>,
+        ));
+        wb.attach(Arc::downgrade(&mapping));
         Bdev {
             mapping,
             aops,

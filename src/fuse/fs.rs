@@ -258,6 +258,8 @@ impl FatFuse {
 /// The page-cache and volume counters as one JSON object.
 fn stats_json(vol: &Volume) -> String {
     let s = vol.cache().stats();
+    let f = vol.flusher_stats();
+    let io = vol.queue().bytes();
     let fs = vol.statfs();
     let hits: Vec<String> = vol
         .cache()
@@ -272,7 +274,10 @@ fn stats_json(vol: &Volume) -> String {
             "\"waits_locked\":{},\"waits_writeback\":{},\"wakes_locked\":{},",
             "\"wakes_writeback\":{},\"stale_wakes\":{},\"wb_starts\":{},\"wb_ends\":{},",
             "\"reclaimed\":{},\"alloc_failures\":{},\"bad_pages\":{},\"bug_hits\":{},",
-            "\"io_completed\":{},\"clusters\":{},\"free_clusters\":{},\"bugs\":{{{}}}}}"
+            "\"throttled\":{},\"flusher_kupdate_passes\":{},\"flusher_background_passes\":{},",
+            "\"flusher_pages\":{},\"dirty_inodes\":{},\"io_completed\":{},",
+            "\"io_read_bytes\":{},\"io_written_bytes\":{},",
+            "\"clusters\":{},\"free_clusters\":{},\"bugs\":{{{}}}}}"
         ),
         s.era,
         s.frames,
@@ -290,7 +295,14 @@ fn stats_json(vol: &Volume) -> String {
         s.alloc_failures,
         s.bad_pages,
         s.bug_hits,
+        s.throttled,
+        f.kupdate_passes,
+        f.background_passes,
+        f.pages_written,
+        f.dirty_inodes,
         vol.queue().completed(),
+        io.0,
+        io.1,
         fs.clusters,
         fs.free,
         hits.join(","),

@@ -101,15 +101,6 @@ pub struct FuseOptions {
     pub subtype: Option<String>,
     /// `nosuid`, `nodev`, `noexec`, `noatime` and their opposites.
     pub vfs: VfsFlags,
-    /// `dirty_expire_ms=`: age at which dirty data is due for writeback.
-    pub dirty_expire_ms: u64,
-    /// `writeback_interval_ms=`: period of the flusher; 0 turns periodic writeback off, as
-    /// vm.dirty_writeback_centisecs=0 does.
-    pub writeback_interval_ms: u64,
-    /// `dirty_ratio=`: percent of the cache that may be dirty before writers write back.
-    pub dirty_ratio: u32,
-    /// `dirty_background_ratio=`: percent dirty at which the flusher starts.
-    pub dirty_background_ratio: u32,
 }
 
 /// A refused option, with a message naming it and saying what is accepted.
@@ -179,10 +170,6 @@ impl Default for FuseOptions {
             fsname: None,
             subtype: None,
             vfs: VfsFlags::default(),
-            dirty_expire_ms: 30_000,
-            writeback_interval_ms: 5_000,
-            dirty_ratio: 20,
-            dirty_background_ratio: 10,
         }
     }
 }
@@ -215,10 +202,11 @@ impl FuseOptions {
     /// Checks the rules between options: `dirty_background_ratio` below `dirty_ratio`,
     /// `offset=` and `partition=` not both, `allow_other` and `allow_root` not both.
     pub fn validate(&self) -> Result<(), OptionError> {
-        if self.dirty_background_ratio >= self.dirty_ratio {
+        let wb = &self.volume.writeback;
+        if wb.dirty_background_ratio >= wb.dirty_ratio {
             return Err(OptionError(format!(
                 "fatcache: dirty_background_ratio={} must be below dirty_ratio={}",
-                self.dirty_background_ratio, self.dirty_ratio
+                wb.dirty_background_ratio, wb.dirty_ratio
             )));
         }
         if self.volume.placement.offset.is_some() && self.volume.placement.partition.is_some() {
@@ -422,10 +410,14 @@ impl FuseOptions {
             "io_threads" => self.volume.io_threads = number(key, v, 1..=64)?,
             "io_latency_us" => self.volume.io_latency = micros(key, v)?,
             "wake_delay_us" => self.volume.wake_delay = micros(key, v)?,
-            "dirty_expire_ms" => self.dirty_expire_ms = number(key, v, 0..=MAX_MS)?,
-            "writeback_interval_ms" => self.writeback_interval_ms = number(key, v, 0..=MAX_MS)?,
-            "dirty_ratio" => self.dirty_ratio = number(key, v, 1..=100)?,
-            "dirty_background_ratio" => self.dirty_background_ratio = number(key, v, 0..=99)?,
+            // writeback_interval_ms=0 turns periodic writeback off, as
+            // vm.dirty_writeback_centisecs=0 does.
+            "dirty_expire_ms" => self.volume.writeback.expire = millis(key, v)?,
+            "writeback_interval_ms" => self.volume.writeback.interval = millis(key, v)?,
+            "dirty_ratio" => self.volume.writeback.dirty_ratio = number(key, v, 1..=100)?,
+            "dirty_background_ratio" => {
+                self.volume.writeback.dirty_background_ratio = number(key, v, 0..=99)?;
+            }
             "offset" => self.volume.placement.offset = Some(offset(key, v)?),
             "partition" => self.volume.placement.partition = Some(number(key, v, 1..=u32::MAX)?),
             _ => return Ok(false),
@@ -523,6 +515,11 @@ fn minutes(key: &str, v: &str) -> Result<i32, OptionError> {
 /// A delay in microseconds, up to [`MAX_DELAY_US`].
 fn micros(key: &str, v: &str) -> Result<Duration, OptionError> {
     number(key, v, 0..=MAX_DELAY_US).map(Duration::from_micros)
+}
+
+/// A period or age in milliseconds, up to [`MAX_MS`].
+fn millis(key: &str, v: &str) -> Result<Duration, OptionError> {
+    number(key, v, 0..=MAX_MS).map(Duration::from_millis)
 }
 
 /// `offset=`: bytes, decimal or `0x` hex (what fdisk and partx print).
@@ -751,11 +748,12 @@ mod tests {
         assert!(!o.allow_other && !o.allow_root && !o.default_permissions);
         assert_eq!((o.fsname.as_deref(), o.subtype.as_deref()), (None, None));
         assert_eq!(o.vfs, VfsFlags::default());
+        let wb = &o.volume.writeback;
         assert_eq!(
-            (o.dirty_expire_ms, o.writeback_interval_ms),
+            (wb.expire.as_millis(), wb.interval.as_millis()),
             (30_000, 5_000)
         );
-        assert_eq!((o.dirty_ratio, o.dirty_background_ratio), (20, 10));
+        assert_eq!((wb.dirty_ratio, wb.dirty_background_ratio), (20, 10));
         // The FAT layer's defaults pass through untouched; help_text quotes these.
         let v = &o.volume;
         assert!(!v.placement.read_only && !v.sync);
@@ -867,10 +865,15 @@ mod tests {
             ("wake_delay_us=1000", |o| {
                 o.volume.wake_delay == Duration::from_millis(1)
             }),
-            ("dirty_expire_ms=100", |o| o.dirty_expire_ms == 100),
-            ("writeback_interval_ms=0", |o| o.writeback_interval_ms == 0),
+            ("dirty_expire_ms=100", |o| {
+                o.volume.writeback.expire == Duration::from_millis(100)
+            }),
+            ("writeback_interval_ms=0", |o| {
+                o.volume.writeback.interval.is_zero()
+            }),
             ("dirty_ratio=50,dirty_background_ratio=40", |o| {
-                o.dirty_ratio == 50 && o.dirty_background_ratio == 40
+                let wb = &o.volume.writeback;
+                wb.dirty_ratio == 50 && wb.dirty_background_ratio == 40
             }),
             ("offset=1048576", |o| {
                 o.volume.placement.offset == Some(1 << 20)
@@ -922,7 +925,8 @@ mod tests {
         // Lowering dirty_ratio below the default background ratio first is fine, as long as the
         // next string fixes it.
         let o = FuseOptions::parse(["dirty_ratio=5", "dirty_background_ratio=2"]).expect("valid");
-        assert_eq!((o.dirty_ratio, o.dirty_background_ratio), (5, 2));
+        let wb = &o.volume.writeback;
+        assert_eq!((wb.dirty_ratio, wb.dirty_background_ratio), (5, 2));
         assert!(refusal("dirty_ratio=5").contains("dirty_background_ratio"));
         assert!(refusal("dirty_ratio=30,dirty_background_ratio=30").contains("dirty_ratio"));
         assert!(refusal("offset=512,partition=1").contains("partition="));

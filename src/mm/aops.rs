@@ -1,6 +1,7 @@
 //! Address-space operations: the only way `mm` calls into a filesystem.
 //!
-//! Models: include/linux/fs.h struct address_space_operations (writepage, writepages) (v5.10).
+//! Models: include/linux/fs.h struct address_space_operations (writepage, writepages, and the
+//! `__mark_inode_dirty` that `set_page_dirty` reaches through it) (v5.10).
 
 use crate::error::FsError;
 use crate::mm::filemap::AddressSpace;
@@ -33,4 +34,12 @@ pub trait AddressSpaceOps: Send + Sync {
     ) -> Result<(), FsError> {
         generic_writepages(mapping, wbc)
     }
+
+    /// A page of the mapping went from clean to dirty: put the inode on the flusher's list
+    /// (`__mark_inode_dirty(I_DIRTY_PAGES)`). The default keeps no list.
+    ///
+    /// # Context
+    /// Called from `set_page_dirty` with no mm lock held, usually under the page lock; must
+    /// not sleep on page state.
+    fn dirty_inode(&self) {}
 }

@@ -54,7 +54,7 @@ pub use filemap::AddressSpace;
 pub use flags::PG;
 pub use page::{Page, PageRef, Pfn};
 pub use stats::StatsSnapshot;
-pub use writeback::{SyncMode, WritebackControl};
+pub use writeback::{BackgroundWriteback, SyncMode, WritebackControl};
 
 use crate::bug::{BugReporter, OnBug};
 use crate::mm::filemap::MappingCore;
@@ -107,6 +107,11 @@ pub struct CacheConfig {
     pub wake_delay: Duration,
     /// Test hook, called at every [`HookPoint`].
     pub hook: Option<Hook>,
+    /// Percent of the frames that may be dirty or under writeback before writers are
+    /// throttled (vm.dirty_ratio).
+    pub dirty_ratio: u32,
+    /// Percent at which background writeback starts (vm.dirty_background_ratio).
+    pub dirty_background_ratio: u32,
 }
 
 impl std::fmt::Debug for CacheConfig {
@@ -118,12 +123,15 @@ impl std::fmt::Debug for CacheConfig {
             .field("history", &self.history)
             .field("wake_delay", &self.wake_delay)
             .field("hook", &self.hook.is_some())
+            .field("dirty_ratio", &self.dirty_ratio)
+            .field("dirty_background_ratio", &self.dirty_background_ratio)
             .finish()
     }
 }
 
 impl CacheConfig {
-    /// Defaults: the given era and size, `on_bug=abort`, histories on, no delay, no hook.
+    /// Defaults: the given era and size, `on_bug=abort`, histories on, no delay, no hook,
+    /// the kernel's default dirty ratios (20 and 10).
     pub fn new(era: Era, frames: usize) -> Self {
         CacheConfig {
             era,
@@ -132,6 +140,8 @@ impl CacheConfig {
             history: true,
             wake_delay: Duration::ZERO,
             hook: None,
+            dirty_ratio: 20,
+            dirty_background_ratio: 10,
         }
     }
 }
@@ -150,10 +160,23 @@ pub struct PageCache {
     pub(crate) stats: Stats,
     hook: Option<Hook>,
     wake_delay_ns: unchecked::AtomicU64,
+    /// (background, limit) thresholds in pages, from the dirty ratios.
+    dirty_thresholds: (u64, u64),
+    /// The flusher balance_dirty_pages kicks, once a mount has started one.
+    flusher: unchecked::RwLock<Option<std::sync::Weak<dyn BackgroundWriteback>>>,
     /// Per-frame event rings, apart from the frames so that a frame stays a few cache lines.
     histories: Option<Box<[History]>>,
     clock: quanta::Clock,
     start_raw: u64,
+}
+
+/// The background and hard limits of `frames` frames: at least one page each, and the
+/// background one below the hard one, as domain_dirty_limits() keeps them.
+fn dirty_thresholds(frames: usize, background_ratio: u32, ratio: u32) -> (u64, u64) {
+    let frames = frames as u64;
+    let limit = (frames * u64::from(ratio.min(100)) / 100).max(2);
+    let background = (frames * u64::from(background_ratio) / 100).clamp(1, limit - 1);
+    (background, limit)
 }
 
 impl std::fmt::Debug for PageCache {
@@ -196,6 +219,12 @@ impl PageCache {
             wake_delay_ns: unchecked::AtomicU64::new(
                 u64::try_from(cfg.wake_delay.as_nanos()).unwrap_or(u64::MAX),
             ),
+            dirty_thresholds: dirty_thresholds(
+                cfg.frames,
+                cfg.dirty_background_ratio,
+                cfg.dirty_ratio,
+            ),
+            flusher: unchecked::RwLock::new(None),
             histories: cfg
                 .history
                 .then(|| (0..cfg.frames).map(|_| History::default()).collect()),
@@ -250,6 +279,24 @@ impl PageCache {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: an injection knob; a thread seeing the old value for a while is harmless.
         self.wake_delay_ns.store(ns, unchecked::Ordering::Relaxed);
+    }
+
+    /// Background and hard dirty thresholds, in pages (dirty plus writeback).
+    pub fn dirty_thresholds(&self) -> (u64, u64) {
+        self.dirty_thresholds
+    }
+
+    /// Sets (or with `None` clears) the flusher that throttled writers kick and wait for.
+    pub fn set_background_writeback(&self, f: Option<std::sync::Weak<dyn BackgroundWriteback>>) {
+        *self.flusher.write() = f;
+    }
+
+    /// The flusher, if one is running.
+    pub(crate) fn background_writeback(&self) -> Option<Arc<dyn BackgroundWriteback>> {
+        self.flusher
+            .read()
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
     }
 
     /// A consistent-enough copy of the counters.

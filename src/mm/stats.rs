@@ -48,6 +48,7 @@ pub struct Stats {
     pub(crate) reclaimed: Counter,
     pub(crate) alloc_failures: Counter,
     pub(crate) bad_pages: Counter,
+    pub(crate) throttled: Counter,
 }
 
 impl Stats {
@@ -85,6 +86,7 @@ impl Stats {
             reclaimed: self.reclaimed.get(),
             alloc_failures: self.alloc_failures.get(),
             bad_pages: self.bad_pages.get(),
+            throttled: self.throttled.get(),
             bug_hits: cache.bug().total(),
         }
     }
@@ -123,6 +125,8 @@ pub struct StatsSnapshot {
     pub alloc_failures: u64,
     /// Frames leaked because they were freed in a bad state.
     pub bad_pages: u64,
+    /// Writers that balance_dirty_pages made pause (over the dirty limit).
+    pub throttled: u64,
     /// BUG and VM_BUG hits.
     pub bug_hits: u64,
 }

@@ -92,6 +92,9 @@ pub fn set_page_dirty(mapping: &AddressSpace, page: Page<'_>) -> bool {
         mapping
             .i_pages()
             .set_mark(page.index(), page.pfn().0, Tag::Dirty, true);
+        // After the tag: a flusher that takes the inode off its list and then looks for
+        // DIRTY tags either sees this page or is told again here (see fs_writeback).
+        mapping.aops().dirty_inode();
     }
     true
 }
@@ -373,26 +376,61 @@ pub fn do_writepages(mapping: &AddressSpace, wbc: &mut WritebackControl) -> Resu
     }
 }
 
-/// Percent of the cache's frames that may be dirty or under writeback before a writer is
-/// throttled (vm.dirty_ratio's default).
-pub const DIRTY_RATIO: u64 = 20;
+/// The writer that balance_dirty_pages wakes and waits for: the flusher of the backing
+/// device (`wb_start_background_writeback`).
+pub trait BackgroundWriteback: Send + Sync {
+    /// Dirty pages are over the background threshold: start background writeback now, or
+    /// keep it going, without waiting for it.
+    fn kick(&self);
+}
 
-/// balance_dirty_pages_ratelimited: a writer that finds the cache's dirty and writeback pages
-/// over [`DIRTY_RATIO`] writes back a batch of its own mapping's dirty pages (WB_SYNC_NONE)
-/// and then pauses until writeback has drained to half the limit, or for at most a second.
+/// Longest single pause of a throttled writer (MAX_PAUSE is 200 ms in the kernel; ours is
+/// shorter because our "disk" is a file and the flusher catches up in milliseconds).
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Pauses after which a throttled writer stops trusting the flusher and writes its own pages.
+const PAUSES_BEFORE_SELF_WRITE: u32 = 20;
+
+/// balance_dirty_pages_ratelimited: keep the cache's dirty and writeback pages under the
+/// limits after a write dirtied a page of `mapping`.
 ///
-/// Without this a writer fills every frame with dirty pages, which reclaim cannot free, and
-/// the next allocation fails with ENOMEM.
+/// Over the background threshold the flusher is kicked; over the dirty limit the writer
+/// sleeps (doubling pauses up to [`MAX_PAUSE`]) until the flusher has brought the count
+/// under it, kicking it again on every pause. It never spins and holds no page lock while it
+/// sleeps, so reclaim and writeback proceed; only if the flusher makes no room for many
+/// pauses (or there is none: the library used without a mount) does the writer write a batch
+/// of its own mapping itself, as every writer did before v3.2, so it cannot wait forever on
+/// pages nobody will write.
 ///
-/// Models: mm/page-writeback.c balance_dirty_pages_ratelimited() as it worked before v3.2,
-/// when the throttled writer wrote pages itself; the flusher-driven form comes with the
-/// flusher thread.
+/// Models: mm/page-writeback.c balance_dirty_pages() (v5.10), without the per-bdi bandwidth
+/// estimation: the kernel's pause grows with how far over the limit the dirtier is and how
+/// fast the device writes; ours doubles from 500 us.
 pub fn balance_dirty_pages_ratelimited(mapping: &AddressSpace) {
     let cache = mapping.cache();
-    let limit = (cache.nr_frames() as u64 * DIRTY_RATIO / 100).max(1);
+    let (background, limit) = cache.dirty_thresholds();
     let stats = &cache.stats;
-    if stats.nr_dirty.get() + stats.nr_writeback.get() <= limit {
+    let dirty = || stats.nr_dirty.get() + stats.nr_writeback.get();
+    if dirty() <= background {
         return;
+    }
+    let flusher = cache.background_writeback();
+    if let Some(f) = &flusher {
+        f.kick();
+    }
+    if dirty() <= limit {
+        return;
+    }
+    stats.throttled.inc();
+    let mut pause = std::time::Duration::from_micros(500);
+    if let Some(f) = &flusher {
+        for _ in 0..PAUSES_BEFORE_SELF_WRITE {
+            std::thread::sleep(pause);
+            if dirty() <= limit {
+                return;
+            }
+            f.kick();
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
     }
     let mut wbc = WritebackControl::background(i64::try_from(limit).unwrap_or(i64::MAX));
     if let Err(e) = do_writepages(mapping, &mut wbc) {
@@ -403,7 +441,7 @@ pub fn balance_dirty_pages_ratelimited(mapping: &AddressSpace) {
     // io_schedule_timeout: pause while the writes just started are in flight.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     while stats.nr_writeback.get() > limit / 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_micros(200));
+        std::thread::sleep(pause);
     }
 }
 
