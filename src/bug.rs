@@ -179,7 +179,7 @@ impl BugReporter {
                 return;
             }
             let report = self.format(site, dump, true);
-            eprint!("{report}");
+            emit(&report);
             log::warn!("WARNING at {}: {}", site.location(), site.cond);
             return;
         }
@@ -197,22 +197,22 @@ impl BugReporter {
         match self.policy {
             OnBug::Warn => {
                 if full {
-                    eprint!("{report}");
+                    emit(&report);
                 } else if n.is_power_of_two() {
-                    eprintln!(
-                        "BUG at {}! ({}) hit {n} times so far",
+                    emit(&format!(
+                        "BUG at {}! ({}) hit {n} times so far\n",
                         site.location(),
                         site.cond
-                    );
+                    ));
                 }
             }
             OnBug::Panic => panic!("{report}"),
             OnBug::Abort => {
-                eprint!("{report}");
+                emit(&report);
                 if let Some(f) = self.before_abort.lock().as_ref() {
                     f();
                 }
-                eprintln!("fatcache: on_bug=abort: aborting");
+                emit("fatcache: on_bug=abort: aborting\n");
                 std::process::abort();
             }
         }
@@ -288,7 +288,8 @@ macro_rules! vm_bug_on_page {
             $crate::bug::Tier::VmBug,
             $rep,
             $crate::bug::debug_vm() && ($cond),
-            Some($dump)
+            Some($dump),
+            stringify!($cond)
         )
     };
 }
@@ -326,13 +327,17 @@ macro_rules! __warn_once {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __assert_site {
-    ($tier:expr, $rep:expr, $cond:expr, $dump:expr) => {{
+    ($tier:expr, $rep:expr, $cond:expr, $dump:expr) => {
+        $crate::__assert_site!($tier, $rep, $cond, $dump, stringify!($cond))
+    };
+    // `text` is the condition as written at the call site (without the debug_vm() gate).
+    ($tier:expr, $rep:expr, $cond:expr, $dump:expr, $text:expr) => {{
         let c: bool = $cond;
         if c {
             static SITE: $crate::bug::Site = $crate::bug::Site {
                 file: file!(),
                 line: line!(),
-                cond: stringify!($cond),
+                cond: $text,
                 tier: $tier,
             };
             let d: Option<&dyn $crate::bug::Dump> = $dump;
@@ -412,4 +417,11 @@ mod tests {
         assert_eq!("warn".parse::<OnBug>().expect("ok"), OnBug::Warn);
         assert!("explode".parse::<OnBug>().is_err());
     }
+}
+
+/// Writes a report to stderr in one piece, ignoring failure: a daemon's stderr may be a
+/// pipe nobody reads any more, and `eprint!` would panic the reporting thread on EPIPE.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

@@ -95,6 +95,9 @@ pub struct FuseOptions {
     pub default_permissions: bool,
     /// `fsname=`: the source shown in /proc/mounts.
     pub fsname: Option<String>,
+    /// `log=`: once mounted, the daemon appends its log and BUG reports to this file (the
+    /// kernel's would go to dmesg); without it they go to stderr.
+    pub log: Option<std::path::PathBuf>,
     /// `subtype=`: the type shown in /proc/mounts after `fuse.` (`fatcache` if unset). Only
     /// mounts made through fusermount3 show it; fuser 0.18's direct mount (as root) always
     /// shows plain `fuse`.
@@ -132,7 +135,8 @@ const VALUED_NAMES: &str = "\
 uid gid umask fmask dmask allow_utime shortname utf8 iocharset codepage check tz \
 time_offset errors nfs uni_xlate nonumtail conv fat blocksize cvf_format cvf_options era \
 on_bug cache_mb cache threads io_threads io_latency_us wake_delay_us dirty_expire_ms \
-writeback_interval_ms dirty_ratio dirty_background_ratio offset partition fsname subtype";
+writeback_interval_ms dirty_ratio dirty_background_ratio offset partition fsname subtype \
+log";
 
 /// Longest accepted `dirty_expire_ms=` and `writeback_interval_ms=`: a day. Deadlines are
 /// computed as `Instant + Duration`, which panics on overflow; a day also catches typos.
@@ -168,6 +172,7 @@ impl Default for FuseOptions {
             allow_root: false,
             default_permissions: false,
             fsname: None,
+            log: None,
             subtype: None,
             vfs: VfsFlags::default(),
         }
@@ -360,6 +365,7 @@ impl FuseOptions {
         match key {
             "fsname" => self.fsname = Some(non_empty(key, v)?.to_owned()),
             "subtype" => self.subtype = Some(non_empty(key, v)?.to_owned()),
+            "log" => self.log = Some(non_empty(key, v)?.into()),
             _ => return Ok(false),
         }
         Ok(true)
@@ -706,6 +712,8 @@ FUSE and mount options:
   allow_root                   root may use it too (excludes allow_other)      off
   default_permissions          the kernel checks modes, uid and gid            off
   fsname=NAME | subtype=NAME   source | type shown in /proc/mounts             - | fatcache
+  log=FILE                     once mounted, append the log and BUG reports    stderr
+                               to FILE (a background mount has no stderr)
   nosuid, nodev, noexec, noatime  passed to the kernel; suid, dev, exec,       off
                                atime, relatime, strictatime undo them
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, norelatime,
@@ -971,6 +979,7 @@ mod tests {
             ("offset=12k", "offset="),
             ("partition=0", "partition="),
             ("fsname=", "fsname="),
+            ("log=", "log="),
             ("conv=x", "conv="),
             ("fat=twelve", "fat="),
             ("nfs", "'nfs'"),
