@@ -377,6 +377,14 @@ mod tests {
                     "the history shows the stale wake:\n{r}"
                 );
                 assert!(r.contains("set_page_writeback"), "{r}");
+                // The roles of S1 are named from the history, each with its thread.
+                let why = r
+                    .split("interleaving (SEMANTICS S1)")
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{era}: no interleaving section:\n{r}"));
+                for role in ["CPU1", "CPU2", "CPU3", "starts writeback", "a stale wake"] {
+                    assert!(why.contains(role), "{era}: {role} missing:\n{r}");
+                }
             }
         }
     }

@@ -228,45 +228,142 @@ impl History {
 
     /// The events as report lines; `to_ns` turns a raw timestamp into nanoseconds.
     pub fn render(&self, layout: &FlagLayout, to_ns: &dyn Fn(u64) -> u64) -> String {
-        let mut s = String::new();
-        let events = self.events();
-        let t0 = events.first().map(|e| to_ns(e.t_raw)).unwrap_or(0);
-        for e in &events {
-            let bit = match e.op {
-                Op::WaitStart | Op::WaitEnd | Op::StaleWake | Op::Wake | Op::WakeRefused => {
-                    match layout.flag_at(e.bit) {
-                        Some(f) => format!(" bit={}", f.name()),
-                        None => format!(" bit={}", e.bit),
-                    }
+        render_events(&self.events(), layout, to_ns)
+    }
+}
+
+/// `events` (from [`History::events`]) as report lines, times from the first event.
+pub fn render_events(events: &[Event], layout: &FlagLayout, to_ns: &dyn Fn(u64) -> u64) -> String {
+    let mut s = String::new();
+    let t0 = events.first().map(|e| to_ns(e.t_raw)).unwrap_or(0);
+    for e in events {
+        let bit = match e.op {
+            Op::WaitStart | Op::WaitEnd | Op::StaleWake | Op::Wake | Op::WakeRefused => {
+                match layout.flag_at(e.bit) {
+                    Some(f) => format!(" bit={}", f.name()),
+                    None => format!(" bit={}", e.bit),
                 }
-                _ => String::new(),
-            };
-            let arg = match e.op {
-                Op::WaitEnd if e.arg != 0 => format!(" woken-by={}", thread_name(e.arg)),
-                Op::WaitEnd => " woken-by=none".to_string(),
-                Op::StaleWake => format!(" waker-epoch={}", e.arg),
-                Op::Wake => format!(" woke={}", e.arg),
-                Op::AddToCache | Op::DeleteFromCache => format!(" index={}", e.arg),
-                Op::Lock if e.arg != 0 => " (after sleeping)".to_string(),
-                Op::Alloc => format!(" gen={}", e.arg),
-                _ => String::new(),
-            };
+            }
+            _ => String::new(),
+        };
+        let arg = match e.op {
+            Op::WaitEnd if e.arg != 0 => format!(" woken-by={}", thread_name(e.arg)),
+            Op::WaitEnd => " woken-by=none".to_string(),
+            Op::StaleWake => format!(" waker-epoch={}", e.arg),
+            Op::Wake => format!(" woke={}", e.arg),
+            Op::AddToCache | Op::DeleteFromCache => format!(" index={}", e.arg),
+            Op::Lock if e.arg != 0 => " (after sleeping)".to_string(),
+            Op::Alloc => format!(" gen={}", e.arg),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  #{:<5} +{:>9.3}ms {:<28} {:<26} epoch={:<3} {} -> {}{}{}",
+            e.seq,
+            (to_ns(e.t_raw).saturating_sub(t0)) as f64 / 1e6,
+            thread_name(u32::from(e.thread)),
+            e.op.name(),
+            e.epoch,
+            layout.describe(u64::from(e.before)),
+            layout.describe(u64::from(e.after)),
+            bit,
+            arg,
+        );
+    }
+    s
+}
+
+/// Reads the roles of SEMANTICS S1 off a frame's events, for a report made on thread
+/// `waiter` (the one whose check failed): its last writeback wait ended by a wake from an
+/// older epoch; which thread cleared that epoch's PG_writeback and when it woke the waiters;
+/// which thread started the writeback that was in flight when the wake came; who redirtied
+/// the page. None when the events do not show a stale wake ending `waiter`'s wait (the
+/// reason lies elsewhere, or the ring has already lost the events).
+pub fn explain_stale_wake(
+    events: &[Event],
+    waiter: u32,
+    writeback_bit: u8,
+    to_ns: &dyn Fn(u64) -> u64,
+) -> Option<String> {
+    let waiter = u16::try_from(waiter).ok()?;
+    let is = |e: &Event, op: Op| e.op == op && e.thread == waiter && e.bit == writeback_bit;
+    let end = events.iter().rposition(|e| is(e, Op::WaitEnd))?;
+    let stale = events[..end]
+        .iter()
+        .rposition(|e| is(e, Op::StaleWake))
+        .filter(|&i| end - i <= 1)?;
+    let old_epoch = events[stale].arg;
+    let waker = u16::try_from(events[end].arg).ok()?;
+    let sleep = events[..stale].iter().rposition(|e| is(e, Op::WaitStart))?;
+    let clear = events[..end]
+        .iter()
+        .rposition(|e| e.op == Op::ClearWriteback && e.epoch == old_epoch)?;
+    let wake = events[clear..end]
+        .iter()
+        .position(|e| e.op == Op::Wake && e.thread == waker && e.bit == writeback_bit)
+        .map(|i| clear + i)?;
+    let start = events[clear..end]
+        .iter()
+        .position(|e| e.op == Op::SetWriteback)
+        .map(|i| clear + i);
+    let redirty = start.and_then(|st| {
+        events[st..sleep]
+            .iter()
+            .rposition(|e| e.op == Op::SetDirty)
+            .map(|i| st + i)
+    });
+    let t0 = events.first().map_or(0, |e| to_ns(e.t_raw));
+    let at = |i: usize| (to_ns(events[i].t_raw).saturating_sub(t0)) as f64 / 1e6;
+    let who = |i: usize| thread_name(u32::from(events[i].thread));
+    let mut s = String::new();
+    let _ = writeln!(s, "interleaving (SEMANTICS S1), read off the history:");
+    let _ = writeln!(
+        s,
+        "  CPU1 {}: ends writeback epoch {old_epoch}: clears PG_writeback at +{:.3}ms, \
+         wakes the waiters at +{:.3}ms ({:.3} ms later)",
+        who(clear),
+        at(clear),
+        at(wake),
+        at(wake) - at(clear),
+    );
+    match start {
+        Some(st) => {
             let _ = writeln!(
                 s,
-                "  #{:<5} +{:>9.3}ms {:<28} {:<26} epoch={:<3} {} -> {}{}{}",
-                e.seq,
-                (to_ns(e.t_raw).saturating_sub(t0)) as f64 / 1e6,
-                thread_name(u32::from(e.thread)),
-                e.op.name(),
-                e.epoch,
-                layout.describe(u64::from(e.before)),
-                layout.describe(u64::from(e.after)),
-                bit,
-                arg,
+                "  CPU2 {}: starts writeback epoch {} at +{:.3}ms, between CPU1's clear and \
+                 its wake",
+                who(st),
+                events[st].epoch,
+                at(st),
             );
         }
-        s
+        None => {
+            let _ = writeln!(
+                s,
+                "  CPU2 (not in the ring): the writeback now in flight started after CPU1's \
+                 clear"
+            );
+        }
     }
+    if let Some(d) = redirty {
+        let _ = writeln!(
+            s,
+            "       {}: redirties the page at +{:.3}ms",
+            who(d),
+            at(d)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  CPU3 {}: sleeps on PG_writeback (epoch {}) at +{:.3}ms; CPU1's wake for epoch \
+         {old_epoch} ends that sleep at +{:.3}ms, a stale wake: the writeback it waited for \
+         is still in flight",
+        who(sleep),
+        events[sleep].epoch,
+        at(sleep),
+        at(end),
+    );
+    Some(s)
 }
 
 #[cfg(all(test, not(loom)))]

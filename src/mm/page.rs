@@ -16,7 +16,7 @@ use std::ops::Deref;
 
 use crate::bug::Dump;
 use crate::mm::flags::{Flags, PG_BITS, epoch_of};
-use crate::mm::history::{Op, Rec};
+use crate::mm::history::{Op, Rec, explain_stale_wake, render_events};
 use crate::mm::{PAGE_SIZE, PG, PageCache};
 use crate::sync::unchecked;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, thread_tag};
@@ -276,7 +276,13 @@ impl Dump for Page<'_> {
         );
         if let Some(h) = self.cache.history(self.pfn) {
             let _ = writeln!(s, "history of frame {} (oldest first):", self.pfn.0);
-            s.push_str(&h.render(layout, &|raw| self.cache.raw_to_ns(raw)));
+            let to_ns = |raw| self.cache.raw_to_ns(raw);
+            let events = h.events();
+            s.push_str(&render_events(&events, layout, &to_ns));
+            let wb = layout.bit(PG::Writeback);
+            if let Some(why) = explain_stale_wake(&events, thread_tag(), wb, &to_ns) {
+                s.push_str(&why);
+            }
         } else {
             let _ = writeln!(s, "history: off");
         }
