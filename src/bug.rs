@@ -98,6 +98,9 @@ pub struct BugReporter {
     last: Mutex<Option<String>>,
     warned: Mutex<std::collections::HashSet<usize>>,
     before_abort: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// When the reporter (the mount) started: reports are stamped with the time since, as
+    /// the kernel stamps its log with the time since boot.
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for BugReporter {
@@ -119,6 +122,7 @@ impl BugReporter {
             last: Mutex::new(None),
             warned: Mutex::new(std::collections::HashSet::new()),
             before_abort: Mutex::new(None),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -225,7 +229,11 @@ impl BugReporter {
             Tier::VmBug => "BUG (VM_BUG_ON_PAGE)",
             Tier::Warn => "WARNING",
         };
-        let _ = writeln!(s, "------------[ cut here ]------------");
+        let _ = writeln!(
+            s,
+            "[{:>12.6}] ------------[ cut here ]------------",
+            self.started.elapsed().as_secs_f64()
+        );
         let _ = writeln!(s, "{head} at {}:{}!", site.file, site.line);
         let _ = writeln!(s, "condition: {}", site.cond);
         let _ = writeln!(s, "thread: {}", thread_name(thread_tag()));
