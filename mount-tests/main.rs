@@ -11,3 +11,4 @@ mod cli;
 mod harness;
 mod lifecycle;
 mod programs;
+mod semantics;
