@@ -1,6 +1,6 @@
 //! What a kernel vfat mount does that programs notice, through the FUSE mount: renameat2 with
-//! RENAME_EXCHANGE (vfat since v6.0), and directory link counts that `find` and `ls -ld` can
-//! trust.
+//! RENAME_EXCHANGE (vfat since v6.0), directory link counts that `find` and `ls -ld` can
+//! trust, and who may set a file's times (`allow_utime=`, checked as other users).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -11,7 +11,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags};
 
 use crate::basic::{Model, expect_errno, readers_agree};
 use crate::common::readers::{Node, Tree};
-use crate::harness::{Fat, Mounted, host_tree, q, sh_ok};
+use crate::harness::{Fat, Mounted, host_tree, optional_tool, q, sh, sh_ok};
 
 /// renameat2(2) of `from` to `to` with `flags`.
 pub(crate) fn renameat2(from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
@@ -256,6 +256,80 @@ fn directory_link_counts_fat16() {
     exchange(&p("/a"), &p("/e/f/g/file")).expect("exchange");
     model_exchange(&mut model.0, "/a", "/e/f/g/file");
     assert_links(&m, &model.0, "after an exchange");
+    let done = m.finish();
+    readers_agree(&done.image, &model.0);
+}
+
+/// How `touch -c` (utimensat on the path, so the error is the time change's own, not an
+/// open's) ended as the user `uid`:`gid`: "ok", or the error it printed.
+fn touch_as(m: &Mounted, uid: u32, gid: u32, args: &str) -> String {
+    let script = format!(
+        "setpriv --reuid={uid} --regid={gid} --clear-groups -- touch -c {args} {}",
+        q(&m.path("f"))
+    );
+    let out = sh(&m.dir, &script);
+    if out.status.success() {
+        return "ok".into();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    for known in ["Operation not permitted", "Permission denied"] {
+        if err.contains(known) {
+            return known.into();
+        }
+    }
+    panic!("touch as {uid}:{gid} failed otherwise: {err}");
+}
+
+/// Who may set times: the owner (`uid=`) and root anything; the group (`gid=`, mode 0775
+/// with umask=002) may touch to now by its write access; others may do neither. The allow_utime
+/// default here is 020, which on a kernel vfat mount also lets the group set given times; the
+/// FUSE kernel module refuses that before the request reaches fatcache (see `fuse::perm`),
+/// which this test pins.
+#[test]
+fn allow_utime_as_other_users_fat16() {
+    if optional_tool("allow_utime as other users", "setpriv").is_none() {
+        return;
+    }
+    let m = Mounted::new(
+        Fat::F16,
+        "utime",
+        "allow_other,uid=65534,gid=65534,umask=002",
+    );
+    fs::write(m.path("f"), b"times\n").expect("write f");
+    let mtime = || fs::metadata(m.path("f")).expect("stat f").mtime();
+    let (owner, member, other) = ((65534, 65534), (1000, 65534), (1000, 1000));
+    let given = "-d @1000000000";
+    let cases = [
+        ("the owner, a given time", owner, given, "ok"),
+        ("a group member, now", member, "", "ok"),
+        (
+            "a group member, a given time",
+            member,
+            given,
+            "Operation not permitted",
+        ),
+        ("another user, now", other, "", "Permission denied"),
+        (
+            "another user, a given time",
+            other,
+            given,
+            "Operation not permitted",
+        ),
+    ];
+    for (who, (uid, gid), args, want) in cases {
+        let before = mtime();
+        let got = touch_as(&m, uid, gid, args);
+        assert_eq!(got, want, "{who}");
+        if want != "ok" {
+            assert_eq!(mtime(), before, "{who}: a refusal changes nothing");
+        } else if args == given {
+            assert_eq!(mtime(), 1_000_000_000, "{who}: the time given");
+        }
+    }
+    sh_ok(&m.dir, &format!("touch -d @1000000002 {}", q(&m.path("f"))));
+    assert_eq!(mtime(), 1_000_000_002, "root sets a given time");
+    let mut model = Model::default();
+    model.file("/f", b"times\n");
     let done = m.finish();
     readers_agree(&done.image, &model.0);
 }

@@ -30,6 +30,7 @@ use crate::fat::dirent::{ATTR_RO, DirEntry};
 use crate::fat::time::{fat_date_to_unix, fat_to_unix};
 use crate::fat::volume::{Node, ROOT_INO, Volume};
 use crate::fuse::options::{CacheMode, FuseOptions};
+use crate::fuse::perm::{Caller, Owner, TimeChange, may_set_times};
 use crate::sync::{Arc, Mutex};
 
 /// How long the kernel may cache names and attributes. Every change goes through us, so this
@@ -215,6 +216,37 @@ impl FatFuse {
         }
     }
 
+    /// Checks that the caller of `req` may make `change` to the times of `node`: `Ok(false)`
+    /// when the request must then change nothing and succeed (`quiet`).
+    ///
+    /// Models: fs/fat/file.c fat_setattr() (v5.10); the rule is in `fuse::perm`.
+    fn times_allowed(
+        &self,
+        req: &Request,
+        node: &Node,
+        change: TimeChange,
+    ) -> Result<bool, FsError> {
+        // The common case, the owner, needs no look at the caller's process.
+        if change == TimeChange::None || req.uid() == self.opts.uid {
+            return Ok(true);
+        }
+        let owner = Owner {
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            perm: Self::perm(&self.opts, node.is_dir(), node.entry().attr),
+        };
+        match may_set_times(
+            &Caller::of(req),
+            owner,
+            self.opts.allow_utime_bits(),
+            change,
+        ) {
+            Ok(()) => Ok(true),
+            Err(FsError::NotPermitted) if self.opts.quiet => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replies to an entry-making request with `node` and counts the kernel's reference.
     fn reply_entry(&self, node: Result<Arc<Node>, FsError>, reply: ReplyEntry) {
         match node {
@@ -376,7 +408,7 @@ impl Filesystem for FatFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -394,6 +426,11 @@ impl Filesystem for FatFuse {
     ) {
         let r = (|| -> Result<Arc<Node>, FsError> {
             let node = self.node(ino)?;
+            // Times first, as setattr_prepare() runs before fat_setattr's own checks.
+            let change = TimeChange::of(atime, mtime, size.is_some());
+            if !self.times_allowed(req, &node, change)? {
+                return Ok(node);
+            }
             // FAT has one owner for everything: a change of it is EPERM, or silently ignored
             // under `quiet`, as vfat does.
             let owner_change =
