@@ -327,7 +327,7 @@ pub(crate) fn basic(fat: Fat, opts: &str, era: &str) {
         libc::ENOTDIR,
         "a file under a file",
     );
-    rename_exchange(&m, "/big.bin", "/full");
+    rename_flags(&m, "/big.bin", "/full");
 
     // Sizes and kinds as stat shows them, and the whole tree, before unmounting.
     for (path, node) in &model.0 {
@@ -359,7 +359,7 @@ type Reader = fn(&Path) -> Result<Tree, String>;
 /// fatfs and fatcache's own reader see `model`; mtools sees it too, but spells a character
 /// outside the BMP (a UTF-16 surrogate pair) as two `_`, one per unit: an mtools limitation, so
 /// its tree is compared with the model spelled that way. (fsck ran in `finish`.)
-fn readers_agree(image: &Path, model: &Tree) {
+pub(crate) fn readers_agree(image: &Path, model: &Tree) {
     use crate::common::readers::{compare_trees, fatfs_tree, mtools_tree, our_tree};
     let mtools_spelling = |path: &str| {
         path.chars()
@@ -395,37 +395,23 @@ fn readers_agree(image: &Path, model: &Tree) {
     );
 }
 
-/// RENAME_EXCHANGE is EINVAL (vfat takes only RENAME_NOREPLACE); RENAME_NOREPLACE onto an
-/// existing name is EEXIST. Through python3's ctypes, as std has no renameat2.
-fn rename_exchange(m: &Mounted, a: &str, b: &str) {
-    if optional_tool("basic: renameat2", "python3").is_none() {
-        return;
-    }
-    let script = format!(
-        "import ctypes, os, sys\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         def r(flags):\n\
-         \x20   rc = libc.renameat2(-100, {a}, -100, {b}, flags)\n\
-         \x20   return 0 if rc == 0 else ctypes.get_errno()\n\
-         print(r(2), r(1))\n",
-        a = py_bytes(&m.path(a.trim_start_matches('/'))),
-        b = py_bytes(&m.path(b.trim_start_matches('/'))),
+/// RENAME_EXCHANGE of a file and a non-empty directory, then back (the exchange itself is
+/// tested in `semantics`); RENAME_NOREPLACE onto an existing name is EEXIST.
+fn rename_flags(m: &Mounted, file: &str, dir: &str) {
+    use crate::semantics::{exchange, renameat2};
+    let (f, d) = (
+        m.path(file.trim_start_matches('/')),
+        m.path(dir.trim_start_matches('/')),
     );
-    let out = sh(m.scratch(), &format!("python3 -c {}", shell_word(&script)));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let want = format!("{} {}", libc::EINVAL, libc::EEXIST);
-    assert_eq!(
-        text.trim(),
-        want,
-        "renameat2(EXCHANGE), renameat2(NOREPLACE) errnos; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+    exchange(&f, &d).expect("exchange a file and a directory");
+    assert!(f.is_dir() && d.is_file(), "{file} and {dir} exchanged");
+    exchange(&f, &d).expect("exchange them back");
+    assert!(f.is_file() && d.is_dir(), "{file} and {dir} back");
+    expect_errno(
+        renameat2(&f, &d, nix::fcntl::RenameFlags::RENAME_NOREPLACE),
+        libc::EEXIST,
+        "renameat2(NOREPLACE) onto an existing name",
     );
-}
-
-/// A Python bytes literal of `p`.
-fn py_bytes(p: &Path) -> String {
-    let s = p.display().to_string();
-    format!("b'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// `s` as one single-quoted shell word.

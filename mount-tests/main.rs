@@ -12,3 +12,4 @@ mod harness;
 mod lifecycle;
 mod programs;
 mod reuse;
+mod semantics;

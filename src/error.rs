@@ -42,6 +42,8 @@ pub enum FsError {
     NotSupported,
     /// Permission denied (EPERM), for operations FAT cannot represent.
     NotPermitted,
+    /// The caller's access rights do not allow it (EACCES).
+    AccessDenied,
     /// An I/O error from the image (EIO unless the OS error says otherwise).
     Io(std::io::Error),
 }
@@ -66,6 +68,7 @@ impl FsError {
             FsError::PreviousNoSpace => libc::ENOSPC,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NotPermitted => libc::EPERM,
+            FsError::AccessDenied => libc::EACCES,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -90,6 +93,7 @@ impl fmt::Display for FsError {
             FsError::PreviousNoSpace => f.write_str("an earlier writeback failed (ENOSPC)"),
             FsError::NotSupported => f.write_str("operation not supported"),
             FsError::NotPermitted => f.write_str("operation not permitted"),
+            FsError::AccessDenied => f.write_str("permission denied"),
             FsError::Io(e) => write!(f, "i/o error: {e}"),
         }
     }

@@ -105,6 +105,8 @@ per_fat!(
     fsync_durability,
     reused_dir_cluster,
     read_past_cache,
+    exchange,
+    link_counts,
 );
 
 /// Runs `body` on a fresh image of `fat`, timing it.
@@ -1819,5 +1821,296 @@ fn read_past_cache(img: &Image) {
     }
     assert!(out == data, "the bytes read differ");
     drop(f);
+    unmount(vol);
+}
+
+// ---------------------------------------------------------------------------------------
+// 16. rename exchange
+
+/// `a` and `b`, with everything under them, trade places in `t`.
+fn model_exchange(t: &mut Tree, a: &str, b: &str) {
+    let take = |t: &mut Tree, from: &str| -> Vec<(String, TNode)> {
+        let below = format!("{from}/");
+        let paths: Vec<String> = t
+            .keys()
+            .filter(|p| *p == from || p.starts_with(&below))
+            .cloned()
+            .collect();
+        let taken: Vec<(String, TNode)> = paths
+            .into_iter()
+            .map(|p| {
+                let n = t.remove(&p).expect("listed");
+                (p[from.len()..].to_owned(), n)
+            })
+            .collect();
+        assert!(!taken.is_empty(), "{from} not in the model");
+        taken
+    };
+    let (under_a, under_b) = (take(t, a), take(t, b));
+    for (rest, n) in under_a {
+        t.insert(format!("{b}{rest}"), n);
+    }
+    for (rest, n) in under_b {
+        t.insert(format!("{a}{rest}"), n);
+    }
+}
+
+/// The link count vfat gives the directory `dir` of `t`: 2 and one per subdirectory.
+fn model_nlink(t: &Tree, dir: &str) -> u32 {
+    let prefix = if dir == "/" {
+        "/".to_owned()
+    } else {
+        format!("{dir}/")
+    };
+    let subdirs = t
+        .iter()
+        .filter(|(p, n)| {
+            **n == TNode::Dir
+                && p.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+        })
+        .count();
+    2 + u32::try_from(subdirs).expect("a count")
+}
+
+/// Every directory of `t` (the root too) has its model link count, every file 1.
+#[track_caller]
+fn assert_nlinks(vol: &Volume, t: &Tree, when: &str) {
+    assert_eq!(vol.root().nlink(), model_nlink(t, "/"), "{when}: / links");
+    for (path, node) in t {
+        let want = match node {
+            TNode::Dir => model_nlink(t, path),
+            TNode::File(_) => 1,
+        };
+        assert_eq!(lookup(vol, path).nlink(), want, "{when}: {path} links");
+    }
+}
+
+/// The names `dir` lists.
+fn listed(vol: &Volume, dir: &Node) -> Vec<String> {
+    let items = vol.read_dir(dir).expect("read_dir");
+    items.into_iter().map(|i| i.name).collect()
+}
+
+fn exchange(img: &Image) {
+    let vol = mount(img);
+    let cs = vol.statfs().cluster_size as usize;
+    let bpb = vol.bpb().clone();
+    let root = vol.root();
+    let mut t = Tree::new();
+    let long = "A long name for b.bin";
+    let fa = put(&vol, &mut t, "/a.txt", b"contents of a\n");
+    let fb = put(&vol, &mut t, &format!("/{long}"), &noise(3 * cs + 5, 1));
+    let d1 = mkdir(&vol, &mut t, "/d1");
+    let sub = mkdir(&vol, &mut t, "/d1/sub");
+    put(&vol, &mut t, "/d1/sub/inner.txt", &noise(cs + 1, 2));
+    put(&vol, &mut t, "/d1/x.txt", b"x in d1\n");
+    let d2 = mkdir(&vol, &mut t, "/d2");
+    let fy = put(&vol, &mut t, "/d2/y.txt", b"y in d2\n");
+    let p = mkdir(&vol, &mut t, "/p");
+    let q = mkdir(&vol, &mut t, "/p/q");
+    let deep = mkdir(&vol, &mut t, "/p/q/deep");
+    put(&vol, &mut t, "/p/q/deep/f", b"deep\n");
+    let anc = mkdir(&vol, &mut t, "/anc");
+    let mid = mkdir(&vol, &mut t, "/anc/mid");
+    mkdir(&vol, &mut t, "/anc/mid/leaf");
+    put(&vol, &mut t, "/anc/mid/file", b"z\n");
+    let free = vol.statfs().free;
+    assert_nlinks(&vol, &t, "before");
+
+    // File and file in one directory, a long name and an 8.3 one: the names stay where they
+    // are, the contents and the nodes (inode numbers) trade places.
+    vol.rename_exchange(&root, "a.txt", &root, long)
+        .expect("file with file");
+    model_exchange(&mut t, "/a.txt", &format!("/{long}"));
+    let names = listed(&vol, &root);
+    assert!(names.iter().any(|n| n == long) && names.iter().any(|n| n == "a.txt"));
+    assert_eq!(lookup(&vol, "/a.txt").ino(), fb.ino(), "b's node under a");
+    assert_eq!(
+        lookup(&vol, &format!("/{long}")).ino(),
+        fa.ino(),
+        "a's node"
+    );
+    assert_eq!(read_all(&vol, &fa), model(&t, &format!("/{long}")));
+    write_at(&vol, &mut t, &format!("/{long}"), &fa, 3, b"written after");
+    // File and file across directories.
+    vol.rename_exchange(&root, "a.txt", &d2, "y.txt")
+        .expect("file with file across");
+    model_exchange(&mut t, "/a.txt", "/d2/y.txt");
+    assert_eq!(lookup(&vol, "/a.txt").ino(), fy.ino());
+    assert_eq!(lookup(&vol, "/d2/y.txt").ino(), fb.ino());
+    // File and directory across directories: the directory's `..` follows it, the link
+    // counts of both parents change, and so does the modification time of d1 (the root has
+    // no entry to keep one in).
+    vol.set_times(&d1, None, Some((978_307_200, 0)))
+        .expect("age d1 to 2001-01-01");
+    let aged = d1.entry().modify_date;
+    vol.rename_exchange(&root, long, &d1, "sub")
+        .expect("file with directory");
+    model_exchange(&mut t, &format!("/{long}"), "/d1/sub");
+    assert_eq!(lookup(&vol, &format!("/{long}")).ino(), sub.ino());
+    assert!(lookup(&vol, &format!("/{long}")).is_dir());
+    assert_eq!(lookup(&vol, "/d1/sub").ino(), fa.ino());
+    assert_eq!(
+        read_all(&vol, &lookup(&vol, &format!("/{long}/inner.txt"))),
+        model(&t, &format!("/{long}/inner.txt"))
+    );
+    assert_nlinks(&vol, &t, "file with directory");
+    assert_ne!(d1.entry().modify_date, aged, "d1's modification time");
+    // Directory and directory across directories, one of them non-empty with a subdirectory.
+    vol.rename_exchange(&root, "d2", &p, "q")
+        .expect("directory with directory across");
+    model_exchange(&mut t, "/d2", "/p/q");
+    assert_eq!(lookup(&vol, "/d2").ino(), q.ino());
+    assert_eq!(lookup(&vol, "/p/q").ino(), d2.ino());
+    assert_eq!(
+        lookup(&vol, "/d2/deep").ino(),
+        deep.ino(),
+        "children come along"
+    );
+    // Directory and directory in one directory.
+    vol.rename_exchange(&root, "d1", &root, "p")
+        .expect("directory with directory");
+    model_exchange(&mut t, "/d1", "/p");
+    // Two spellings of one entry: nothing happens.
+    vol.rename_exchange(&root, "d1", &root, "D1")
+        .expect("an entry with itself");
+    assert_eq!(lookup(&vol, "/d1").ino(), p.ino());
+    assert_nlinks(&vol, &t, "after the exchanges");
+    assert_vol_tree(&vol, &t, "after the exchanges");
+
+    // The refusals; none of them changes anything.
+    assert_errno(
+        vol.rename_exchange(&root, "a.txt", &root, "nothing"),
+        libc::ENOENT,
+        "a missing target",
+    );
+    assert_errno(
+        vol.rename_exchange(&root, "nothing", &root, "a.txt"),
+        libc::ENOENT,
+        "a missing source",
+    );
+    assert_errno(
+        vol.rename_exchange(&root, "anc", &mid, "leaf"),
+        libc::EINVAL,
+        "a directory with something below it",
+    );
+    assert_errno(
+        vol.rename_exchange(&mid, "file", &root, "anc"),
+        libc::EINVAL,
+        "something below a directory with it",
+    );
+    assert_errno(
+        vol.rename_exchange(&root, "anc", &anc, "mid"),
+        libc::EINVAL,
+        "a directory with its child",
+    );
+    assert_errno(
+        vol.rename_exchange(&anc, "mid", &root, "anc"),
+        libc::EINVAL,
+        "a child with its directory",
+    );
+    assert_eq!(vol.statfs().free, free, "an exchange allocates nothing");
+    assert_vol_tree(&vol, &t, "after the refusals");
+    put(&vol, &mut t, &format!("/{long}/made after.txt"), b"new\n");
+    let firsts =
+        |vol: &Volume, paths: [&str; 5]| paths.map(|p| lookup(vol, p).entry().first_cluster);
+    let moved = ["/d1/q", "/d1", &format!("/{long}"), "/d2", "/d2/deep"];
+    let [q_at, d1_at, long_at, d2_at, deep_at] = firsts(&vol, moved);
+    drop((fa, fb, d1, sub, d2, fy, p, q, deep, anc, mid, root));
+    unmount(vol);
+    assert_trees_agree(&img.path, &t);
+    let dotdot = |first| dotdot_on_disk(&img.path, &bpb, first);
+    assert_eq!(
+        dotdot(q_at),
+        d1_at,
+        "/d1/q's .. (moved under p's old directory)"
+    );
+    assert_eq!(dotdot(d1_at), 0, "/d1's ..");
+    assert_eq!(dotdot(long_at), 0, "a directory moved up to the root");
+    assert_eq!(
+        dotdot(d2_at),
+        0,
+        "a directory moved up to the root, with its children"
+    );
+    assert_eq!(dotdot(deep_at), d2_at, "a child of a moved directory");
+
+    // On a `sync` mount each exchange is on the disk when it returns: a file with a
+    // directory across parents, then back.
+    let vol = Volume::mount(
+        &img.path,
+        MountOptions {
+            sync: true,
+            ..opts()
+        },
+    )
+    .expect("sync mount");
+    assert_nlinks(&vol, &t, "after remount");
+    // d1's node went to /p in the exchange of siblings; its new time went with it.
+    assert_ne!(lookup(&vol, "/p").entry().modify_date, aged, "on the disk");
+    let (root, d1) = (vol.root(), lookup(&vol, "/d1"));
+    vol.rename_exchange(&d1, "q", &root, "a.txt")
+        .expect("exchange on a sync mount");
+    model_exchange(&mut t, "/d1/q", "/a.txt");
+    if let Err(e) = check_dirty(img, &t) {
+        panic!("sync exchange: {e}");
+    }
+    vol.rename_exchange(&root, "a.txt", &d1, "q")
+        .expect("and back");
+    model_exchange(&mut t, "/d1/q", "/a.txt");
+    if let Err(e) = check_dirty(img, &t) {
+        panic!("sync exchange back: {e}");
+    }
+    drop((root, d1));
+    unmount(vol);
+    assert_trees_agree(&img.path, &t);
+    let vol = mount(img);
+    assert_vol_tree(&vol, &t, "after remount");
+    unmount(vol);
+}
+
+// ---------------------------------------------------------------------------------------
+// 17. directory link counts
+
+fn link_counts(img: &Image) {
+    let vol = mount(img);
+    let root = vol.root();
+    let mut t = Tree::new();
+    assert_eq!(root.nlink(), 2, "an empty root");
+    let a = mkdir(&vol, &mut t, "/a");
+    mkdir(&vol, &mut t, "/a/b");
+    mkdir(&vol, &mut t, "/a/c");
+    let f = put(&vol, &mut t, "/a/f.txt", b"f\n");
+    assert_nlinks(&vol, &t, "after mkdir");
+    assert_eq!((root.nlink(), a.nlink(), f.nlink()), (3, 4, 1));
+    // A directory moved up; a directory over an empty one; a file moved: each parent counts.
+    vol.rename(&a, "c", &root, "c", false).expect("move c up");
+    let c = t.remove("/a/c").expect("c");
+    t.insert("/c".into(), c);
+    assert_eq!((root.nlink(), a.nlink()), (4, 3));
+    vol.rename(&a, "b", &root, "c", false)
+        .expect("b over the empty c");
+    t.remove("/a/b");
+    assert_eq!((root.nlink(), a.nlink()), (4, 2));
+    vol.rename(&a, "f.txt", &root, "f.txt", false)
+        .expect("move a file");
+    let data = t.remove("/a/f.txt").expect("f");
+    t.insert("/f.txt".into(), data);
+    assert_eq!((root.nlink(), a.nlink()), (4, 2), "a file is not counted");
+    assert_nlinks(&vol, &t, "after the renames");
+    // A removed directory and an unlinked file still held have no links left.
+    let c = lookup(&vol, "/c");
+    vol.rmdir(&root, "c").expect("rmdir c");
+    t.remove("/c");
+    assert_eq!((root.nlink(), c.nlink()), (3, 0));
+    vol.unlink(&root, "f.txt").expect("unlink f");
+    t.remove("/f.txt");
+    assert_eq!(f.nlink(), 0, "an unlinked file still open");
+    assert_nlinks(&vol, &t, "after rmdir and unlink");
+    drop((root, a, c, f));
+    unmount(vol);
+    assert_trees_agree(&img.path, &t);
+    let vol = mount(img);
+    assert_nlinks(&vol, &t, "after remount");
     unmount(vol);
 }

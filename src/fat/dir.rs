@@ -112,6 +112,9 @@ pub struct Directory {
     index: NameIndex,
     /// Maximal runs of deleted entries before `end`: start offset -> count of entries.
     holes: BTreeMap<usize, usize>,
+    /// Live entries that are directories, `.` and `..` left out: what the directory's link
+    /// count adds to its own 2.
+    subdirs: usize,
 }
 
 impl Directory {
@@ -140,7 +143,7 @@ impl Directory {
         let mut dir = Directory {
             loc, bpb: bpb.clone(), fat32: bpb.fat_type() == FatType::Fat32, mode, cluster_size,
             clusters, len, end: len, slots: BTreeMap::new(), labels: Vec::new(),
-            index: NameIndex::new(), holes: BTreeMap::new(),
+            index: NameIndex::new(), holes: BTreeMap::new(), subdirs: 0,
         };
         // The one full read; the bytes are dropped once indexed, the cache keeps them.
         let mut bytes = vec![0u8; len];
@@ -151,6 +154,7 @@ impl Directory {
         dir.index = NameIndex::build(&scan.entries);
         dir.slots = scan.entries.into_iter().map(|s| (s.offset, s)).collect();
         dir.labels = scan.volume_labels;
+        dir.subdirs = dir.entries().filter(|s| s.entry.is_dir()).count();
         Ok(dir)
     }
 
@@ -184,6 +188,14 @@ impl Directory {
     /// Models: fs/fat/dir.c fat_dir_empty() (v5.10).
     pub fn is_empty(&self) -> bool {
         self.entries().next().is_none()
+    }
+
+    /// How many of its entries are directories (`.` and `..` not counted).
+    ///
+    /// Models: fs/fat/inode.c fat_subdirs() (v5.10), less the two dot entries, which every
+    /// subdirectory has and a root lacks.
+    pub fn subdirs(&self) -> usize {
+        self.subdirs
     }
 
     /// Directory size in bytes.
@@ -246,6 +258,9 @@ impl Directory {
         slot.lfn_offset += at;
         self.index.insert(&slot.name, slot.entry.name, slot.offset);
         self.slots.insert(slot.offset, slot.clone());
+        if slot.entry.is_dir() {
+            self.subdirs += 1;
+        }
         Ok(slot)
     }
 
@@ -271,6 +286,9 @@ impl Directory {
         self.write_bytes(store, offset, &[DIR_ENTRY_DELETED])?;
         let slot = self.slots.remove(&offset).ok_or(FsError::NotFound)?;
         self.index.remove(offset);
+        if slot.entry.is_dir() {
+            self.subdirs = self.subdirs.saturating_sub(1);
+        }
         let mut freed = offset;
         for at in (slot.lfn_offset..offset).step_by(E).rev() {
             if let Err(e) = self.write_bytes(store, at, &[DIR_ENTRY_DELETED]) {
@@ -284,7 +302,8 @@ impl Directory {
     }
 
     /// Rewrites the short entry at `offset` from `entry` (all fields except the name and NT
-    /// case byte, which stay as on disk): sizes, first cluster, attributes, times.
+    /// case byte, which stay as on disk): sizes, first cluster, attributes, times. The entry
+    /// may change kind (a rename exchange puts a directory where a file was).
     ///
     /// `NotFound` if no live entry is there; `Invalid` if `entry` has the volume-label bit.
     pub fn update<S: FatStore>(
@@ -303,6 +322,12 @@ impl Directory {
         self.write_bytes(table.store(), offset, &raw)?;
         let parsed = DirEntry::parse(&raw, self.fat32);
         if let Some(slot) = self.slots.get_mut(&offset) {
+            let counted = slot.kind == SlotKind::Entry;
+            match (old.is_dir(), parsed.is_dir()) {
+                (false, true) if counted => self.subdirs += 1,
+                (true, false) if counted => self.subdirs = self.subdirs.saturating_sub(1),
+                _ => {}
+            }
             slot.entry = parsed;
         }
         Ok(())
@@ -652,6 +677,7 @@ mod tests {
         );
         assert_eq!(again.holes, dir.holes, "holes");
         assert_eq!(again.clusters, dir.clusters, "chain");
+        assert_eq!(again.subdirs, dir.subdirs, "subdirectory count");
         for slot in dir.entries() {
             assert_eq!(again.lookup(&slot.name), Some(slot), "{}", slot.name);
             assert_eq!(
@@ -968,6 +994,41 @@ mod tests {
         assert!(matches!(e, Err(FsError::NotFound)), "{e:?}");
         let e = dir.update(&table, s.offset, &DirEntry::stamped(ATTR_VOLUME, STAMP));
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
+    }
+
+    #[test]
+    fn subdirectory_count_follows_adds_removes_and_kind_changes() {
+        let (bpb, table) = volume(Kind::Fat16);
+        let mut dir = subdir(&bpb, &table);
+        assert_eq!(dir.subdirs(), 0, "the dot entries are not counted");
+        let as_dir = |first| {
+            let mut e = DirEntry::stamped(ATTR_DIR, STAMP);
+            e.first_cluster = first;
+            e
+        };
+        let d1 = dir.add(&table, "first dir", &as_dir(40)).expect("d1");
+        dir.add(&table, "SECOND", &as_dir(41)).expect("d2");
+        let f = add(&mut dir, &table, "a file.txt");
+        assert_eq!(dir.subdirs(), 2);
+        assert_round_trip(&dir, &bpb, &table);
+        // A kind change in place, either way (what an exchange does).
+        dir.update(&table, f.offset, &as_dir(42))
+            .expect("file to dir");
+        assert_eq!(dir.subdirs(), 3);
+        dir.update(&table, d1.offset, &file(7, 10))
+            .expect("dir to file");
+        assert_eq!(dir.subdirs(), 2);
+        dir.update(&table, f.offset, &as_dir(43))
+            .expect("dir stays dir");
+        assert_eq!(dir.subdirs(), 2);
+        assert_round_trip(&dir, &bpb, &table);
+        dir.remove(&table, f.offset).expect("remove a dir");
+        dir.remove(&table, d1.offset).expect("remove a file");
+        assert_eq!(dir.subdirs(), 1);
+        // `..` changing cluster is not an entry of this directory's count.
+        dir.set_dotdot(&table, 44).expect("..");
+        assert_eq!(dir.subdirs(), 1);
+        assert_round_trip(&dir, &bpb, &table);
     }
 
     #[test]

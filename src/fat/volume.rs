@@ -1,6 +1,6 @@
 //! A mounted FAT volume: the inode table, and the operations a mount performs (lookup,
-//! create, mkdir, unlink, rmdir, rename, read, write, truncate, fallocate, fsync, sync,
-//! unmount), each as the kernel's vfat does it.
+//! create, mkdir, unlink, rmdir, rename, rename exchange (in `exchange`), read, write,
+//! truncate, fallocate, fsync, sync, unmount), each as the kernel's vfat does it.
 //!
 //! Models: fs/fat/namei_vfat.c, fs/fat/file.c (fat_setattr, fat_cont_expand, fat_fallocate,
 //! fat_file_fsync), fs/fat/inode.c (fat_write_inode, fat_set_state, fat_iget) (v5.10)
@@ -15,7 +15,7 @@
 //! out from 2 up (1 is the root) and stay with the node for its life.
 //!
 //! Lock order, outermost first:
-//! 1. `rename_lock` (the kernel's s_vfs_rename_mutex), only in rename;
+//! 1. `rename_lock` (the kernel's s_vfs_rename_mutex), only in rename and rename exchange;
 //! 2. directory locks (the parent's i_rwsem), an ancestor before its descendants, else by
 //!    inode number;
 //! 3. a file's inode lock ([`FatInode::lock`], its i_rwsem);
@@ -31,7 +31,8 @@
 //! * An unlinked file's clusters are freed at unlink, not when the last user lets go of it
 //!   (the kernel's evict); a reader that still has the node then reads nothing. The FUSE layer
 //!   keeps nodes alive across unlink when it adds lookup counts.
-//! * Directory times are not updated when entries are added or removed.
+//! * Directory times are not updated when entries are added or removed (a rename exchange
+//!   does update them, as vfat_rename_exchange does).
 //! * A rename to another spelling of the same name ("File.txt" to "file.TXT") re-spells the
 //!   entry, as Windows does; Linux's VFS sees one inode on both sides and does nothing.
 //! * fallocate supports mode 0 only (growing through fat_cont_expand); FALLOC_FL_KEEP_SIZE,
@@ -58,6 +59,8 @@ use crate::mm::filemap::{
 };
 use crate::mm::{CacheConfig, Era, PageCache};
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
+
+mod exchange;
 
 /// The inode number of the root directory (FUSE_ROOT_ID).
 pub const ROOT_INO: u64 = 1;
@@ -282,6 +285,26 @@ impl Node {
         self.unlinked.load(Ordering::Relaxed)
     }
 
+    /// The link count vfat shows: 1 for a file; for a directory 2 (its entry and its `.`)
+    /// plus one per subdirectory (each child's `..`); 0 once the entry is gone.
+    ///
+    /// Models: fs/fat/inode.c fat_fill_inode() and fat_read_root() set_nlink(), kept up by
+    /// vfat_mkdir/vfat_rmdir/vfat_rename, and clear_nlink() in vfat_unlink/vfat_rmdir (v5.10).
+    ///
+    /// # Context
+    /// Takes a directory's lock: never call it holding that lock.
+    pub fn nlink(&self) -> u32 {
+        if self.unlinked() {
+            return 0;
+        }
+        match &self.kind {
+            Kind::File(_) => 1,
+            Kind::Dir(d) => u32::try_from(d.lock().subdirs())
+                .unwrap_or(u32::MAX - 2)
+                .saturating_add(2),
+        }
+    }
+
     /// The cluster a `..` entry uses to name this directory: 0 for the root.
     fn dotdot_cluster(&self) -> u32 {
         if self.ino == ROOT_INO {
@@ -302,6 +325,9 @@ struct Pos {
     /// Device byte offset of the short entry: the i_pos.
     dev: u64,
 }
+
+/// The locked parent directories of a rename: the old one, and the new one if it differs.
+type ParentLocks<'a> = (MutexGuard<'a, Directory>, Option<MutexGuard<'a, Directory>>);
 
 /// The node table (under `ihash`).
 #[derive(Debug, Default)]
@@ -1073,21 +1099,7 @@ impl Volume {
         vfat_valid_longname(new_name)?;
         let _serial = self.rename_lock.lock();
         let same = old_dir.ino == new_dir.ino;
-        // Lock order: an ancestor before its descendant, unrelated directories by number.
-        let old_first = same || !self.is_ancestor(new_dir.ino, old_dir.ino);
-        let (mut od, mut nd) = if same {
-            (old_dir.dir()?, None)
-        } else if old_first {
-            let od = old_dir.dir()?;
-            (od, Some(new_dir.dir()?))
-        } else {
-            let nd = new_dir.dir()?;
-            (old_dir.dir()?, Some(nd))
-        };
-        // Relaxed: rmdir sets the flag under the directory's lock, held here.
-        if new_dir.unlinked.load(Ordering::Relaxed) {
-            return Err(FsError::NotFound);
-        }
+        let (mut od, mut nd) = self.lock_parents(old_dir, new_dir)?;
         let oslot = od.lookup(old_name).ok_or(FsError::NotFound)?.clone();
         let node = self.node_for(old_dir, &od, &oslot)?;
         if node.is_dir() && (node.ino == new_dir.ino || self.is_ancestor(node.ino, new_dir.ino)) {
@@ -1183,6 +1195,31 @@ impl Volume {
         drop(nd);
         drop(od);
         self.dir_sync()
+    }
+
+    /// The directory locks of a rename: `old_dir`'s, and `new_dir`'s when that is another
+    /// directory, taken in the lock order (an ancestor before its descendant). Called under
+    /// `rename_lock`, which keeps the tree's shape from changing between the ancestor test and
+    /// the locking. `NotFound` once `new_dir` was removed.
+    fn lock_parents<'a>(
+        &self,
+        old_dir: &'a Node,
+        new_dir: &'a Node,
+    ) -> Result<ParentLocks<'a>, FsError> {
+        let locks = if old_dir.ino == new_dir.ino {
+            (old_dir.dir()?, None)
+        } else if !self.is_ancestor(new_dir.ino, old_dir.ino) {
+            let od = old_dir.dir()?;
+            (od, Some(new_dir.dir()?))
+        } else {
+            let nd = new_dir.dir()?;
+            (old_dir.dir()?, Some(nd))
+        };
+        // Relaxed: rmdir sets the flag under the directory's lock, held here.
+        if new_dir.unlinked.load(Ordering::Relaxed) {
+            return Err(FsError::NotFound);
+        }
+        Ok(locks)
     }
 
     /// Whether directory `a` is an ancestor of node `b` (by the parents the table records).

@@ -7,8 +7,8 @@
 //!
 //! Errors map through [`FsError::errno`]; what vfat cannot do gets the errno a kernel vfat
 //! mount gives: hard links and symlinks EPERM, device nodes and FIFOs EPERM, chown to another
-//! owner EPERM (success under `quiet`), RENAME_EXCHANGE EINVAL (v5.10 vfat takes only
-//! RENAME_NOREPLACE), setxattr EOPNOTSUPP.
+//! owner EPERM (success under `quiet`), setxattr EOPNOTSUPP. rename takes RENAME_NOREPLACE and
+//! RENAME_EXCHANGE, as vfat does since v6.0; any other flag is EINVAL.
 //!
 //! Virtual xattrs on the root: `user.fatcache.era`, `user.fatcache.stats` (JSON) and
 //! `user.fatcache.last_bug`; FAT has no xattrs of its own, so every other name is ENODATA.
@@ -30,6 +30,7 @@ use crate::fat::dirent::{ATTR_RO, DirEntry};
 use crate::fat::time::{fat_date_to_unix, fat_to_unix};
 use crate::fat::volume::{Node, ROOT_INO, Volume};
 use crate::fuse::options::{CacheMode, FuseOptions};
+use crate::fuse::perm::{Caller, Owner, TimeChange, may_set_times};
 use crate::sync::{Arc, Mutex};
 
 /// How long the kernel may cache names and attributes. Every change goes through us, so this
@@ -161,14 +162,12 @@ impl FatFuse {
         let e: DirEntry = node.entry();
         let tz = self.vol.tz_offset_minutes();
         let cluster = u64::from(self.vol.statfs().cluster_size);
-        let (kind, mut perm) = if node.is_dir() {
-            (FileType::Directory, 0o777 & !self.opts.dmask)
+        let kind = if node.is_dir() {
+            FileType::Directory
         } else {
-            (FileType::RegularFile, 0o777 & !self.opts.fmask)
+            FileType::RegularFile
         };
-        if e.attr & ATTR_RO != 0 && !node.is_dir() {
-            perm &= !0o222;
-        }
+        let perm = Self::perm(&self.opts, node.is_dir(), e.attr);
         let size = node.size();
         let mtime = system_time(fat_to_unix(e.modify_date, e.modify_time, 0, tz));
         let atime = system_time((fat_date_to_unix(e.access_date, tz), 0));
@@ -194,14 +193,57 @@ impl FatFuse {
             crtime,
             kind,
             perm: u16::try_from(perm).unwrap_or(0o755),
-            // 1 for a directory says "count unknown", so find(1) does not trust it to skip
-            // subdirectories (vfat counts them; we do not keep that count).
-            nlink: 1,
+            // A directory's count is exact (2 + subdirectories), as on vfat: find(1) may rely
+            // on it to stop looking for subdirectories.
+            nlink: node.nlink(),
             uid: self.opts.uid,
             gid: self.opts.gid,
             rdev: 0,
             blksize: u32::try_from(cluster).unwrap_or(4096),
             flags: 0,
+        }
+    }
+
+    /// The permission bits of a directory or file with attributes `attr`: from the masks, a
+    /// read-only attribute taking a file's write bits away (fat_make_mode).
+    fn perm(opts: &FuseOptions, is_dir: bool, attr: u8) -> u32 {
+        if is_dir {
+            0o777 & !opts.dmask
+        } else if attr & ATTR_RO != 0 {
+            0o777 & !opts.fmask & !0o222
+        } else {
+            0o777 & !opts.fmask
+        }
+    }
+
+    /// Checks that the caller of `req` may make `change` to the times of `node`: `Ok(false)`
+    /// when the request must then change nothing and succeed (`quiet`).
+    ///
+    /// Models: fs/fat/file.c fat_setattr() (v5.10); the rule is in `fuse::perm`.
+    fn times_allowed(
+        &self,
+        req: &Request,
+        node: &Node,
+        change: TimeChange,
+    ) -> Result<bool, FsError> {
+        // The common case, the owner, needs no look at the caller's process.
+        if change == TimeChange::None || req.uid() == self.opts.uid {
+            return Ok(true);
+        }
+        let owner = Owner {
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            perm: Self::perm(&self.opts, node.is_dir(), node.entry().attr),
+        };
+        match may_set_times(
+            &Caller::of(req),
+            owner,
+            self.opts.allow_utime_bits(),
+            change,
+        ) {
+            Ok(()) => Ok(true),
+            Err(FsError::NotPermitted) if self.opts.quiet => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -378,7 +420,7 @@ impl Filesystem for FatFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -396,6 +438,11 @@ impl Filesystem for FatFuse {
     ) {
         let r = (|| -> Result<Arc<Node>, FsError> {
             let node = self.node(ino)?;
+            // Times first, as setattr_prepare() runs before fat_setattr's own checks.
+            let change = TimeChange::of(atime, mtime, size.is_some());
+            if !self.times_allowed(req, &node, change)? {
+                return Ok(node);
+            }
             // FAT has one owner for everything: a change of it is EPERM, or silently ignored
             // under `quiet`, as vfat does.
             let owner_change =
@@ -506,8 +553,21 @@ impl Filesystem for FatFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+        // vfat_rename2's flags (the VFS refuses NOREPLACE with EXCHANGE before vfat sees it).
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !(flags - known).is_empty() || flags.contains(known) {
             reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            // Nothing is replaced: both nodes stay known under the inode numbers the kernel
+            // has, each now at the other's name (d_exchange).
+            let r = self.node(parent).and_then(|old| {
+                let new = self.node(newparent)?;
+                self.vol
+                    .rename_exchange(&old, name_of(name)?, &new, name_of(newname)?)
+            });
+            reply_empty(r, reply);
             return;
         }
         let replaced = self.ino_of(newparent, newname);

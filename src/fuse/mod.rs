@@ -4,9 +4,11 @@
 //!
 //! * [`options`]: the `-o` mount options, vfat's and ours.
 //! * [`fs`]: the `fuser::Filesystem` implementation.
+//! * `perm`: who may set a file's times (`allow_utime=`).
 
 pub mod fs;
 pub mod options;
+mod perm;
 
 use std::path::Path;
 use std::time::Duration;

@@ -77,7 +77,9 @@ pub struct FuseOptions {
     /// `dmask=` (or `umask=`): permission bits cleared on directories.
     pub dmask: u32,
     /// `allow_utime=`: who besides the owner may set times; `None` means vfat's default
-    /// (see [`FuseOptions::allow_utime_bits`]).
+    /// (see [`FuseOptions::allow_utime_bits`]). Through FUSE the kernel's own check (with
+    /// `default_permissions`) refuses given times to non-owners first, so only the
+    /// refusals of this rule show (see `fuse::perm`).
     pub allow_utime: Option<u32>,
     /// `flush`: write a file back early when it is closed.
     pub flush: bool,
