@@ -1150,6 +1150,8 @@ impl Volume {
         let mut entry = self.read_entry(od.dev_offset(oslot.offset)?)?;
         if !node.is_dir() {
             entry.attr |= ATTR_ARCH;
+            // The node's copy too, or its next write_inode would clear the bit again.
+            node.meta.lock().entry.attr |= ATTR_ARCH;
         }
         let onto_itself = same && od.lookup(new_name).map(|s| s.offset) == Some(oslot.offset);
         let nslot = if onto_itself {
@@ -1188,6 +1190,11 @@ impl Volume {
             nodes.detach(node.ino);
             nodes.attach(&node, pos);
         }
+        // A writer of the file may have changed its size after the write_inode above, and
+        // an fsync or the flusher may have written that change at the old position and
+        // called the node clean: write the node again, now at its new position.
+        node.meta.lock().dirty = true;
+        self.write_inode(&node)?;
         if node.is_dir() && !same {
             node.dir()?
                 .set_dotdot(&self.table, new_dir.dotdot_cluster())?;
