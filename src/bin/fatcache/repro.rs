@@ -63,6 +63,10 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait for the daemon to exit after the unmount (it writes everything back first).
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a daemon taken down on an error or a signal gets to write back and exit before it
+/// is killed.
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
 /// Lines of the daemon log shown when a mount fails.
 const LOG_TAIL: usize = 20;
 
@@ -302,14 +306,9 @@ fn preflight() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this process runs with effective uid 0 (from /proc, which needs no unsafe call).
+/// Whether this process runs with effective uid 0.
 fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-            .unwrap_or(false)
-    })
+    nix::unistd::geteuid().is_root()
 }
 
 /// `name` on PATH or in the sbin directories.
@@ -689,22 +688,33 @@ impl Mount {
 }
 
 impl Drop for Mount {
+    /// The daemon's own SIGTERM path writes back and detaches the mount; a daemon that does
+    /// not end within a grace period is killed, and whatever mount it leaves is detached.
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let start = Instant::now();
+        let exited = loop {
+            match child.try_wait() {
+                Ok(None) if start.elapsed() < DROP_GRACE => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => break false,
+                _ => break true,
+            }
+        };
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if super::is_mounted(&self.dir) {
             unmount(&self.dir, true);
         }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
