@@ -13,36 +13,30 @@
 //! The workload touches the mount only through system calls, never through the library, so
 //! what it shows is what any program on the mount could meet.
 //!
-//! Mounts are always taken down: [`Mount`]'s drop detaches lazily and kills the daemon, and
-//! SIGINT, SIGTERM and SIGHUP only set a flag that ends the current era early (a second one
-//! quits at once).
+//! Mounts are always taken down: [`Mount`]'s drop stops the daemon and detaches what it
+//! leaves, and SIGINT, SIGTERM and SIGHUP only set a flag that ends the current era early and
+//! takes its mount down in order (a second signal quits at once).
+//!
+//! * [`mount`]: the daemon of one era's mount.
+//! * [`workload`]: the threads and their system calls.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{IsTerminal as _, Write as _};
-use std::os::unix::fs::FileExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+mod mount;
+mod workload;
 
 use fatcache::fat::bpb::FatType;
 use fatcache::fat::mkfs::{MkfsOptions, mkfs};
 use fatcache::mm::{ALL_ERAS, Era};
 
-/// Size every file of the workload starts at and shrinks back to: less than half a page, so
-/// page 0 is the EOF page and an extension to `GROW_MIN` or beyond zeroes part of it.
-const BASE_SIZE: u64 = 1000;
-
-/// Smallest size the sizer thread grows a file to (SEMANTICS S6's s1).
-const GROW_MIN: u64 = 2048;
-
-/// Largest size the sizer thread grows a file to: two pages, so a growth also allocates.
-const GROW_MAX: u64 = 8192;
-
-/// Longest pwrite of a writer thread.
-const MAX_WRITE: u64 = 16;
+use mount::{Mount, log_tail};
+use workload::Workload;
 
 /// Size of the scratch image: FAT16 with 2 KiB clusters, like `fatcache mkfs --size 64M`.
 const SCRATCH_SIZE: u64 = 64 << 20;
@@ -52,23 +46,6 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// How often the progress line is redrawn.
 const PROGRESS: Duration = Duration::from_millis(250);
-
-/// Longest wait for the mount to appear.
-const MOUNT_WAIT: Duration = Duration::from_secs(30);
-
-/// Longest wait for the workload threads once told to stop: each is in at most one system
-/// call, which a live daemon answers within the injected delays.
-const STOP_WAIT: Duration = Duration::from_secs(30);
-
-/// Longest wait for the daemon to exit after the unmount (it writes everything back first).
-const EXIT_WAIT: Duration = Duration::from_secs(60);
-
-/// How long a daemon taken down on an error or a signal gets to write back and exit before it
-/// is killed.
-const DROP_GRACE: Duration = Duration::from_secs(10);
-
-/// Lines of the daemon log shown when a mount fails.
-const LOG_TAIL: usize = 20;
 
 /// Options of `fatcache repro`.
 #[derive(clap::Args, Debug)]
@@ -361,7 +338,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if !self.keep {
             // Never through a mount left behind: remove_dir_all would descend into it.
-            if !super::is_mounted(&self.mountpoint()) {
+            if !crate::is_mounted(&self.mountpoint()) {
                 let _ = fs::remove_dir_all(&self.dir);
             }
         }
@@ -432,7 +409,7 @@ fn run_era(
     let polled = poll(args, era, &mount.dir, &workload, interrupted);
     // A workload that cannot stop is stuck in a system call: dropping the mount detaches it
     // and kills the daemon, which ends that call with ENOTCONN.
-    let counts = workload.stop()?;
+    let counts = workload.stop().map_err(Failure::Setup)?;
     let stats = read_stats(&mount.dir);
     if let Err(e) = fs::remove_dir_all(&work) {
         eprintln!("{era}: cannot remove {}: {e}", work.display());
@@ -562,385 +539,6 @@ fn first_report(log: &Path) -> Option<String> {
         let report = &report[..end];
         report.contains("\nBUG").then(|| format!("{report}\n"))
     })
-}
-
-/// The last [`LOG_TAIL`] lines of a daemon log.
-fn log_tail(log: &Path) -> String {
-    match fs::read_to_string(log) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
-            if tail.is_empty() {
-                "(the log is empty)".to_owned()
-            } else {
-                tail.join("\n")
-            }
-        }
-        Err(e) => format!("(no log {}: {e})", log.display()),
-    }
-}
-
-/// A `fatcache mount -f` child serving one era's mount. Dropping it without
-/// [`Mount::finish`] detaches the mount lazily and kills the daemon.
-struct Mount {
-    dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mount {
-    /// Starts the daemon and waits until its mount is in /proc/self/mountinfo.
-    fn start(
-        image: &Path,
-        dir: &Path,
-        options: &str,
-        log: &Path,
-        interrupted: &AtomicBool,
-    ) -> Result<Mount, Failure> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Failure::Setup(format!("cannot find this program: {e}")))?;
-        let log_file = File::create(log)
-            .map_err(|e| Failure::Setup(format!("cannot create {}: {e}", log.display())))?;
-        // Its own process group: a Ctrl-C on the terminal reaches only us, and we take the
-        // mount down in order (stop the workload, clean up, unmount) instead of the daemon
-        // leaving under the workload's feet.
-        let child = Command::new(exe)
-            .arg("mount")
-            .arg(image)
-            .arg(dir)
-            .args(["-f", "-o", options])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Failure::Setup(format!("cannot start fatcache mount: {e}")))?;
-        let mut mount = Mount {
-            dir: dir.to_path_buf(),
-            log: log.to_path_buf(),
-            child: Some(child),
-        };
-        mount.wait_mounted(interrupted)?;
-        Ok(mount)
-    }
-
-    fn wait_mounted(&mut self, interrupted: &AtomicBool) -> Result<(), Failure> {
-        let start = Instant::now();
-        loop {
-            if super::is_mounted(&self.dir) {
-                return Ok(());
-            }
-            // Relaxed: see `poll`.
-            if interrupted.load(Ordering::Relaxed) {
-                return Err(Failure::Interrupted);
-            }
-            let child = self
-                .child
-                .as_mut()
-                .expect("waited for only in finish and drop");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(Failure::Setup(format!(
-                    "the mount failed: fatcache mount exited with {status}; log tail:\n{}",
-                    log_tail(&self.log)
-                )));
-            }
-            if start.elapsed() > MOUNT_WAIT {
-                return Err(Failure::Setup(format!(
-                    "the mount failed: {} did not appear within {MOUNT_WAIT:?}; log tail:\n{}",
-                    self.dir.display(),
-                    log_tail(&self.log)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Unmounts (`fusermount3 -u`, or `umount`) and waits for the daemon; its exit status,
-    /// or why there is none.
-    fn finish(mut self) -> Result<ExitStatus, String> {
-        let start = Instant::now();
-        while super::is_mounted(&self.dir) {
-            if !unmount(&self.dir, false) && start.elapsed() > Duration::from_secs(5) {
-                // Still busy after retries: detach now, the daemon ends when it is let go.
-                unmount(&self.dir, true);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut child = self.child.take().expect("finish runs once");
-        let start = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) if start.elapsed() < EXIT_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("the daemon did not exit within {EXIT_WAIT:?}"));
-                }
-                Err(e) => return Err(format!("cannot wait for the daemon: {e}")),
-            }
-        }
-    }
-}
-
-impl Drop for Mount {
-    /// The daemon's own SIGTERM path writes back and detaches the mount; a daemon that does
-    /// not end within a grace period is killed, and whatever mount it leaves is detached.
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let start = Instant::now();
-        let exited = loop {
-            match child.try_wait() {
-                Ok(None) if start.elapsed() < DROP_GRACE => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(None) => break false,
-                _ => break true,
-            }
-        };
-        if !exited {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if super::is_mounted(&self.dir) {
-            unmount(&self.dir, true);
-        }
-    }
-}
-
-/// One unmount attempt on `dir`, lazy (detach now, end when no longer busy) or not; whether
-/// it worked. fusermount3 first, as a user's mount needs; umount for root without fuse3.
-fn unmount(dir: &Path, lazy: bool) -> bool {
-    let tries: [(&str, &[&str]); 2] = if lazy {
-        [("fusermount3", &["-u", "-z"]), ("umount", &["-l"])]
-    } else {
-        [("fusermount3", &["-u"]), ("umount", &[])]
-    };
-    tries.iter().any(|(prog, args)| {
-        Command::new(prog)
-            .args(*args)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// Counts of the workload's system calls.
-#[derive(Debug, Default)]
-struct Counts {
-    ops: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// What the workload threads share.
-#[derive(Debug, Default)]
-struct Shared {
-    stop: AtomicBool,
-    ops: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    /// Counts one system call's result.
-    fn count<T>(&self, what: &str, r: std::io::Result<T>) {
-        // Relaxed: plain counters, read once the threads are joined (or for progress only).
-        match r {
-            Ok(_) => {
-                self.ops.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| format!("{what}: {e}"));
-                }
-            }
-        }
-    }
-
-    fn stopped(&self) -> bool {
-        // Relaxed: a thread that sees the stop late makes one more system call, no more.
-        self.stop.load(Ordering::Relaxed)
-    }
-}
-
-/// The workload threads of one era.
-struct Workload {
-    shared: Arc<Shared>,
-    started: Instant,
-    threads: usize,
-    /// Each thread sends once when it ends (also by panic), so `stop` can wait with a
-    /// deadline.
-    done: mpsc::Receiver<()>,
-}
-
-/// Sends on drop: a thread's "I am done", however it ends.
-struct DoneGuard(mpsc::Sender<()>);
-
-impl Drop for DoneGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
-}
-
-impl Workload {
-    /// Creates `files` files of [`BASE_SIZE`] bytes in the new directory `dir` and starts
-    /// `threads` writers per file and one sizer per file.
-    fn start(dir: &Path, files: u64, threads: u64) -> Result<Workload, String> {
-        fs::create_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let shared = Arc::new(Shared::default());
-        let (tx, done) = mpsc::channel();
-        let mut seed = seed();
-        let mut count = 0;
-        let mut opened = Vec::new();
-        for f in 0..files {
-            let path = dir.join(format!("race{f}.bin"));
-            fs::write(&path, vec![b'.'; BASE_SIZE as usize])
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            let open = || {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot open {}: {e}", path.display()))
-            };
-            for t in 0..threads {
-                opened.push((format!("repro-w{f}.{t}"), open()?, false));
-            }
-            opened.push((format!("repro-size{f}"), open()?, true));
-        }
-        let started = Instant::now();
-        for (name, file, sizer) in opened {
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let rng = Rng::new(seed);
-            let shared = Arc::clone(&shared);
-            let guard = DoneGuard(tx.clone());
-            let body = move || {
-                let _guard = guard;
-                if sizer {
-                    resize_loop(&file, rng, &shared);
-                } else {
-                    write_loop(&file, rng, &shared);
-                }
-            };
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(body)
-                .map_err(|e| format!("cannot start a workload thread: {e}"))?;
-            count += 1;
-        }
-        Ok(Workload {
-            shared,
-            started,
-            threads: count,
-            done,
-        })
-    }
-
-    /// Successful system calls so far.
-    fn ops(&self) -> u64 {
-        // Relaxed: a progress figure.
-        self.shared.ops.load(Ordering::Relaxed)
-    }
-
-    /// Tells every thread to stop and waits for them, at most [`STOP_WAIT`].
-    fn stop(self) -> Result<Counts, Failure> {
-        // Relaxed: see `Shared::stopped`.
-        self.shared.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + STOP_WAIT;
-        for _ in 0..self.threads {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.done.recv_timeout(left).is_err() {
-                return Err(Failure::Setup(format!(
-                    "the workload did not stop within {STOP_WAIT:?}: a system call on the \
-                     mount hangs (the mount is taken down now)"
-                )));
-            }
-        }
-        let first_error = self.shared.first_error.lock().ok().and_then(|f| f.clone());
-        Ok(Counts {
-            ops: self.shared.ops.load(Ordering::Relaxed),
-            errors: self.shared.errors.load(Ordering::Relaxed),
-            first_error,
-        })
-    }
-}
-
-/// A writer: 1 to [`MAX_WRITE`]-byte pwrites inside `[0, BASE_SIZE)`, always within i_size,
-/// so the kernel runs them in parallel with the other writers of the file (S6 T1, T2).
-fn write_loop(file: &File, mut rng: Rng, shared: &Shared) {
-    let data = [b'w'; MAX_WRITE as usize];
-    while !shared.stopped() {
-        let offset = rng.below(BASE_SIZE);
-        let len = 1 + rng.below(MAX_WRITE.min(BASE_SIZE - offset));
-        let len = usize::try_from(len).unwrap_or(1);
-        shared.count("pwrite", file.write_at(&data[..len], offset));
-    }
-}
-
-/// The sizer of a file: growth by ftruncate and by fallocate (both reach fat_cont_expand,
-/// whose zeroing redirties page 0 and whose sync writeback waits on it: S6 T3), shrinks back
-/// to [`BASE_SIZE`], and fsync and fdatasync in between.
-fn resize_loop(file: &File, mut rng: Rng, shared: &Shared) {
-    let mut step = 0u32;
-    while !shared.stopped() {
-        let grown = GROW_MIN + rng.below(GROW_MAX - GROW_MIN + 1);
-        match step % 6 {
-            0 => shared.count("ftruncate up", file.set_len(grown)),
-            1 => shared.count("fsync", file.sync_all()),
-            2 => shared.count("ftruncate down", file.set_len(BASE_SIZE)),
-            3 => shared.count("fallocate", fallocate(file, grown)),
-            4 => shared.count("fdatasync", file.sync_data()),
-            _ => shared.count("ftruncate down", file.set_len(BASE_SIZE)),
-        }
-        step = step.wrapping_add(1);
-    }
-}
-
-/// fallocate(2) with mode 0 over `[0, len)`: grows the file to `len` if it is shorter.
-fn fallocate(file: &File, len: u64) -> std::io::Result<()> {
-    let len = i64::try_from(len).map_err(std::io::Error::other)?;
-    nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len)
-        .map_err(std::io::Error::from)
-}
-
-/// A seed that differs between runs, so repeated runs sample different interleavings.
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-}
-
-/// xorshift64*: offsets and sizes need no better.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 #[cfg(test)]
