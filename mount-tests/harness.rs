@@ -353,6 +353,39 @@ impl Mounted {
         status
     }
 
+    /// Waits up to `within` for the daemon to end by itself (as a BUG under `on_bug=abort`
+    /// ends it), then takes down the dead mount it leaves (`umount`, lazily if a file is still
+    /// open on it); the daemon's exit status and the kept image. Fails the test if the daemon
+    /// is still serving after `within`.
+    pub(crate) fn crashed(mut self, within: Duration) -> (ExitStatus, Unmounted) {
+        self.stop_watchdog();
+        let kept = self.keep();
+        let start = Instant::now();
+        let status = loop {
+            let child = self.child.as_mut().expect("the daemon is waited for once");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                break status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "the daemon still runs after {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let plain = Command::new("umount").arg(&self.dir).output();
+        if !plain.is_ok_and(|o| o.status.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        assert!(
+            !is_mounted(&self.dir),
+            "{} still mounted after its daemon died and umount",
+            self.dir.display()
+        );
+        (status, kept)
+    }
+
     /// SIGTERM, as `terminate_with("TERM")`.
     pub(crate) fn terminate(self) -> ExitStatus {
         self.terminate_with("TERM")

@@ -122,24 +122,13 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
 /// Points file descriptor 2 at `path` (appending, created 0600), so the log and BUG
 /// reports of a daemon whose caller has gone land somewhere a person can read them.
 fn redirect_stderr(path: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
-    // std has no safe dup2, and a child process cannot take over fd 2 of this one.
-    #[allow(unsafe_code)]
-    // SAFETY:
-    // - `file` is open for the whole call, so its descriptor is valid;
-    // - STDERR_FILENO is always a valid target: dup2 closes and replaces it atomically, and
-    //   nothing in this process owns fd 2 as a Rust object that could be invalidated;
-    // - no memory is passed, so there is nothing else to uphold.
-    let r = unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    nix::unistd::dup2_stderr(&file).map_err(std::io::Error::from)?;
     Ok(())
 }
 

@@ -4,7 +4,11 @@
 //! `mount -t fuse.fatcache IMAGE DIR -o OPTIONS`, the argument order mount.fuse3 uses);
 //! `fatcache demo` runs the race interleavings of SEMANTICS section 5 (S1, S2) on the
 //! page-cache core with real threads, in every era; `fatcache eras` lists the eras;
-//! `fatcache mkfs` makes a new image; `ls` and `cat` read an image without mounting it.
+//! `fatcache mkfs` makes a new image; `ls` and `cat` read an image without mounting it;
+//! `fatcache repro` reproduces the January 2021 writeback BUG through a real mount in each era
+//! (see `repro.rs`).
+
+mod repro;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -62,6 +66,15 @@ enum Cmd {
         #[arg(long)]
         all_reports: bool,
     },
+    /// Reproduce the January 2021 write_cache_pages BUG through a real mount, in each era:
+    /// one line per era on stdout, exit status 0 when every era matches kernel history.
+    #[command(after_help = "\
+Output: one line per era on stdout,
+  ERA hits=N first_s=SECONDS|- stale=N ops=N verdict=match|MISMATCH
+then the first full BUG report. The BUG must hit in v5.9 and v5.10 and in no other era.
+Exit status: 0 when every era matches, 1 otherwise (or a mount ended badly, or interrupted),
+2 when the run could not be set up.")]
+    Repro(repro::ReproArgs),
     /// Print the page-cache counters of a mounted fatcache (its user.fatcache.* xattrs).
     Stats {
         /// The mount point.
@@ -143,8 +156,8 @@ fn parse_volume_id(s: &str) -> Result<u32, String> {
 /// (through mount.fuse3, as fstab entries do): a first argument that is not a subcommand or a
 /// flag is taken as an image, and `mount` is put in front of it.
 fn mount_helper_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const COMMANDS: [&str; 8] = [
-        "mount", "demo", "eras", "ls", "cat", "mkfs", "stats", "help",
+    const COMMANDS: [&str; 9] = [
+        "mount", "demo", "eras", "ls", "cat", "mkfs", "stats", "repro", "help",
     ];
     let first = args.get(1).and_then(|a| a.to_str());
     let is_image = first.is_some_and(|a| !a.starts_with('-') && !COMMANDS.contains(&a));
@@ -179,6 +192,7 @@ fn main() -> ExitCode {
         Cmd::Ls { image, path } => report(ls(&image, &path)),
         Cmd::Cat { image, path } => report(cat(&image, &path)),
         Cmd::Stats { mountpoint } => stats(&mountpoint),
+        Cmd::Repro(args) => repro::run(&args),
         Cmd::Eras => {
             for e in ALL_ERAS {
                 println!("{:<6} {}", e.name(), e.describe());
