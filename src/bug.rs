@@ -169,7 +169,9 @@ impl BugReporter {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The most recent full report, if any.
+    /// The most recent report, if any: the page, its history and the interleaving always;
+    /// the backtrace only for the first [`FULL_REPORTS_PER_SITE`] hits of a site under
+    /// `on_bug=warn` (capturing one costs milliseconds, and a racy era hits often).
     pub fn last_report(&self) -> Option<String> {
         self.last.lock().clone()
     }
@@ -242,36 +244,58 @@ impl BugReporter {
         }
         if backtrace {
             let bt = std::backtrace::Backtrace::force_capture().to_string();
-            let _ = writeln!(s, "backtrace:\n{}", trim_backtrace(&bt));
+            let _ = writeln!(s, "backtrace:\n{}", trim_backtrace(&bt, site));
         }
         let _ = writeln!(s, "---[ end trace ]---");
         s
     }
 }
 
-/// Drop the reporter's own frames from the top of a backtrace, so it starts at the function
-/// that asserted (as the kernel's starts at the BUG site).
-fn trim_backtrace(bt: &str) -> &str {
-    let mut cut = 0;
-    let mut pos = 0;
-    for line in bt.split_inclusive('\n') {
+/// The reporter's own functions: frames that name them are dropped from the top of a report's
+/// backtrace. Release builds (`debug = "line-tables-only"`) print bare function names, so the
+/// names are matched too, not only the `fatcache::bug::` path.
+const REPORTER_FRAMES: [&str; 3] = ["format", "fire", "emit"];
+
+/// Drops the reporter's own frames from the top of a backtrace, so it starts at the function
+/// that asserted (as the kernel's starts at the BUG site), and points that frame's location,
+/// which the assertion macro attributes to this file, at the assertion `site` itself.
+fn trim_backtrace(bt: &str, site: &Site) -> String {
+    // Frames: a "N: name" line followed by "at file:line" lines.
+    let mut frames: Vec<(String, Vec<String>)> = Vec::new();
+    for line in bt.lines() {
         let t = line.trim_start();
-        let is_frame = t
+        let numbered = t
             .split_once(": ")
-            .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
-        if is_frame {
-            if t.contains("fatcache::bug::") || t.contains("std::backtrace") {
-                cut = pos + line.len();
-            } else {
-                break;
-            }
-        } else if cut == pos {
-            // The "at file:line" line of a frame being dropped.
-            cut = pos + line.len();
+            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        match frames.last_mut() {
+            Some((_, at)) if !numbered => at.push(line.to_owned()),
+            _ => frames.push((line.to_owned(), Vec::new())),
         }
-        pos += line.len();
     }
-    &bt[cut..]
+    let ours = |name: &str| {
+        let name = name.trim_start();
+        let name = name.split_once(": ").map_or(name, |(_, n)| n).trim();
+        name.contains("fatcache::bug::")
+            || name.contains("std::backtrace")
+            || REPORTER_FRAMES.contains(&name)
+    };
+    let skip = frames.iter().take_while(|(name, _)| ours(name)).count();
+    let here = format!("/src/{}", file!().rsplit('/').next().unwrap_or("bug.rs"));
+    let mut out = String::new();
+    for (k, (name, at)) in frames.iter().skip(skip).enumerate() {
+        out.push_str(name);
+        out.push('\n');
+        for a in at {
+            if k == 0 && a.contains(&here) {
+                let indent = &a[..a.len() - a.trim_start().len()];
+                out.push_str(&format!("{indent}at {}:{}\n", site.file, site.line));
+            } else {
+                out.push_str(a);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// `BUG_ON(cond)`: always checked. Evaluates to the condition.

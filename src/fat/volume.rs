@@ -545,7 +545,7 @@ impl Volume {
         self.bdev.read(0, &mut boot)?;
         self.bpb.set_dirty(&mut boot, dirty);
         self.bdev.write(0, &boot)?;
-        self.bdev.sync()
+        self.bdev.sync_buffers()
     }
 
     /// The parsed boot sector.
@@ -876,7 +876,7 @@ impl Volume {
         if self.opts.sync {
             // IS_DIRSYNC (a `sync` mount has it too): fat_free syncs the inode.
             self.write_inode(node)?;
-            self.bdev.sync()?;
+            self.bdev.sync_buffers()?;
         }
         Ok(())
     }
@@ -904,7 +904,9 @@ impl Volume {
         // entry (write_inode_now), then the wait; the first error wins.
         let mapping = file.mapping();
         let err = filemap_fdatawrite_range(mapping, start, size - 1);
-        let err2 = self.write_inode(node).and_then(|()| self.bdev.sync());
+        let err2 = self
+            .write_inode(node)
+            .and_then(|()| self.bdev.sync_buffers());
         let err = match err {
             Ok(()) => filemap_fdatawait_range(mapping, start, size - 1),
             e => e,
@@ -958,7 +960,7 @@ impl Volume {
             Kind::Dir(_) => Ok(()),
         };
         let meta = self.write_inode(node);
-        let sync = self.bdev.sync();
+        let sync = self.bdev.sync_buffers();
         data.and(meta).and(sync)
     }
 
@@ -1250,7 +1252,7 @@ impl Volume {
     /// written and flushed before the call returns.
     fn dir_sync(&self) -> Result<(), FsError> {
         if self.opts.sync {
-            self.bdev.sync()?;
+            self.bdev.sync_buffers()?;
         }
         Ok(())
     }
@@ -1405,7 +1407,7 @@ impl Volume {
         }
         if self.opts.sync {
             self.write_inode(node)?;
-            self.bdev.sync()?;
+            self.bdev.sync_buffers()?;
         }
         Ok(())
     }
@@ -1427,7 +1429,7 @@ impl Volume {
         }
         if self.opts.sync {
             self.write_inode(node)?;
-            self.bdev.sync()?;
+            self.bdev.sync_buffers()?;
         }
         Ok(())
     }

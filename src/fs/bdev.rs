@@ -22,15 +22,16 @@ use std::time::Duration;
 use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
 use crate::fs::fs_writeback::{Bdi, WbInode};
+use crate::mm::filemap::Tag;
 use crate::mm::filemap::{
     AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
     filemap_fdatawrite_range, find_lock_page, read_cache_page,
 };
-use crate::mm::waitqueue::unlock_page;
+use crate::mm::waitqueue::{unlock_page, wait_on_page_bit};
 use crate::mm::writeback::{
     WritebackControl, set_page_dirty, set_page_writeback, wait_on_page_writeback,
 };
-use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
+use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PG, PageCache, PageRef};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
 
 /// The block size of dirty tracking in the block-device mapping (the smallest sector).
@@ -136,6 +137,15 @@ impl BdevAops {
         runs
     }
 
+    /// As [`BdevAops::take_dirty_runs`], but the page is left with an empty record, so a later
+    /// writepage of the still-PG_dirty page writes nothing unless blocks are dirtied again
+    /// (the kernel's page whose buffers sync_dirty_buffer already wrote).
+    fn take_dirty_runs_keep_record(&self, index: u64, len: usize) -> Vec<(usize, usize)> {
+        let runs = self.take_dirty_runs(index, len);
+        self.dirty_blocks.lock().insert(index, 0);
+        runs
+    }
+
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
     /// sets PG_uptodate (or PG_error) and unlocks it.
     /// On an error before anything is submitted the page is marked PG_error and unlocked
@@ -192,12 +202,15 @@ impl AddressSpaceOps for BdevAops {
             }
         };
         let runs = self.take_dirty_runs(page.index(), len);
+        set_page_writeback(page.page());
         if runs.is_empty() {
-            // Dirty blocks only past the device's end: nothing to write.
+            // No dirty block (its buffers were written by sync_buffers, or lie past the
+            // device's end): as __block_write_full_page does with nothing to submit, the
+            // writeback starts and ends here, which also clears the page's tags.
             unlock_page(page.page());
+            end_page_writeback(page.page());
             return Ok(());
         }
-        set_page_writeback(page.page());
         let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
             runs.iter()
                 .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
@@ -384,6 +397,85 @@ impl Bdev {
         self.flush_device()
     }
 
+    /// Writes the dirty blocks of every dirty page and waits for them, as FAT writes its
+    /// metadata on fsync, on a `sync` mount and for the boot sector's dirty bit
+    /// (sync_dirty_buffer, fat_sync_bhs, sync_mapping_buffers): block I/O that never sets
+    /// PG_writeback and never goes through write_cache_pages. [`Bdev::sync`], the whole
+    /// mapping through write_cache_pages, is what sync(2) and syncfs do to a block device.
+    ///
+    /// Each page stays locked from before its blocks are copied until their I/O is done:
+    /// the page lock stands in for the locks of the page's buffers, which a buffer write
+    /// holds over its I/O, so no writepage can send a newer copy of a block that could
+    /// land before this one. A writeback already in flight on the page is waited for first,
+    /// re-testing the bit as `__wait_on_bit` does for a buffer lock, whatever the era's page
+    /// waits do. PG_dirty stays set; the next writepage finds no dirty block and writes
+    /// nothing (see [`BdevAops`]).
+    ///
+    /// # Context
+    /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
+    pub fn sync_buffers(&self) -> Result<(), FsError> {
+        let mut locked: Vec<PageRef<'_>> = Vec::new();
+        let mut waits = Vec::new();
+        let mut first: Result<(), FsError> = Ok(());
+        for index in self.mapping.tagged_indexes(Tag::Dirty) {
+            let Some(page) = find_lock_page(&self.mapping, index) else {
+                continue;
+            };
+            while page.writeback() {
+                wait_on_page_bit(page.page(), PG::Writeback);
+            }
+            let span = self.aops.span(index);
+            let (offset, len) = match span {
+                Ok(s) if page.dirty() => s,
+                Ok(_) => {
+                    unlock_page(page.page());
+                    continue;
+                }
+                Err(e) => {
+                    unlock_page(page.page());
+                    first = first.and(Err(e));
+                    continue;
+                }
+            };
+            let runs = self.aops.take_dirty_runs_keep_record(index, len);
+            let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
+                runs.iter()
+                    .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
+                    .collect()
+            });
+            for (at, data) in parts {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.queue.submit(Bio {
+                    op: BioOp::Write { offset: at, data },
+                    end_io: Box::new(move |r| {
+                        // The receiver waits below; if it is gone nobody is left to tell.
+                        let _ = tx.send(r.map(|_| ()));
+                    }),
+                });
+                waits.push((at, rx));
+            }
+            locked.push(page);
+        }
+        for (at, rx) in waits {
+            let r = match rx.recv_timeout(Duration::from_secs(600)) {
+                Ok(r) => r,
+                Err(_) => Err(FsError::Io(std::io::Error::other(
+                    "metadata write never completed",
+                ))),
+            };
+            if let Err(e) = r {
+                log::error!("bdev: metadata write at {at} failed: {e}");
+                first = first.and(Err(e));
+            }
+        }
+        for page in &locked {
+            unlock_page(page.page());
+        }
+        drop(locked);
+        first?;
+        self.flush_device()
+    }
+
     /// Flush the device's write cache (blkdev_issue_flush).
     pub fn flush_device(&self) -> Result<(), FsError> {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -477,6 +569,69 @@ mod tests {
             page[1024..].iter().all(|x| *x == 0xDA),
             "the page's stale copy of blocks 2..8 was not written over the device"
         );
+    }
+
+    #[test]
+    fn sync_buffers_writes_dirty_blocks_without_page_writeback() {
+        let (dev, q, cache) = setup(4 * PAGE_SIZE, 8);
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        let mut buf = [0u8; 4];
+        b.read(PAGE_SIZE as u64, &mut buf).expect("cache the page");
+        // As above: the device holds newer bytes in blocks 2..8 than the cached page.
+        dev.write_at(PAGE_SIZE as u64 + 1024, &[0xDA; PAGE_SIZE - 1024])
+            .expect("file data");
+        b.write(PAGE_SIZE as u64 + 500, &[0x22; 40]).expect("write");
+        let starts = cache.stats().wb_starts;
+        let flushes = dev.flushes();
+        b.sync_buffers().expect("sync_buffers");
+        let snap = dev.snapshot();
+        assert!(
+            snap[PAGE_SIZE + 500..PAGE_SIZE + 540]
+                .iter()
+                .all(|x| *x == 0x22)
+        );
+        assert!(
+            snap[PAGE_SIZE + 1024..2 * PAGE_SIZE]
+                .iter()
+                .all(|x| *x == 0xDA)
+        );
+        assert_eq!(
+            cache.stats().wb_starts,
+            starts,
+            "no PG_writeback for buffer I/O"
+        );
+        assert!(dev.flushes() > flushes, "the device cache is flushed");
+        // The page is still PG_dirty, as a page whose buffers were written is; the next
+        // writeback of the mapping starts and ends at once and writes nothing.
+        assert!(b.mapping().tagged(Tag::Dirty));
+        dev.write_at(PAGE_SIZE as u64 + 500, &[0x33; 40])
+            .expect("a later write by someone else");
+        b.sync().expect("sync");
+        assert!(
+            dev.snapshot()[PAGE_SIZE + 500..PAGE_SIZE + 540]
+                .iter()
+                .all(|x| *x == 0x33),
+            "the clean blocks were not written again"
+        );
+        assert!(!b.mapping().tagged(Tag::Dirty) && !b.mapping().tagged(Tag::Writeback));
+        assert_eq!(cache.stats().nr_dirty, 0);
+        // Blocks dirtied again are written again.
+        b.write(PAGE_SIZE as u64 + 600, &[0x44; 8]).expect("write");
+        b.sync_buffers().expect("sync_buffers");
+        assert_eq!(
+            &dev.snapshot()[PAGE_SIZE + 600..PAGE_SIZE + 608],
+            &[0x44; 8]
+        );
+    }
+
+    #[test]
+    fn sync_buffers_reports_a_failed_write() {
+        let (dev, q, cache) = setup(2 * PAGE_SIZE, 4);
+        let b = Bdev::new(&cache, q);
+        dev.fail_writes(0, PAGE_SIZE as u64);
+        b.write(10, b"x").expect("cached write");
+        let e = b.sync_buffers().expect_err("the failed block write");
+        assert_eq!(e.errno(), libc::EIO);
     }
 
     #[test]

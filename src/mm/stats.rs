@@ -113,7 +113,8 @@ pub struct StatsSnapshot {
     pub wakes_locked: u64,
     /// Entries woken for PG_writeback.
     pub wakes_writeback: u64,
-    /// Writeback waits ended by a wake from an older writeback epoch.
+    /// Writeback waits woken by a wake from an older writeback epoch while the writeback
+    /// waited for was still in flight: `while` eras wait again, `if` eras return on it.
     pub stale_wakes: u64,
     /// Writebacks started.
     pub wb_starts: u64,

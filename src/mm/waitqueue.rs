@@ -516,7 +516,11 @@ fn note_wake(page: Page<'_>, entry: &WaitEntry, bit: PG, bitno: u8, wait_epoch: 
     let waker = entry.waker_tag.load(unchecked::Ordering::Relaxed);
     let waker_epoch = entry.waker_epoch.load(unchecked::Ordering::Relaxed);
     let word = page.flags();
-    let stale = bit == PG::Writeback && waker != 0 && waker_epoch < wait_epoch;
+    // Stale: the wake came from an older writeback while the one this thread waits for is
+    // still in flight. A late wake that finds the bit clear (E0's re-test loop meeting an
+    // old wake after its own writeback ended) did no harm and is not counted.
+    let still_set = word & page.cache.mask(PG::Writeback) != 0;
+    let stale = bit == PG::Writeback && waker != 0 && waker_epoch < wait_epoch && still_set;
     if stale {
         page.cache.stats.stale_wakes.inc();
         page.record(Op::StaleWake, bitno, word, word, waker_epoch);

@@ -105,13 +105,23 @@ impl ReproArgs {
         (self.files * (self.threads + 1) + 2).min(64)
     }
 
+    /// Completion threads of the mount: one per file and two more. A completion held in
+    /// the wake_delay window keeps its thread, as the stalled CPU1 of the race is one CPU;
+    /// with too few threads every other completion (the next writeback's, the metadata
+    /// writes every sync write waits for) would queue behind it, which no kernel does.
+    fn io_threads(&self) -> u64 {
+        (self.files + 2).min(64)
+    }
+
     /// The `-o` string of one era's mount.
     fn mount_options(&self, era: Era) -> String {
         format!(
-            "sync,era={era},on_bug=warn,wake_delay_us={},io_latency_us={},threads={}",
+            "sync,era={era},on_bug=warn,wake_delay_us={},io_latency_us={},threads={},\
+             io_threads={}",
             self.wake_delay_us,
             self.io_latency_us,
-            self.fuse_threads()
+            self.fuse_threads(),
+            self.io_threads()
         )
     }
 }

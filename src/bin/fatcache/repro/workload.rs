@@ -18,6 +18,9 @@ const GROW_MIN: u64 = 2048;
 /// Largest size the sizer thread grows a file to: two pages, so a growth also allocates.
 const GROW_MAX: u64 = 8192;
 
+/// Longest pause of the sizer thread between two of its calls, in microseconds.
+const SIZER_PAUSE_US: u64 = 4000;
+
 /// Longest pwrite of a writer thread.
 const MAX_WRITE: u64 = 16;
 
@@ -201,6 +204,10 @@ fn resize_loop(file: &File, mut rng: Rng, shared: &Shared) {
             _ => shared.count("ftruncate down", file.set_len(BASE_SIZE)),
         }
         step = step.wrapping_add(1);
+        // ftruncate and fsync take the kernel's inode lock exclusively, which keeps every
+        // writer of the file out meanwhile: back to back they would leave the writers, whose
+        // overlap the race needs, little time to run in parallel.
+        std::thread::sleep(Duration::from_micros(rng.below(SIZER_PAUSE_US)));
     }
 }
 
