@@ -107,6 +107,7 @@ per_fat!(
     read_past_cache,
     exchange,
     link_counts,
+    dir_times,
 );
 
 /// Runs `body` on a fresh image of `fat`, timing it.
@@ -2113,4 +2114,51 @@ fn link_counts(img: &Image) {
     let vol = mount(img);
     assert_nlinks(&vol, &t, "after remount");
     unmount(vol);
+}
+
+/// A directory's modification time follows its entries, as vfat_add_entry and
+/// vfat_remove_entries set it: create, mkdir, unlink, rmdir and rename (both parents) each
+/// give it a new one, and it reaches the disk.
+fn dir_times(img: &Image) {
+    let vol = mount(img);
+    let root = vol.root();
+    let d = vol.mkdir(&root, "d").expect("mkdir d");
+    let e = vol.mkdir(&root, "e").expect("mkdir e");
+    let age = |n: &Node| {
+        vol.set_times(n, None, Some((978_307_200, 0)))
+            .expect("age to 2001-01-01");
+        n.entry().modify_date
+    };
+    let changed = |n: &Node, aged: u16, what: &str| {
+        assert_ne!(
+            n.entry().modify_date,
+            aged,
+            "{what}: no new modification time"
+        );
+    };
+    let aged = age(&d);
+    let f = vol.create(&d, "f.txt").expect("create");
+    changed(&d, aged, "create");
+    let aged = age(&d);
+    vol.mkdir(&d, "sub").expect("mkdir");
+    changed(&d, aged, "mkdir");
+    let aged = age(&d);
+    vol.rmdir(&d, "sub").expect("rmdir");
+    changed(&d, aged, "rmdir");
+    let (aged_d, aged_e) = (age(&d), age(&e));
+    vol.rename(&d, "f.txt", &e, "g.txt", false).expect("rename");
+    changed(&d, aged_d, "rename, old parent");
+    changed(&e, aged_e, "rename, new parent");
+    let aged = age(&e);
+    drop(f);
+    vol.unlink(&e, "g.txt").expect("unlink");
+    changed(&e, aged, "unlink");
+    let (now_d, now_e) = (d.entry().modify_date, e.entry().modify_date);
+    drop((d, e));
+    vol.unmount().expect("unmount");
+    let ro = open_ro(&img.path);
+    assert_eq!(lookup(&ro, "/d").entry().modify_date, now_d, "on the disk");
+    assert_eq!(lookup(&ro, "/e").entry().modify_date, now_e, "on the disk");
+    drop(ro);
+    fsck_clean(&img.path).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -31,8 +31,6 @@
 //! * An unlinked file's clusters are freed at unlink, not when the last user lets go of it
 //!   (the kernel's evict); a reader that still has the node then reads nothing. The FUSE layer
 //!   keeps nodes alive across unlink when it adds lookup counts.
-//! * Directory times are not updated when entries are added or removed (a rename exchange
-//!   does update them, as vfat_rename_exchange does).
 //! * A rename to another spelling of the same name ("File.txt" to "file.TXT") re-spells the
 //!   entry, as Windows does; Linux's VFS sees one inode on both sides and does nothing.
 //! * fallocate supports mode 0 only (growing through fat_cont_expand); FALLOC_FL_KEEP_SIZE,
@@ -980,6 +978,28 @@ impl Volume {
         meta.dirty = true;
     }
 
+    /// A directory whose entries changed gets a new modification time (written at once on a
+    /// `sync` mount, which is also `dirsync`). The root has no entry to keep one in.
+    ///
+    /// Models: fs/fat/namei_vfat.c vfat_update_dir_metadata() (v6.0), and vfat_add_entry /
+    /// vfat_remove_entries before it (v5.10).
+    fn dir_changed(&self, dir: &Node) -> Result<(), FsError> {
+        if dir.ino == ROOT_INO {
+            return Ok(());
+        }
+        let (date, time, _) = self.now_stamp();
+        {
+            let mut meta = dir.meta.lock();
+            meta.entry.modify_date = date;
+            meta.entry.modify_time = time;
+            meta.dirty = true;
+        }
+        if self.opts.sync {
+            self.write_inode(dir)?;
+        }
+        Ok(())
+    }
+
     /// Writes `node`'s entry (size, first cluster, attributes, times) into its directory's
     /// bytes at i_pos, keeping the name there; nothing for the root or an unlinked node.
     ///
@@ -1000,6 +1020,7 @@ impl Volume {
         let template = DirEntry::stamped(ATTR_ARCH, self.now_stamp());
         let slot = d.add(&self.table, name, &template)?;
         let node = self.node_for(dir, &d, &slot)?;
+        self.dir_changed(dir)?;
         drop(d);
         self.dir_sync()?;
         Ok(node)
@@ -1027,6 +1048,7 @@ impl Volume {
             }
         };
         let node = self.node_for(dir, &d, &slot)?;
+        self.dir_changed(dir)?;
         drop(d);
         self.dir_sync()?;
         Ok(node)
@@ -1042,6 +1064,7 @@ impl Volume {
         let node = self.node_for(dir, &d, &slot)?;
         d.remove(&self.table, slot.offset)?;
         self.forget_unlinked(&node)?;
+        self.dir_changed(dir)?;
         drop(d);
         // If nobody else holds the file, its clusters are freed here, before the sync, so a
         // `sync` mount has the freeing on the disk too.
@@ -1072,6 +1095,7 @@ impl Volume {
         drop(child);
         self.forget_unlinked(&node)?;
         self.table.free_chain(first)?;
+        self.dir_changed(dir)?;
         drop(d);
         self.dir_sync()
     }
@@ -1200,6 +1224,10 @@ impl Volume {
         if node.is_dir() && !same {
             node.dir()?
                 .set_dotdot(&self.table, new_dir.dotdot_cluster())?;
+        }
+        self.dir_changed(old_dir)?;
+        if !same {
+            self.dir_changed(new_dir)?;
         }
         drop(nd);
         drop(od);

@@ -24,7 +24,7 @@
 //! an exchanged directory is then written under that directory's own lock, below its parent
 //! (neither exchanged directory is an ancestor of a locked parent: checked first).
 
-use super::{Node, Pos, ROOT_INO, Volume};
+use super::{Node, Pos, Volume};
 use crate::error::FsError;
 use crate::fat::dir::Directory;
 use crate::fat::dirent::DirEntry;
@@ -202,27 +202,6 @@ impl Volume {
                 log::error!("fat: exchange: '..' of inode {} left moved: {undo}", a.ino);
             }
             return Err(e);
-        }
-        Ok(())
-    }
-
-    /// A directory whose entries changed gets a new modification time (written at once on a
-    /// `sync` mount, which is also `dirsync`). The root has no entry to keep one in.
-    ///
-    /// Models: fs/fat/namei_vfat.c vfat_update_dir_metadata() (v6.0).
-    fn dir_changed(&self, dir: &Node) -> Result<(), FsError> {
-        if dir.ino == ROOT_INO {
-            return Ok(());
-        }
-        let (date, time, _) = self.now_stamp();
-        {
-            let mut meta = dir.meta.lock();
-            meta.entry.modify_date = date;
-            meta.entry.modify_time = time;
-            meta.dirty = true;
-        }
-        if self.opts.sync {
-            self.write_inode(dir)?;
         }
         Ok(())
     }
