@@ -544,7 +544,10 @@ fn first_report(log: &Path) -> Option<String> {
     const END: &str = "---[ end trace ]---";
     let text = fs::read_to_string(log).ok()?;
     text.match_indices(CUT).find_map(|(at, _)| {
-        let report = &text[at..];
+        // From the start of the line: the `[ seconds ]` stamp before the cut line says when
+        // the hit came, counted from the mount.
+        let line = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let report = &text[line..];
         let end = report.find(END)? + END.len();
         let report = &report[..end];
         report.contains("\nBUG").then(|| format!("{report}\n"))
