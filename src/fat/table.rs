@@ -43,6 +43,8 @@ pub const FAT_START_ENT: u32 = 2;
 pub const FAT32_ENTRY_MASK: u32 = 0x0FFF_FFFF;
 /// Entries decoded per store read when scanning: few reads, a small buffer.
 const SCAN_CHUNK: u32 = 4096;
+/// Entries the first read of a scan covers (then doubling up to [`SCAN_CHUNK`]).
+const FIRST_SCAN_CHUNK: u32 = 64;
 
 /// Byte access to the volume's FAT region(s).
 pub trait FatStore: Send + Sync {
@@ -360,8 +362,13 @@ impl<S: FatStore> FatTable<S> {
         let len = self.entry_len();
         let mut buf = Vec::new();
         let mut first = from;
+        // Start small and double: an allocation usually finds a free entry at once (the
+        // next-free hint), and reading a whole chunk for it made every 4 KiB of file growth
+        // cost a 16 KiB read and memset; a whole-FAT scan still ends in chunks of SCAN_CHUNK.
+        let mut chunk = FIRST_SCAN_CHUNK;
         while first <= to {
-            let last = to.min(first.saturating_add(SCAN_CHUNK - 1));
+            let last = to.min(first.saturating_add(chunk - 1));
+            chunk = (chunk * 2).min(SCAN_CHUNK);
             let base = self.entry_offset(first);
             let span = self.entry_offset(last) - base + len as u64;
             buf.resize(usize::try_from(span).expect("a chunk is a few KiB"), 0);
