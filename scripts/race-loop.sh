@@ -12,7 +12,8 @@
 # writeback and hits the BUG_ON; with on_bug=warn the mount counts the hits and carries on.
 #
 # POSIX sh (dash is fine): no $RANDOM, so offsets come from od(1) on /dev/urandom. The file
-# stays on the mount afterwards. A failing command does not stop its loop.
+# stays on the mount afterwards. The first failing command stops every loop (a daemon that
+# died under on_bug=abort fails them all) and the script exits 1.
 
 set -u
 
@@ -35,20 +36,28 @@ fi
 F=$dir/race.dat
 SIZE=3000
 
-# The loops stop when this file appears; it lives outside the mount.
+# The loops stop when $stop appears; $failed says one of them met an error. Both live
+# outside the mount.
 stop=$(mktemp -u "${TMPDIR:-/tmp}/race-loop.XXXXXX")
+failed=$stop.failed
 # Background loops of a script ignore SIGINT, so Ctrl-C reaches only this shell: stop them.
-trap 'touch "$stop"; wait; rm -f "$stop"; exit 130' INT TERM
+trap 'touch "$stop"; wait; rm -f "$stop" "$failed"; exit 130' INT TERM
 
 # A fresh 3000-byte file: smaller than one 4 KiB page, so every write lands in page 0.
 dd if=/dev/urandom of="$F" bs="$SIZE" count=1 status=none || exit 1
+
+# Ends every loop after a failure.
+give_up() {
+    touch "$failed" "$stop"
+}
 
 # Writer: one random byte at a random offset below SIZE, in place (conv=notrunc keeps the
 # size, so the kernel's FUSE module lets these writes run in parallel with each other).
 writer() {
     while [ ! -e "$stop" ]; do
         off=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
-        dd if=/dev/urandom of="$F" bs=1 count=1 seek=$((off % SIZE)) conv=notrunc status=none
+        dd if=/dev/urandom of="$F" bs=1 count=1 seek=$((off % SIZE)) conv=notrunc \
+            status=none || give_up
     done
 }
 
@@ -57,9 +66,7 @@ writer() {
 # fsync(2) on it since coreutils 8.24).
 resizer() {
     while [ ! -e "$stop" ]; do
-        truncate -s 4000 "$F"
-        truncate -s "$SIZE" "$F"
-        sync "$F"
+        { truncate -s 4000 "$F" && truncate -s "$SIZE" "$F" && sync "$F"; } || give_up
     done
 }
 
@@ -68,7 +75,17 @@ for _ in 1 2 3 4 5 6; do
 done
 resizer &
 
-sleep "$seconds"
+# Sleep in one-second steps so that a failure ends the run early.
+left=$seconds
+while [ "$left" -gt 0 ] && [ ! -e "$stop" ]; do
+    sleep 1
+    left=$((left - 1))
+done
 touch "$stop"
 wait
 rm -f "$stop"
+if [ -e "$failed" ]; then
+    rm -f "$failed"
+    echo "$0: a command failed on $dir; stopped early" >&2
+    exit 1
+fi

@@ -712,7 +712,8 @@ fatcache options:
 FUSE and mount options:
   allow_other                  every user may use the mount                    off
   allow_root                   root may use it too (excludes allow_other)      off
-  default_permissions          the kernel checks modes, uid and gid            off
+  default_permissions          the kernel checks modes, uid and gid (always    on
+                               on: fatcache asks for it on every mount)
   fsname=NAME | subtype=NAME   source | type shown in /proc/mounts             - | fatcache
   log=FILE                     once mounted, append the log and BUG reports    stderr
                                to FILE (a background mount has no stderr)
