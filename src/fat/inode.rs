@@ -28,7 +28,7 @@ use crate::fs::buffer::{
     generic_cont_expand_simple, write_end,
 };
 use crate::fs::fs_writeback::{Bdi, WbInode};
-use crate::mm::filemap::{AddressSpace, read_cache_page};
+use crate::mm::filemap::{AddressSpace, find_get_page, find_or_create_page, read_cache_page};
 use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
 use crate::mm::writeback::balance_dirty_pages_ratelimited;
@@ -353,7 +353,14 @@ pub struct FatInode<S: FatStore + 'static> {
     /// Shared with the flusher's list, which holds it weakly: an evicted inode leaves it.
     mapping: Arc<AddressSpace>,
     io: Mutex<InodeIo>,
+    /// The page after the last one read (file_ra_state's idea of where a sequential reader
+    /// goes next); a hint, so racing readers only change how much is read ahead.
+    ra_next: crate::sync::unchecked::AtomicU64,
 }
+
+/// Pages read ahead of a sequential reader beyond its request (read_ahead_kb's default of
+/// 128 KiB).
+const RA_PAGES: u64 = 32;
 
 impl<S: FatStore + 'static> FatInode<S> {
     /// The inode of a file starting at `first_cluster` with `size` bytes, its data read and
@@ -381,7 +388,12 @@ impl<S: FatStore + 'static> FatInode<S> {
         wb.attach(Arc::downgrade(&mapping));
         // An inode is loaded with mmu_private = i_size (fat_fill_inode).
         let io = Mutex::new(InodeIo { mmu_private: size });
-        FatInode { data, mapping, io }
+        FatInode {
+            data,
+            mapping,
+            io,
+            ra_next: crate::sync::unchecked::AtomicU64::new(0),
+        }
     }
 
     /// The first cluster (0 for an empty file).
@@ -424,24 +436,71 @@ impl<S: FatStore + 'static> FatInode<S> {
     /// Reads at `offset` into `buf`; returns the bytes read, short at end of file. A cached
     /// page is served without I/O.
     ///
-    /// Models: mm/filemap.c generic_file_buffered_read() (v5.10), without readahead.
+    /// Models: mm/filemap.c generic_file_buffered_read() (v5.10), with a simple form of
+    /// page_cache_sync_readahead (see [`FatInode::readahead`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         let size = self.size();
         if offset >= size || buf.is_empty() {
             return Ok(0);
         }
         let want = usize::try_from(size - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        use crate::sync::unchecked::Ordering as Hint;
+        let first = offset >> PAGE_SHIFT;
+        let end = (offset + want as u64).div_ceil(PAGE_SIZE as u64);
+        let eof = size.div_ceil(PAGE_SIZE as u64);
+        // Relaxed: a hint (see `ra_next`).
+        let sequential = first == 0 || first == self.ra_next.swap(end, Hint::Relaxed);
         let mut done = 0;
         while done < want {
             let pos = offset + done as u64;
             let in_page = (pos as usize) & (PAGE_SIZE - 1);
             let n = (PAGE_SIZE - in_page).min(want - done);
-            let page = self.read_page_locked(pos >> PAGE_SHIFT)?;
+            let index = pos >> PAGE_SHIFT;
+            if find_get_page(&self.mapping, index).is_none() {
+                // A miss inside the request continues the reader's own sequence.
+                self.readahead(index, end.min(eof), sequential || index > first);
+            }
+            let page = self.read_page_locked(index)?;
             page.with_data(|d| buf[done..done + n].copy_from_slice(&d[in_page..in_page + n]));
             unlock_page(page.page());
             done += n;
         }
         Ok(done)
+    }
+
+    /// page_cache_sync_readahead on a miss at `index`: starts reads of the pages not cached
+    /// from `index` up to the request's `end`, at most [`RA_PAGES`] of them, and as many
+    /// again past the request when the reader is `sequential`; never past the end of the
+    /// file, never more than a quarter of the cache. The reader then waits for each page's
+    /// lock as usual: the pages are in flight together instead of one sleep per page.
+    ///
+    /// Models: mm/readahead.c page_cache_sync_readahead() / ondemand_readahead() (v5.10),
+    /// reduced: a fixed window, no PG_readahead marker and so no asynchronous readahead, one
+    /// read request per page. Readahead is a hint: it stops at the first page it cannot
+    /// allocate, and a failed read is left for the reader's own read to meet.
+    fn readahead(&self, index: u64, end: u64, sequential: bool) {
+        let eof = self.size().div_ceil(PAGE_SIZE as u64);
+        let cap = (self.mapping.cache().nr_frames() as u64 / 4).max(1);
+        let window =
+            RA_PAGES.min(end.saturating_sub(index)) + if sequential { RA_PAGES } else { 0 };
+        let stop = (index + window.min(cap)).min(eof);
+        for i in index..stop {
+            if find_get_page(&self.mapping, i).is_some() {
+                continue;
+            }
+            let Ok(page) = find_or_create_page(&self.mapping, i) else {
+                return;
+            };
+            if page.uptodate() {
+                unlock_page(page.page());
+                continue;
+            }
+            page.clear_error();
+            // The read's completion unlocks the page (with PG_error on a failure).
+            if block_read_full_page(&*self.data, self.mapping.cache(), &page).is_err() {
+                return;
+            }
+        }
     }
 
     /// Buffered write of `data` at `pos` through write_begin / write_end, page by page;
@@ -868,6 +927,39 @@ mod tests {
             unlock_page(page.page());
             assert_eq!(f.queue.completed(), 1, "one read, round {round}");
         }
+    }
+
+    #[test]
+    fn readahead_follows_a_sequential_reader_and_not_a_random_one() {
+        let f = fixture();
+        let pages = 12u32;
+        let chain: Vec<u32> = (100..100 + 8 * pages).collect();
+        f.link(&chain);
+        for p in 0..pages {
+            f.dev
+                .write_at(data(100 + 8 * p), &[p as u8 + 1; 4])
+                .expect("seed");
+        }
+        let ino = f.inode(100, u64::from(pages) * PAGE_SIZE as u64);
+        let read = |page: u64| {
+            let mut b = [0u8; 4];
+            assert_eq!(ino.read(page * PAGE_SIZE as u64, &mut b).expect("read"), 4);
+            f.queue.drain();
+            assert_eq!(b, [page as u8 + 1; 4], "page {page}");
+            f.queue.bytes().0
+        };
+        // A first read in the middle: random, so only its own page.
+        assert_eq!(read(6), 4096);
+        // From the start: sequential, so a window beyond the request, capped at a quarter of
+        // the 16-frame cache.
+        assert_eq!(read(0), 4096 + 4 * 4096);
+        // Inside the window: no I/O; at its end the next window.
+        assert_eq!(read(1), 5 * 4096);
+        assert_eq!(read(3), 5 * 4096);
+        // Pages 4..8, page 6 cached already.
+        assert_eq!(read(4), 8 * 4096);
+        // Never past the end of the file.
+        assert_eq!(read(11), 9 * 4096);
     }
 
     #[test]
