@@ -11,10 +11,14 @@
 #   --out F     the JSON result (default target/bench-mount.json); the table goes to stdout.
 #   --only L    a comma-separated subset of: tmpfs null-cached null-direct fatcache-direct
 #               fatcache-kernel fusefat (default: all, in that order).
+#   --workloads L  a comma-separated subset of the rows to run (seq_write, seq_read,
+#               rand_read, rand_write, create, stat, cp_tree, tar_x), e.g. for --perf.
 #   --img-dir D where the FAT images live (default /dev/shm: the image is RAM, so the
 #               comparison measures the filesystems, not this machine's disk).
 #   --perf      perf record -g each fatcache daemon during each workload, into
-#               target/bench-mount-perf/FS-WORKLOAD.data (slows it; not for the numbers).
+#               target/bench-mount-perf/FS-WORKLOAD.data (slows it; not for the numbers;
+#               PERF_CALLGRAPH="--call-graph dwarf" for stacks through code without frame
+#               pointers).
 #   Sizes can be overridden: SEQ_MB RAND_MB RAND_SECS FILES_BIG FILES_SMALL TREE_FILES
 #   TREE_KB_MAX CACHE_MB WL_TIMEOUT (seconds per workload, after which a cell is ">N"; 900)
 #   CREATE_TIMEOUT (the same for each create pass, 600: fusefat's creates grow about as
@@ -37,11 +41,13 @@ OUT="$ROOT/target/bench-mount.json"
 ONLY="tmpfs,null-cached,null-direct,fatcache-direct,fatcache-kernel,fusefat"
 IMG_DIR=/dev/shm
 PERF=0
+WANT_WL="seq_write,seq_read,rand_read,rand_write,create,stat,cp_tree,tar_x"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --out) OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
+        --workloads) WANT_WL=$2; shift ;;
         --img-dir) IMG_DIR=$2; shift ;;
         --perf) PERF=1 ;;
         -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -170,7 +176,9 @@ perf_start() {
     [ "$PERF" = 1 ] && [ -n "$DAEMON" ] || return 0
     case $FS in fatcache-*) ;; *) return 0 ;; esac
     mkdir -p "$PERF_DIR"
-    perf record -g -p "$DAEMON" -o "$PERF_DIR/$FS-$1.data" >/dev/null 2>&1 &
+    # shellcheck disable=SC2086 # PERF_CALLGRAPH is a list of options
+    perf record ${PERF_CALLGRAPH:--g} -F 999 -p "$DAEMON" -o "$PERF_DIR/$FS-$1.data" \
+        >/dev/null 2>&1 &
     PERF_PID=$!
     sleep 1
 }
@@ -185,6 +193,7 @@ perf_stop() {
 run() {
     local wl=$1 v
     shift
+    case ",$WANT_WL," in *",${wl%_[0-9]*},"*) ;; *) return ;; esac
     if [ -n "$DAEMON" ] && ! kill -0 "$DAEMON" 2>/dev/null; then
         R[$FS,$wl]="err"
         return
@@ -194,6 +203,8 @@ run() {
     v=$("$@")
     perf_stop
     R[$FS,$wl]=$v
+    [ -n "$DAEMON" ] && [ -r "/proc/$DAEMON/status" ] && echo "$FS after $wl: $(grep -E \
+        '^Vm(HWM|RSS)' "/proc/$DAEMON/status" | tr -s ' \t\n' ' ')" >>"$WORK/wl.log"
     say "  $FS $wl: $v ${UNIT[$wl]}"
 }
 
@@ -384,8 +395,12 @@ unmount_fs() {
     fi
     R[$FS,unmount]=$(elapsed "$t0" "$(now)")
     if [ -s "$WORK/$FS.log" ]; then
-        say "$FS daemon log (last lines):"
-        tail -5 "$WORK/$FS.log" | sed 's/^/    /' >&2
+        # fuser's default ioctl handler logs a three-line warning per TCGETS (isatty).
+        say "$FS daemon log: $(grep -c 'Not Implemented' "$WORK/$FS.log") '[Not Implemented]'" \
+            "warnings from fuser's defaults; the last other lines:"
+        grep -v -e 'Not Implemented' -e '^ *0x[0-9a-f]*,$' -e '^ *), fh: ' "$WORK/$FS.log" \
+            | tail -5 | sed 's/^/    /' >&2
+        cp "$WORK/$FS.log" "$(dirname "$OUT")/bench-mount-$FS.log" 2>/dev/null
     fi
     case $FS in
         fatcache-*|fusefat)
