@@ -1,6 +1,7 @@
 //! What a kernel vfat mount does that programs notice, through the FUSE mount: renameat2 with
 //! RENAME_EXCHANGE (vfat since v6.0), directory link counts that `find` and `ls -ld` can
-//! trust, and who may set a file's times (`allow_utime=`, checked as other users).
+//! trust, who may set a file's times (`allow_utime=`, checked as other users), and ENOTTY for
+//! ioctls, as vfat answers the ones it does not know.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -332,4 +333,24 @@ fn allow_utime_as_other_users_fat16() {
     model.file("/f", b"times\n");
     let done = m.finish();
     readers_agree(&done.image, &model.0);
+}
+
+/// isatty(3) on a file of the mount sends TCGETS down to the daemon: it must say ENOTTY (not a
+/// terminal) quietly, as vfat does, not log a warning per call.
+#[test]
+fn ioctl_is_enotty_and_quiet_fat16() {
+    use std::io::IsTerminal as _;
+    let m = Mounted::new(Fat::F16, "ioctl", "");
+    let path = m.path("tty.txt");
+    fs::write(&path, b"not a terminal\n").expect("write");
+    for _ in 0..20 {
+        let f = fs::File::open(&path).expect("open");
+        assert!(!f.is_terminal(), "a FAT file is no terminal");
+    }
+    let log = m.log();
+    assert!(
+        !log.contains("Not Implemented"),
+        "the daemon logged about ioctls:\n{log}"
+    );
+    m.finish();
 }

@@ -852,6 +852,22 @@ impl Filesystem for FatFuse {
         }
     }
 
+    /// No ioctl is implemented: ENOTTY, as vfat answers one it does not know (fuser's default
+    /// would log a warning for every TCGETS a program's open sends, and answer ENOSYS).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut list = Vec::new();
         if ino.0 == ROOT_INO {
