@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::fcntl::{AT_FDCWD, RenameFlags};
 
 use crate::basic::{Model, expect_errno, readers_agree};
-use crate::common::readers::{Node, Tree};
+use crate::common::readers::{Node, Tree, exchange_in_tree};
 use crate::harness::{Fat, Mounted, host_tree, optional_tool, q, sh, sh_ok};
 
 /// renameat2(2) of `from` to `to` with `flags`.
@@ -22,33 +22,6 @@ pub(crate) fn renameat2(from: &Path, to: &Path, flags: RenameFlags) -> io::Resul
 /// renameat2(2) with RENAME_EXCHANGE.
 pub(crate) fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     renameat2(a, b, RenameFlags::RENAME_EXCHANGE)
-}
-
-/// `a` and `b`, with everything under them, trade places in `t`.
-fn model_exchange(t: &mut Tree, a: &str, b: &str) {
-    let mut take = |from: &str| -> Vec<(String, Node)> {
-        let below = format!("{from}/");
-        let paths: Vec<String> = t
-            .keys()
-            .filter(|p| *p == from || p.starts_with(&below))
-            .cloned()
-            .collect();
-        assert!(!paths.is_empty(), "{from} not in the model");
-        paths
-            .into_iter()
-            .map(|p| {
-                let n = t.remove(&p).expect("listed");
-                (p[from.len()..].to_owned(), n)
-            })
-            .collect()
-    };
-    let (under_a, under_b) = (take(a), take(b));
-    for (rest, n) in under_a {
-        t.insert(format!("{b}{rest}"), n);
-    }
-    for (rest, n) in under_b {
-        t.insert(format!("{a}{rest}"), n);
-    }
 }
 
 /// Files and directories of all kinds trade places; the inode numbers go with the contents
@@ -99,7 +72,7 @@ fn rename_exchange_fat32() {
 
     // A file and a non-empty directory in another directory.
     exchange(&p("/a.txt"), &p("/dir1/sub")).expect("exchange a file and a directory");
-    model_exchange(&mut model.0, "/a.txt", "/dir1/sub");
+    exchange_in_tree(&mut model.0, "/a.txt", "/dir1/sub");
     assert!(meta("/a.txt").is_dir() && meta("/dir1/sub").is_file());
     assert_eq!(
         meta("/a.txt").ino(),
@@ -131,14 +104,14 @@ fn rename_exchange_fat32() {
     model.file("/dir1/sub", b"CONTENTS of a\n");
     // Two files in different directories, a long name and an 8.3 one.
     exchange(&p(long), &p("/dir1/x.txt")).expect("exchange two files");
-    model_exchange(&mut model.0, long, "/dir1/x.txt");
+    exchange_in_tree(&mut model.0, long, "/dir1/x.txt");
     // Two directories in different directories.
     exchange(&p("/dir2/deep"), &p("/a.txt")).expect("exchange two directories");
-    model_exchange(&mut model.0, "/dir2/deep", "/a.txt");
+    exchange_in_tree(&mut model.0, "/dir2/deep", "/a.txt");
     assert_eq!(meta("/dir2/deep").ino(), ino_sub);
     // Two directories in one directory; a name with itself.
     exchange(&p("/dir1"), &p("/dir2")).expect("exchange siblings");
-    model_exchange(&mut model.0, "/dir1", "/dir2");
+    exchange_in_tree(&mut model.0, "/dir1", "/dir2");
     exchange(&p("/dir1"), &p("/dir1")).expect("exchange a name with itself");
 
     // The refusals.
@@ -255,7 +228,7 @@ fn directory_link_counts_fat16() {
     model.rename("/a/file", "/e/f/g/file");
     assert_links(&m, &model.0, "after rmdir and rename");
     exchange(&p("/a"), &p("/e/f/g/file")).expect("exchange");
-    model_exchange(&mut model.0, "/a", "/e/f/g/file");
+    exchange_in_tree(&mut model.0, "/a", "/e/f/g/file");
     assert_links(&m, &model.0, "after an exchange");
     let done = m.finish();
     readers_agree(&done.image, &model.0);

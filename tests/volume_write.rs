@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use common::readers::{
     FAT12, FAT16, FAT32, FsckMode, Layout, Node as TNode, Tree, assert_trees_agree, check_trees,
-    compare_trees, fsck_clean, fsck_clean_allow_dirty, mkfs_fat, noise,
+    compare_trees, exchange_in_tree, fsck_clean, fsck_clean_allow_dirty, mkfs_fat, noise,
 };
 use common::{TempDir, fnv1a64, tools};
 use fatcache::FsError;
@@ -1828,34 +1828,6 @@ fn read_past_cache(img: &Image) {
 // ---------------------------------------------------------------------------------------
 // 16. rename exchange
 
-/// `a` and `b`, with everything under them, trade places in `t`.
-fn model_exchange(t: &mut Tree, a: &str, b: &str) {
-    let take = |t: &mut Tree, from: &str| -> Vec<(String, TNode)> {
-        let below = format!("{from}/");
-        let paths: Vec<String> = t
-            .keys()
-            .filter(|p| *p == from || p.starts_with(&below))
-            .cloned()
-            .collect();
-        let taken: Vec<(String, TNode)> = paths
-            .into_iter()
-            .map(|p| {
-                let n = t.remove(&p).expect("listed");
-                (p[from.len()..].to_owned(), n)
-            })
-            .collect();
-        assert!(!taken.is_empty(), "{from} not in the model");
-        taken
-    };
-    let (under_a, under_b) = (take(t, a), take(t, b));
-    for (rest, n) in under_a {
-        t.insert(format!("{b}{rest}"), n);
-    }
-    for (rest, n) in under_b {
-        t.insert(format!("{a}{rest}"), n);
-    }
-}
-
 /// The link count vfat gives the directory `dir` of `t`: 2 and one per subdirectory.
 fn model_nlink(t: &Tree, dir: &str) -> u32 {
     let prefix = if dir == "/" {
@@ -1923,7 +1895,7 @@ fn exchange(img: &Image) {
     // are, the contents and the nodes (inode numbers) trade places.
     vol.rename_exchange(&root, "a.txt", &root, long)
         .expect("file with file");
-    model_exchange(&mut t, "/a.txt", &format!("/{long}"));
+    exchange_in_tree(&mut t, "/a.txt", &format!("/{long}"));
     let names = listed(&vol, &root);
     assert!(names.iter().any(|n| n == long) && names.iter().any(|n| n == "a.txt"));
     assert_eq!(lookup(&vol, "/a.txt").ino(), fb.ino(), "b's node under a");
@@ -1937,7 +1909,7 @@ fn exchange(img: &Image) {
     // File and file across directories.
     vol.rename_exchange(&root, "a.txt", &d2, "y.txt")
         .expect("file with file across");
-    model_exchange(&mut t, "/a.txt", "/d2/y.txt");
+    exchange_in_tree(&mut t, "/a.txt", "/d2/y.txt");
     assert_eq!(lookup(&vol, "/a.txt").ino(), fy.ino());
     assert_eq!(lookup(&vol, "/d2/y.txt").ino(), fb.ino());
     // File and directory across directories: the directory's `..` follows it, the link
@@ -1948,7 +1920,7 @@ fn exchange(img: &Image) {
     let aged = d1.entry().modify_date;
     vol.rename_exchange(&root, long, &d1, "sub")
         .expect("file with directory");
-    model_exchange(&mut t, &format!("/{long}"), "/d1/sub");
+    exchange_in_tree(&mut t, &format!("/{long}"), "/d1/sub");
     assert_eq!(lookup(&vol, &format!("/{long}")).ino(), sub.ino());
     assert!(lookup(&vol, &format!("/{long}")).is_dir());
     assert_eq!(lookup(&vol, "/d1/sub").ino(), fa.ino());
@@ -1961,7 +1933,7 @@ fn exchange(img: &Image) {
     // Directory and directory across directories, one of them non-empty with a subdirectory.
     vol.rename_exchange(&root, "d2", &p, "q")
         .expect("directory with directory across");
-    model_exchange(&mut t, "/d2", "/p/q");
+    exchange_in_tree(&mut t, "/d2", "/p/q");
     assert_eq!(lookup(&vol, "/d2").ino(), q.ino());
     assert_eq!(lookup(&vol, "/p/q").ino(), d2.ino());
     assert_eq!(
@@ -1972,7 +1944,7 @@ fn exchange(img: &Image) {
     // Directory and directory in one directory.
     vol.rename_exchange(&root, "d1", &root, "p")
         .expect("directory with directory");
-    model_exchange(&mut t, "/d1", "/p");
+    exchange_in_tree(&mut t, "/d1", "/p");
     // Two spellings of one entry: nothing happens.
     vol.rename_exchange(&root, "d1", &root, "D1")
         .expect("an entry with itself");
@@ -2052,13 +2024,13 @@ fn exchange(img: &Image) {
     let (root, d1) = (vol.root(), lookup(&vol, "/d1"));
     vol.rename_exchange(&d1, "q", &root, "a.txt")
         .expect("exchange on a sync mount");
-    model_exchange(&mut t, "/d1/q", "/a.txt");
+    exchange_in_tree(&mut t, "/d1/q", "/a.txt");
     if let Err(e) = check_dirty(img, &t) {
         panic!("sync exchange: {e}");
     }
     vol.rename_exchange(&root, "a.txt", &d1, "q")
         .expect("and back");
-    model_exchange(&mut t, "/d1/q", "/a.txt");
+    exchange_in_tree(&mut t, "/d1/q", "/a.txt");
     if let Err(e) = check_dirty(img, &t) {
         panic!("sync exchange back: {e}");
     }

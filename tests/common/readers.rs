@@ -716,3 +716,30 @@ pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// `a` and `b`, with everything under them, trade places in the model `t` (RENAME_EXCHANGE).
+pub(crate) fn exchange_in_tree(t: &mut Tree, a: &str, b: &str) {
+    let take = |t: &mut Tree, from: &str| -> Vec<(String, Node)> {
+        let below = format!("{from}/");
+        let paths: Vec<String> = t
+            .keys()
+            .filter(|p| *p == from || p.starts_with(&below))
+            .cloned()
+            .collect();
+        assert!(!paths.is_empty(), "{from} not in the model");
+        paths
+            .into_iter()
+            .map(|p| {
+                let n = t.remove(&p).expect("listed");
+                (p[from.len()..].to_owned(), n)
+            })
+            .collect()
+    };
+    let (under_a, under_b) = (take(t, a), take(t, b));
+    for (rest, n) in under_a {
+        t.insert(format!("{b}{rest}"), n);
+    }
+    for (rest, n) in under_b {
+        t.insert(format!("{a}{rest}"), n);
+    }
+}
