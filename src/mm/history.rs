@@ -298,10 +298,12 @@ pub fn explain_stale_wake(
     let clear = events[..end]
         .iter()
         .rposition(|e| e.op == Op::ClearWriteback && e.epoch == old_epoch)?;
+    // The waker records its wake after walking the queue, so the woken thread may report
+    // before that event is in the ring: then the woken thread's own end of wait stands in.
     let wake = events[clear..end]
         .iter()
         .position(|e| e.op == Op::Wake && e.thread == waker && e.bit == writeback_bit)
-        .map(|i| clear + i)?;
+        .map_or(end, |i| clear + i);
     let start = events[clear..end]
         .iter()
         .position(|e| e.op == Op::SetWriteback)
