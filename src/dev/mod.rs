@@ -21,6 +21,26 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError>;
     /// Write `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), FsError>;
+    /// Read the consecutive bytes at `offset` into `bufs` in order (one merged request); the
+    /// default reads each in turn.
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [&mut [u8]]) -> Result<(), FsError> {
+        let mut at = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+    /// Write `bufs` one after another from `offset` (one merged request); the default writes
+    /// each in turn.
+    fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), FsError> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Make every completed write durable.
     fn flush(&self) -> Result<(), FsError>;
     /// Size in bytes.

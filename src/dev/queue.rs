@@ -3,7 +3,15 @@
 //!
 //! This is where "the I/O completes on another CPU, later" comes from: end_page_writeback runs
 //! on a completion thread, never on the thread that started the writeback.
+//!
+//! Like the block layer, the queue merges: a completion thread that takes a read or write
+//! also takes the requests queued right behind it that continue it on the device (same
+//! direction, next byte), up to 1 MiB, and carries them out as one vectored request with one
+//! latency; each still completes on its own `end_io`. A thread can hold its writes back with
+//! a plug ([`IoQueue::start_plug`], blk_start_plug) so that a writepages pass reaches the queue
+//! as one batch of neighbours instead of a trickle the completion threads take one by one.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -61,6 +69,8 @@ struct State {
 }
 
 struct Shared {
+    /// Tells this queue's plug from another queue's.
+    id: u64,
     dev: Arc<dyn BlockDevice>,
     state: Mutex<State>,
     work: Condvar,
@@ -69,6 +79,97 @@ struct Shared {
     completed: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Requests carried out on the device: a merged run counts once.
+    dispatched: AtomicU64,
+}
+
+/// Longest merged request (the order of the block layer's max_sectors_kb).
+const MAX_MERGE_BYTES: usize = 1 << 20;
+
+/// Most requests merged into one (a bio's vector is bounded too; IOV_MAX is 1024).
+const MAX_MERGE_BIOS: usize = 256;
+
+/// Writes a plug holds before it queues them on its own, so a long pass keeps the device busy
+/// instead of handing it everything at the end (blk_plug's request limit, larger here because
+/// a request here is a page, not a merged bio).
+const PLUG_MAX: usize = 256;
+
+/// Source of queue identities for plugs.
+static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Writes held by this thread's plug, and the queue they are for.
+struct Plug {
+    id: u64,
+    shared: Arc<Shared>,
+    bios: Vec<Bio>,
+}
+
+thread_local! {
+    /// This thread's plug (current->plug in the kernel), if one is active.
+    static PLUG: RefCell<Option<Plug>> = const { RefCell::new(None) };
+}
+
+/// An active plug on the current thread; dropping it queues the held writes (blk_finish_plug).
+///
+/// Only writes are held. A read is queued at once even under a plug: whoever submits a read
+/// waits for it (a page lock, a chain walk's FAT sector), and a read held by the plug of the
+/// thread waiting for it would never come (the kernel avoids that by flushing the plug when
+/// the task sleeps; the page cache here has no such hook into the scheduler). A write
+/// submitted under a plug must not be waited for by the same thread before the plug ends;
+/// writepages passes never do (each page is visited once and unlocked before its I/O).
+#[must_use = "the plug ends, and its writes are queued, when this is dropped"]
+pub struct BlkPlug {
+    /// False for a nested plug, which leaves the outer one in charge.
+    active: bool,
+    /// Not Send: the plug belongs to the thread that started it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for BlkPlug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkPlug")
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl Drop for BlkPlug {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        // try_with: during thread teardown the slot may be gone already, and then its Drop
+        // has queued the writes. Dropping the taken plug queues them (`Plug`'s Drop).
+        let plug = PLUG.try_with(|p| p.borrow_mut().take());
+        drop(plug);
+    }
+}
+
+impl Drop for Plug {
+    fn drop(&mut self) {
+        // The end of the plug, or the thread-local torn down under an active plug: either
+        // way the held writes are queued, since nothing submitted is ever dropped.
+        let bios = std::mem::take(&mut self.bios);
+        if !bios.is_empty() {
+            self.shared.push_batch(bios);
+        }
+    }
+}
+
+impl Shared {
+    /// Queue `bios` together and wake enough completion threads for them.
+    fn push_batch(&self, bios: Vec<Bio>) {
+        let n = bios.len();
+        if n == 0 {
+            return;
+        }
+        self.state.lock().queue.extend(bios);
+        if n == 1 {
+            self.work.notify_one();
+        } else {
+            self.work.notify_all();
+        }
+    }
 }
 
 /// A device with its completion threads.
@@ -93,6 +194,8 @@ impl IoQueue {
         latency: Duration,
     ) -> Result<Self, FsError> {
         let shared = Arc::new(Shared {
+            // Relaxed: a unique number, no other memory depends on it.
+            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
             dev,
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -101,6 +204,7 @@ impl IoQueue {
             completed: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            dispatched: AtomicU64::new(0),
         });
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -122,12 +226,59 @@ impl IoQueue {
         &self.shared.dev
     }
 
-    /// Queue a request; its `end_io` runs later on a completion thread.
+    /// Queue a request; its `end_io` runs later on a completion thread. A write from a thread
+    /// with an active plug on this queue waits in the plug until it ends or fills.
     pub fn submit(&self, bio: Bio) {
-        let mut st = self.shared.state.lock();
-        st.queue.push_back(bio);
-        drop(st);
-        self.shared.work.notify_one();
+        let mut bio = Some(bio);
+        if matches!(
+            bio,
+            Some(Bio {
+                op: BioOp::Write { .. },
+                ..
+            })
+        ) {
+            let full = PLUG.try_with(|p| {
+                let mut p = p.borrow_mut();
+                let plug = p.as_mut().filter(|plug| plug.id == self.shared.id)?;
+                plug.bios.extend(bio.take());
+                (plug.bios.len() >= PLUG_MAX).then(|| std::mem::take(&mut plug.bios))
+            });
+            if let Ok(Some(bios)) = full {
+                self.shared.push_batch(bios);
+            }
+        }
+        if let Some(bio) = bio {
+            self.shared.state.lock().queue.push_back(bio);
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Queue `bios` at once, in order, so that neighbours can be merged (a readahead window).
+    pub fn submit_batch(&self, bios: Vec<Bio>) {
+        self.shared.push_batch(bios);
+    }
+
+    /// Start holding this thread's writes to this queue until the returned plug is dropped
+    /// (blk_start_plug); inert when the thread already has a plug.
+    pub fn start_plug(&self) -> BlkPlug {
+        let active = PLUG
+            .try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.is_some() {
+                    return false;
+                }
+                *p = Some(Plug {
+                    id: self.shared.id,
+                    shared: Arc::clone(&self.shared),
+                    bios: Vec::new(),
+                });
+                true
+            })
+            .unwrap_or(false);
+        BlkPlug {
+            active,
+            _thread: std::marker::PhantomData,
+        }
     }
 
     /// Change the per-request latency (`io_latency_us`).
@@ -159,6 +310,11 @@ impl IoQueue {
     /// Requests completed so far.
     pub fn completed(&self) -> u64 {
         self.shared.completed.load(Ordering::Relaxed)
+    }
+
+    /// Device requests carried out so far: fewer than [`IoQueue::completed`] by the merges.
+    pub fn dispatched(&self) -> u64 {
+        self.shared.dispatched.load(Ordering::Relaxed)
     }
 
     /// Bytes (read, written) that requests have asked of the device so far.
@@ -198,13 +354,14 @@ impl Drop for IoQueue {
 
 fn completion_thread(s: &Shared) {
     loop {
-        let bio = {
+        let batch = {
             let mut st = s.state.lock();
             loop {
                 if !st.plugged {
                     if let Some(b) = st.queue.pop_front() {
-                        st.in_flight += 1;
-                        break b;
+                        let batch = take_merges(&mut st.queue, b);
+                        st.in_flight += batch.len();
+                        break batch;
                     }
                 }
                 if st.shutdown && st.queue.is_empty() {
@@ -217,25 +374,122 @@ fn completion_thread(s: &Shared) {
         if ns != 0 {
             std::thread::sleep(Duration::from_nanos(ns));
         }
-        let result = match &bio.op {
-            BioOp::Read { offset, len } => {
-                let mut buf = vec![0u8; *len];
-                s.bytes_read.fetch_add(*len as u64, Ordering::Relaxed);
-                s.dev.read_at(*offset, &mut buf).map(|()| buf)
-            }
-            BioOp::Write { offset, data } => {
-                s.bytes_written
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                s.dev.write_at(*offset, data).map(|()| Vec::new())
-            }
-            BioOp::Flush => s.dev.flush().map(|()| Vec::new()),
+        let n = batch.len();
+        let results = if n == 1 {
+            vec![carry_out(s, &batch[0].op)]
+        } else {
+            carry_out_merged(s, &batch)
         };
-        (bio.end_io)(result);
-        s.completed.fetch_add(1, Ordering::Relaxed);
+        for (bio, result) in batch.into_iter().zip(results) {
+            (bio.end_io)(result);
+            s.completed.fetch_add(1, Ordering::Relaxed);
+        }
         let mut st = s.state.lock();
-        st.in_flight -= 1;
+        st.in_flight -= n;
         if st.queue.is_empty() && st.in_flight == 0 {
             s.idle.notify_all();
+        }
+    }
+}
+
+/// Direction, device offset and length of a read or write.
+fn extent(op: &BioOp) -> Option<(bool, u64, usize)> {
+    match op {
+        BioOp::Read { offset, len } => Some((false, *offset, *len)),
+        BioOp::Write { offset, data } => Some((true, *offset, data.len())),
+        BioOp::Flush => None,
+    }
+}
+
+/// `first` and the requests at the head of `queue` that continue it on the device in the same
+/// direction (a back merge), within the merge limits. A flush never merges, and nothing
+/// queued behind a request that does not continue the run is taken, so the order of
+/// overlapping writes is kept.
+fn take_merges(queue: &mut VecDeque<Bio>, first: Bio) -> Vec<Bio> {
+    let mut batch = vec![first];
+    let Some((write, start, len)) = extent(&batch[0].op) else {
+        return batch;
+    };
+    let (mut end, mut bytes) = (start + len as u64, len);
+    while batch.len() < MAX_MERGE_BIOS {
+        match queue.front().and_then(|b| extent(&b.op)) {
+            Some((w, off, l)) if w == write && off == end && bytes + l <= MAX_MERGE_BYTES => {}
+            _ => break,
+        }
+        let Some(b) = queue.pop_front() else { break };
+        let l = extent(&b.op).map_or(0, |e| e.2);
+        end += l as u64;
+        bytes += l;
+        batch.push(b);
+    }
+    batch
+}
+
+/// One request on the device.
+fn carry_out(s: &Shared, op: &BioOp) -> Result<Vec<u8>, FsError> {
+    s.dispatched.fetch_add(1, Ordering::Relaxed);
+    match op {
+        BioOp::Read { offset, len } => {
+            let mut buf = vec![0u8; *len];
+            s.bytes_read.fetch_add(*len as u64, Ordering::Relaxed);
+            s.dev.read_at(*offset, &mut buf).map(|()| buf)
+        }
+        BioOp::Write { offset, data } => {
+            s.bytes_written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            s.dev.write_at(*offset, data).map(|()| Vec::new())
+        }
+        BioOp::Flush => s.dev.flush().map(|()| Vec::new()),
+    }
+}
+
+/// A merged run (all reads or all writes, consecutive on the device) as one vectored request.
+/// If it fails, each part is tried on its own, so only the parts that really fail get the
+/// error (the block layer, too, retries a failed merged request piece by piece to find the
+/// bad sectors).
+fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> {
+    let Some((_, offset, _)) = extent(&batch[0].op) else {
+        return batch.iter().map(|b| carry_out(s, &b.op)).collect();
+    };
+    let merged = match &batch[0].op {
+        BioOp::Read { .. } => {
+            let mut bufs: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|b| vec![0u8; extent(&b.op).map_or(0, |e| e.2)])
+                .collect();
+            let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            let total: usize = views.iter().map(|v| v.len()).sum();
+            s.dev.read_vectored_at(offset, &mut views).map(|()| {
+                s.bytes_read.fetch_add(total as u64, Ordering::Relaxed);
+                bufs.into_iter().map(Ok).collect()
+            })
+        }
+        _ => {
+            let views: Vec<&[u8]> = batch
+                .iter()
+                .map(|b| match &b.op {
+                    BioOp::Write { data, .. } => data.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            let total: usize = views.iter().map(|v| v.len()).sum();
+            s.dev.write_vectored_at(offset, &views).map(|()| {
+                s.bytes_written.fetch_add(total as u64, Ordering::Relaxed);
+                batch.iter().map(|_| Ok(Vec::new())).collect()
+            })
+        }
+    };
+    match merged {
+        Ok(results) => {
+            s.dispatched.fetch_add(1, Ordering::Relaxed);
+            results
+        }
+        Err(e) => {
+            log::debug!(
+                "i/o: merged request of {} failed ({e}); retrying each",
+                batch.len()
+            );
+            batch.iter().map(|b| carry_out(s, &b.op)).collect()
         }
     }
 }
@@ -314,5 +568,110 @@ mod tests {
         q.plug();
         drop(q);
         assert_eq!(rx.try_iter().count(), 5);
+    }
+
+    #[test]
+    fn a_plug_holds_writes_not_reads_and_its_batch_is_merged() {
+        let dev = Arc::new(MemDevice::new(1 << 16));
+        let q = IoQueue::new(dev.clone(), 2, Duration::ZERO).expect("queue");
+        let (tx, rx) = mpsc::channel();
+        let plug = q.start_plug();
+        // Nested plugs leave the outer one in charge.
+        drop(q.start_plug());
+        for i in 0..8u64 {
+            let tx = tx.clone();
+            q.submit(Bio {
+                op: BioOp::Write {
+                    offset: i * 512,
+                    data: vec![i as u8 + 1; 512],
+                },
+                end_io: Box::new(move |r| tx.send(r.is_ok()).expect("send")),
+            });
+        }
+        // A read goes through at once: its submitter may be about to wait for it.
+        let (rtx, rrx) = mpsc::channel();
+        q.submit(Bio {
+            op: BioOp::Read {
+                offset: 1 << 15,
+                len: 512,
+            },
+            end_io: Box::new(move |r| rtx.send(r.map(|d| d.len()).ok()).expect("send")),
+        });
+        assert_eq!(rrx.recv().expect("read completes"), Some(512));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rx.try_recv().is_err(), "writes held by the plug");
+        assert_eq!(dev.snapshot()[0], 0);
+        drop(plug);
+        for _ in 0..8 {
+            assert!(rx.recv().expect("completion"));
+        }
+        q.drain();
+        let snap = dev.snapshot();
+        for i in 0..8 {
+            assert_eq!(snap[i * 512], i as u8 + 1, "sector {i}");
+        }
+        // 9 requests, the 8 writes queued together and contiguous: merged into one (or two,
+        // if the second thread took the head before the first looked behind it: never more).
+        assert_eq!(q.completed(), 9);
+        assert!(q.dispatched() <= 3, "{} device requests", q.dispatched());
+    }
+
+    #[test]
+    fn a_failed_merged_write_fails_only_its_bad_part() {
+        let dev = Arc::new(MemDevice::new(1 << 16));
+        dev.fail_writes(1024, 1536);
+        let q = IoQueue::new(dev.clone(), 1, Duration::ZERO).expect("queue");
+        let (tx, rx) = mpsc::channel();
+        q.submit_batch(
+            (0..4u64)
+                .map(|i| {
+                    let tx = tx.clone();
+                    Bio {
+                        op: BioOp::Write {
+                            offset: i * 512,
+                            data: vec![7; 512],
+                        },
+                        end_io: Box::new(move |r| tx.send((i, r.is_ok())).expect("send")),
+                    }
+                })
+                .collect(),
+        );
+        let mut got: Vec<(u64, bool)> = (0..4).map(|_| rx.recv().expect("completion")).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![(0, true), (1, true), (2, false), (3, true)]);
+        q.drain();
+        assert_eq!(dev.snapshot()[3 * 512], 7);
+    }
+
+    #[test]
+    fn writes_that_do_not_continue_the_run_are_not_merged_past() {
+        // A write to sector 0, then sector 5, then sector 1: only neighbours in queue order
+        // merge, so nothing reorders writes to the same place.
+        let mut q = VecDeque::new();
+        let bio = |off: u64| Bio {
+            op: BioOp::Write {
+                offset: off * 512,
+                data: vec![0; 512],
+            },
+            end_io: Box::new(|_| {}),
+        };
+        q.push_back(bio(5));
+        q.push_back(bio(1));
+        let batch = take_merges(&mut q, bio(0));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(q.len(), 2);
+        // At most MAX_MERGE_BIOS requests...
+        let mut q: VecDeque<Bio> = (1..600).map(bio).collect();
+        assert_eq!(take_merges(&mut q, bio(0)).len(), MAX_MERGE_BIOS);
+        // ...and at most MAX_MERGE_BYTES.
+        let big = |i: u64| Bio {
+            op: BioOp::Write {
+                offset: i * 8192,
+                data: vec![0; 8192],
+            },
+            end_io: Box::new(|_| {}),
+        };
+        let mut q: VecDeque<Bio> = (1..600).map(big).collect();
+        assert_eq!(take_merges(&mut q, big(0)).len(), MAX_MERGE_BYTES / 8192);
     }
 }

@@ -24,14 +24,14 @@ use crate::error::FsError;
 use crate::fat::bpb::Bpb;
 use crate::fat::table::{FatStore, FatTable};
 use crate::fs::buffer::{
-    BlockMap, block_read_full_page, block_write_full_page, cont_write_begin,
-    generic_cont_expand_simple, write_end,
+    BlockMap, block_read_full_page, block_read_full_page_into, block_write_full_page,
+    cont_write_begin, generic_cont_expand_simple, write_end,
 };
 use crate::fs::fs_writeback::{Bdi, WbInode};
-use crate::mm::filemap::{AddressSpace, find_get_page, find_or_create_page, read_cache_page};
+use crate::mm::filemap::{AddressSpace, add_new_page, find_get_page, read_cache_page};
 use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
-use crate::mm::writeback::balance_dirty_pages_ratelimited;
+use crate::mm::writeback::{balance_dirty_pages_ratelimited, generic_writepages};
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef, WritebackControl};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
@@ -326,6 +326,17 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
         block_write_full_page(&*self.0, mapping, page, wbc)
     }
 
+    /// fat_writepages = mpage_writepages, which plugs the queue for the pass: the writes of
+    /// neighbouring pages reach the device as one merged request instead of one each.
+    fn writepages(
+        &self,
+        mapping: &AddressSpace,
+        wbc: &mut WritebackControl,
+    ) -> Result<(), FsError> {
+        let _plug = self.0.queue.start_plug();
+        generic_writepages(mapping, wbc)
+    }
+
     /// __mark_inode_dirty(I_DIRTY_PAGES): onto the flusher's list.
     fn dirty_inode(&self) {
         self.1.mark_dirty();
@@ -356,6 +367,9 @@ pub struct FatInode<S: FatStore + 'static> {
     /// The page after the last one read (file_ra_state's idea of where a sequential reader
     /// goes next); a hint, so racing readers only change how much is read ahead.
     ra_next: crate::sync::unchecked::AtomicU64,
+    /// The page after the last one readahead has started (the end of file_ra_state's window);
+    /// a hint like `ra_next`.
+    ra_issued: crate::sync::unchecked::AtomicU64,
 }
 
 /// Pages read ahead of a sequential reader beyond its request (read_ahead_kb's default of
@@ -393,6 +407,7 @@ impl<S: FatStore + 'static> FatInode<S> {
             mapping,
             io,
             ra_next: crate::sync::unchecked::AtomicU64::new(0),
+            ra_issued: crate::sync::unchecked::AtomicU64::new(0),
         }
     }
 
@@ -437,7 +452,7 @@ impl<S: FatStore + 'static> FatInode<S> {
     /// page is served without I/O.
     ///
     /// Models: mm/filemap.c generic_file_buffered_read() (v5.10), with a simple form of
-    /// page_cache_sync_readahead (see [`FatInode::readahead`]).
+    /// readahead (see [`FatInode::readahead`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         let size = self.size();
         if offset >= size || buf.is_empty() {
@@ -450,6 +465,10 @@ impl<S: FatStore + 'static> FatInode<S> {
         let eof = size.div_ceil(PAGE_SIZE as u64);
         // Relaxed: a hint (see `ra_next`).
         let sequential = first == 0 || first == self.ra_next.swap(end, Hint::Relaxed);
+        // The window: the request, at least RA_PAGES, at most a quarter of the cache.
+        let cap = (self.mapping.cache().nr_frames() as u64 / 4).max(1);
+        let window = (end - first).max(RA_PAGES).min(cap);
+        let mut ahead_started = !sequential;
         let mut done = 0;
         while done < want {
             let pos = offset + done as u64;
@@ -457,8 +476,14 @@ impl<S: FatStore + 'static> FatInode<S> {
             let n = (PAGE_SIZE - in_page).min(want - done);
             let index = pos >> PAGE_SHIFT;
             if find_get_page(&self.mapping, index).is_none() {
-                // A miss inside the request continues the reader's own sequence.
-                self.readahead(index, end.min(eof), sequential || index > first);
+                // page_cache_sync_readahead: the rest of the request, in one batch.
+                self.readahead(index, end.min(index + window));
+            }
+            if !ahead_started {
+                // page_cache_async_readahead: before waiting for the request's own pages,
+                // start the next window, so the reader's next request finds it read.
+                ahead_started = true;
+                self.readahead_ahead(first == 0, end, window, eof);
             }
             let page = self.read_page_locked(index)?;
             page.with_data(|d| buf[done..done + n].copy_from_slice(&d[in_page..in_page + n]));
@@ -468,39 +493,65 @@ impl<S: FatStore + 'static> FatInode<S> {
         Ok(done)
     }
 
-    /// page_cache_sync_readahead on a miss at `index`: starts reads of the pages not cached
-    /// from `index` up to the request's `end`, at most [`RA_PAGES`] of them, and as many
-    /// again past the request when the reader is `sequential`; never past the end of the
-    /// file, never more than a quarter of the cache. The reader then waits for each page's
-    /// lock as usual: the pages are in flight together instead of one sleep per page.
+    /// The asynchronous part of readahead for a sequential reader whose request ends at page
+    /// `end`: once the reader is within half a `window` of where readahead has got to, the
+    /// next stretch up to `end + window` is started (the kernel's PG_readahead marker, kept
+    /// as a position). `restart` (a read from the start of the file) forgets the old
+    /// position, which an earlier pass left at the end of the file.
+    fn readahead_ahead(&self, restart: bool, end: u64, window: u64, eof: u64) {
+        use crate::sync::unchecked::Ordering as Hint;
+        let target = (end + window).min(eof);
+        // Relaxed: a hint (see `ra_issued`); racing readers at worst read a window twice,
+        // which the page cache turns into no I/O.
+        let issued = self.ra_issued.load(Hint::Relaxed);
+        let from = if restart || issued < end || issued > target {
+            end
+        } else {
+            issued
+        };
+        if from >= target || (from > end && from > end + window / 2) {
+            return;
+        }
+        self.ra_issued.store(target, Hint::Relaxed);
+        self.readahead(from, target);
+    }
+
+    /// Starts reads of the pages in `[start, stop)` that are not cached, never past the end
+    /// of the file, queued together so the device merges neighbours. The reader then waits
+    /// for each page's lock as usual: the pages are in flight together instead of one sleep
+    /// per page.
     ///
-    /// Models: mm/readahead.c page_cache_sync_readahead() / ondemand_readahead() (v5.10),
-    /// reduced: a fixed window, no PG_readahead marker and so no asynchronous readahead, one
-    /// read request per page. Readahead is a hint: it stops at the first page it cannot
-    /// allocate, and a failed read is left for the reader's own read to meet.
-    fn readahead(&self, index: u64, end: u64, sequential: bool) {
-        let eof = self.size().div_ceil(PAGE_SIZE as u64);
-        let cap = (self.mapping.cache().nr_frames() as u64 / 4).max(1);
-        let window =
-            RA_PAGES.min(end.saturating_sub(index)) + if sequential { RA_PAGES } else { 0 };
-        let stop = (index + window.min(cap)).min(eof);
-        for i in index..stop {
+    /// Models: mm/readahead.c page_cache_ra_unbounded() + read_pages() (v5.10), reduced:
+    /// the window is sized by the caller, with no ramp-up. Readahead is a hint: it stops at
+    /// the first page it cannot allocate, skips a page someone else is adding, and a failed
+    /// read is left for the reader's own read to meet.
+    fn readahead(&self, start: u64, stop: u64) {
+        /// Pages per batch: the device starts on the first part of a long window while the
+        /// rest is still being set up.
+        const BATCH: usize = 64;
+        let stop = stop.min(self.size().div_ceil(PAGE_SIZE as u64));
+        let cache = self.mapping.cache();
+        let mut bios = Vec::new();
+        let mut pages = 0;
+        for i in start..stop {
             if find_get_page(&self.mapping, i).is_some() {
                 continue;
             }
-            let Ok(page) = find_or_create_page(&self.mapping, i) else {
-                return;
+            let page = match add_new_page(&self.mapping, i) {
+                Ok(Some(page)) => page,
+                Ok(None) => continue,
+                Err(_) => break,
             };
-            if page.uptodate() {
-                unlock_page(page.page());
-                continue;
-            }
-            page.clear_error();
             // The read's completion unlocks the page (with PG_error on a failure).
-            if block_read_full_page(&*self.data, self.mapping.cache(), &page).is_err() {
-                return;
+            if block_read_full_page_into(&*self.data, cache, &page, &mut bios).is_err() {
+                break;
+            }
+            pages += 1;
+            if pages % BATCH == 0 {
+                self.data.queue.submit_batch(std::mem::take(&mut bios));
             }
         }
+        self.data.queue.submit_batch(bios);
     }
 
     /// Buffered write of `data` at `pos` through write_begin / write_end, page by page;
@@ -950,16 +1001,53 @@ mod tests {
         };
         // A first read in the middle: random, so only its own page.
         assert_eq!(read(6), 4096);
-        // From the start: sequential, so a window beyond the request, capped at a quarter of
-        // the 16-frame cache.
-        assert_eq!(read(0), 4096 + 4 * 4096);
-        // Inside the window: no I/O; at its end the next window.
-        assert_eq!(read(1), 5 * 4096);
-        assert_eq!(read(3), 5 * 4096);
-        // Pages 4..8, page 6 cached already.
-        assert_eq!(read(4), 8 * 4096);
-        // Never past the end of the file.
-        assert_eq!(read(11), 9 * 4096);
+        // From the start: sequential, so its own page and the next window (capped at a
+        // quarter of the 16-frame cache: pages 1..5) in flight behind it.
+        assert_eq!(read(0), 6 * 4096);
+        // Inside the window, more than half of it still ahead: no I/O.
+        assert_eq!(read(1), 6 * 4096);
+        // A skip to page 3 is not sequential, and page 3 is cached: no I/O.
+        assert_eq!(read(3), 6 * 4096);
+        // Sequential again at 4, within half a window of where readahead got to (5): the
+        // next stretch up to 5 + 4 starts; page 6 is cached already, so pages 5, 7, 8.
+        assert_eq!(read(4), 9 * 4096);
+        assert_eq!(read(5), 9 * 4096);
+        // At 6: pages 9 and 10 (up to 7 + 4 = 11).
+        assert_eq!(read(6), 11 * 4096);
+        assert_eq!(read(7), 11 * 4096);
+        // Never past the end of the file (12 pages): only page 11.
+        assert_eq!(read(8), 12 * 4096);
+        assert_eq!(read(11), 12 * 4096);
+    }
+
+    #[test]
+    fn readahead_reads_a_window_as_merged_requests() {
+        let f = fixture();
+        let pages = 8u32;
+        // One contiguous run of clusters: the window is one stretch of the device.
+        let chain: Vec<u32> = (200..200 + 8 * pages).collect();
+        f.link(&chain);
+        for p in 0..pages {
+            f.dev
+                .write_at(data(200 + 8 * p), &[p as u8 + 1; 4096])
+                .expect("seed");
+        }
+        let ino = f.inode(200, u64::from(pages) * PAGE_SIZE as u64);
+        let mut buf = vec![0u8; 4 * PAGE_SIZE];
+        assert_eq!(ino.read(0, &mut buf).expect("read"), buf.len());
+        f.queue.drain();
+        for (p, chunk) in buf.chunks(PAGE_SIZE).enumerate() {
+            assert!(chunk.iter().all(|&b| b == p as u8 + 1), "page {p}");
+        }
+        // 8 pages read (the request and a 4-page window behind it) as 8 bios, fewer device
+        // requests: each submission is a batch the completion threads merge.
+        assert_eq!(f.queue.bytes().0, 8 * 4096);
+        assert_eq!(f.queue.completed(), 8);
+        assert!(
+            f.queue.dispatched() < 8,
+            "no merging: {} requests",
+            f.queue.dispatched()
+        );
     }
 
     #[test]

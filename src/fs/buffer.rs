@@ -21,7 +21,7 @@
 
 use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
-use crate::mm::filemap::{AddressSpace, end_page_writeback, find_or_create_page};
+use crate::mm::filemap::{AddressSpace, end_page_writeback, grab_cache_page_write_begin};
 use crate::mm::waitqueue::{lock_page, unlock_page};
 use crate::mm::writeback::{
     WritebackControl, balance_dirty_pages_ratelimited, set_page_dirty, set_page_writeback,
@@ -128,6 +128,21 @@ pub fn block_read_full_page(
     cache: &Arc<PageCache>,
     page: &PageRef<'_>,
 ) -> Result<(), FsError> {
+    let mut bios = Vec::new();
+    let r = block_read_full_page_into(map, cache, page, &mut bios);
+    map.queue().submit_batch(bios);
+    r
+}
+
+/// [`block_read_full_page`] that leaves its bios in `bios` for the caller to submit, so a
+/// readahead pass can queue a whole window at once and the device merges it. Bytes no bio
+/// covers are zeroed here, so the page needs no zeroing when it is allocated.
+pub fn block_read_full_page_into(
+    map: &dyn BlockMap,
+    cache: &Arc<PageCache>,
+    page: &PageRef<'_>,
+    bios: &mut Vec<Bio>,
+) -> Result<(), FsError> {
     let extents = match page_extents(map, page.index(), map.size()) {
         Ok(e) => e,
         Err(e) => {
@@ -136,9 +151,18 @@ pub fn block_read_full_page(
             return Err(e);
         }
     };
-    let filled = extents.iter().map(|e| e.at + e.len).max().unwrap_or(0);
-    // No bio touches the tail, so zero it now, before any completion can see the page.
-    page.with_data_mut(|d| d[filled..].fill(0));
+    // No bio touches the gaps or the tail, so zero them now, before any completion can see
+    // the page.
+    page.with_data_mut(|d| {
+        let mut at = 0;
+        for e in &extents {
+            if e.at > at {
+                d[at..e.at].fill(0);
+            }
+            at = at.max(e.at + e.len);
+        }
+        d[at..].fill(0);
+    });
     if extents.is_empty() {
         page.set_uptodate();
         unlock_page(page.page());
@@ -148,7 +172,7 @@ pub fn block_read_full_page(
     let pfn = page.pfn();
     for ext in extents {
         let (cache, state) = (Arc::clone(cache), Arc::clone(&state));
-        map.queue().submit(Bio {
+        bios.push(Bio {
             op: BioOp::Read {
                 offset: ext.dev,
                 len: ext.len,
@@ -280,7 +304,7 @@ fn block_write_begin<'m>(
     allocated: &mut u64,
 ) -> Result<PageRef<'m>, FsError> {
     let index = pos >> PAGE_SHIFT;
-    let page = find_or_create_page(mapping, index)?;
+    let page = grab_cache_page_write_begin(mapping, index)?;
     // Allocate before reading, as __block_write_begin maps the buffers first; a failure
     // leaves the page as it was (unlocked), and nothing was allocated (allocation is
     // all-or-nothing).

@@ -623,16 +623,24 @@ impl Filesystem for FatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = self.node(ino).and_then(|node| {
-            let mut buf = vec![0u8; size as usize];
-            let n = self.vol.read(&node, offset, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        });
-        match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+        thread_local! {
+            /// This worker's read buffer, kept between requests: allocating and zeroing a
+            /// fresh MiB per request cost as much as the copy out of the page cache.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let r = self
+                .node(ino)
+                .and_then(|node| self.vol.read(&node, offset, &mut buf[..size]));
+            match r {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn write(

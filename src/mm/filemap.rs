@@ -171,6 +171,21 @@ pub fn find_lock_page(mapping: &AddressSpace, index: u64) -> Option<PageRef<'_>>
 /// find_or_create_page: the page at `index`, locked; a new one (not uptodate, zeroed) is
 /// allocated and inserted locked when none is cached.
 pub fn find_or_create_page(mapping: &AddressSpace, index: u64) -> Result<PageRef<'_>, FsError> {
+    find_or_create(mapping, index, true)
+}
+
+/// grab_cache_page_write_begin: [`find_or_create_page`] without zeroing a new page, for
+/// write_begin, which either overwrites the whole page or reads it in first (and the read
+/// zeroes what it does not fill). A new page is not uptodate, so nothing reads its stale
+/// bytes meanwhile.
+pub fn grab_cache_page_write_begin(
+    mapping: &AddressSpace,
+    index: u64,
+) -> Result<PageRef<'_>, FsError> {
+    find_or_create(mapping, index, false)
+}
+
+fn find_or_create(mapping: &AddressSpace, index: u64, zero: bool) -> Result<PageRef<'_>, FsError> {
     loop {
         if let Some(p) = find_lock_page(mapping, index) {
             return Ok(p);
@@ -178,7 +193,9 @@ pub fn find_or_create_page(mapping: &AddressSpace, index: u64) -> Result<PageRef
         let page = mapping.cache.alloc_page()?;
         // __SetPageLocked on a page nobody else can see yet.
         crate::mm::waitqueue::trylock_page(*page);
-        page.with_data_mut(|d| d.fill(0));
+        if zero {
+            page.with_data_mut(|d| d.fill(0));
+        }
         match add_to_page_cache_lru(mapping, &page, index) {
             Ok(()) => return Ok(page),
             Err(()) => {
@@ -187,6 +204,24 @@ pub fn find_or_create_page(mapping: &AddressSpace, index: u64) -> Result<PageRef
                 drop(page);
                 crate::sync::thread::yield_now();
             }
+        }
+    }
+}
+
+/// The readahead form of page allocation (page_cache_ra_unbounded): a new page at `index`,
+/// locked, not uptodate and *not zeroed* (the readpage that follows fills it), or `None` when
+/// a page is cached there already. Never sleeps on another page: a readahead pass holds the
+/// pages it has added locked until it submits their reads, so waiting here for a page another
+/// pass holds the same way could deadlock the two.
+pub fn add_new_page(mapping: &AddressSpace, index: u64) -> Result<Option<PageRef<'_>>, FsError> {
+    let page = mapping.cache.alloc_page()?;
+    // __SetPageLocked on a page nobody else can see yet.
+    crate::mm::waitqueue::trylock_page(*page);
+    match add_to_page_cache_lru(mapping, &page, index) {
+        Ok(()) => Ok(Some(page)),
+        Err(()) => {
+            unlock_page(*page);
+            Ok(None)
         }
     }
 }
