@@ -111,6 +111,7 @@ pub(crate) use std::sync::Arc;
 /// Primitives the model checker must not see: statistics, histories, diagnostics.
 pub(crate) mod unchecked {
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
+    pub(crate) use parking_lot::{MappedRwLockWriteGuard, RwLockWriteGuard};
     pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 }
 

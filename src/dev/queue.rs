@@ -30,6 +30,14 @@ pub enum BioOp {
         /// Length in bytes.
         len: usize,
     },
+    /// Read `buf.len()` bytes at `offset` straight into `buf` (a page frame); `end_io` gets
+    /// an empty vector.
+    ReadInto {
+        /// Byte offset.
+        offset: u64,
+        /// Where the bytes go.
+        buf: Box<dyn IoBuf>,
+    },
     /// Write `data` at `offset`.
     Write {
         /// Byte offset.
@@ -39,6 +47,25 @@ pub enum BioOp {
     },
     /// Make completed writes durable.
     Flush,
+}
+
+/// Memory a read lands in without a copy (a page frame under a read). The device borrows it
+/// only while the transfer runs, on the completion thread, before `end_io`.
+pub trait IoBuf: Send {
+    /// Its length in bytes.
+    fn len(&self) -> usize;
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The bytes, borrowed for the transfer.
+    fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_>;
+}
+
+impl std::fmt::Debug for dyn IoBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoBuf({} bytes)", self.len())
+    }
 }
 
 /// Completion callback: the read data (empty for writes and flushes) or the error.
@@ -396,6 +423,7 @@ fn completion_thread(s: &Shared) {
 fn extent(op: &BioOp) -> Option<(bool, u64, usize)> {
     match op {
         BioOp::Read { offset, len } => Some((false, *offset, *len)),
+        BioOp::ReadInto { offset, buf } => Some((false, *offset, buf.len())),
         BioOp::Write { offset, data } => Some((true, *offset, data.len())),
         BioOp::Flush => None,
     }
@@ -434,6 +462,12 @@ fn carry_out(s: &Shared, op: &BioOp) -> Result<Vec<u8>, FsError> {
             s.bytes_read.fetch_add(*len as u64, Ordering::Relaxed);
             s.dev.read_at(*offset, &mut buf).map(|()| buf)
         }
+        BioOp::ReadInto { offset, buf } => {
+            s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            s.dev
+                .read_at(*offset, &mut buf.borrow_mut())
+                .map(|()| Vec::new())
+        }
         BioOp::Write { offset, data } => {
             s.bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -452,17 +486,42 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
         return batch.iter().map(|b| carry_out(s, &b.op)).collect();
     };
     let merged = match &batch[0].op {
-        BioOp::Read { .. } => {
-            let mut bufs: Vec<Vec<u8>> = batch
+        BioOp::Read { .. } | BioOp::ReadInto { .. } => {
+            // A buffer of our own for a plain read, the caller's memory for ReadInto; the
+            // borrows end before any end_io runs (an end_io may take the same memory).
+            let mut own: Vec<Vec<u8>> = batch
                 .iter()
-                .map(|b| vec![0u8; extent(&b.op).map_or(0, |e| e.2)])
+                .map(|b| match &b.op {
+                    BioOp::Read { len, .. } => vec![0u8; *len],
+                    _ => Vec::new(),
+                })
                 .collect();
-            let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
-            let total: usize = views.iter().map(|v| v.len()).sum();
-            s.dev.read_vectored_at(offset, &mut views).map(|()| {
-                s.bytes_read.fetch_add(total as u64, Ordering::Relaxed);
-                bufs.into_iter().map(Ok).collect()
-            })
+            let r = {
+                let mut borrowed: Vec<Box<dyn std::ops::DerefMut<Target = [u8]> + '_>> = batch
+                    .iter()
+                    .filter_map(|b| match &b.op {
+                        BioOp::ReadInto { buf, .. } => Some(buf.borrow_mut()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut borrowed = borrowed.iter_mut();
+                let mut views: Vec<&mut [u8]> = Vec::with_capacity(batch.len());
+                for (b, o) in batch.iter().zip(own.iter_mut()) {
+                    match &b.op {
+                        BioOp::ReadInto { .. } => {
+                            if let Some(g) = borrowed.next() {
+                                views.push(&mut **g);
+                            }
+                        }
+                        _ => views.push(o.as_mut_slice()),
+                    }
+                }
+                let total: usize = views.iter().map(|v| v.len()).sum();
+                s.dev
+                    .read_vectored_at(offset, &mut views)
+                    .map(|()| s.bytes_read.fetch_add(total as u64, Ordering::Relaxed))
+            };
+            r.map(|_| own.into_iter().map(Ok).collect())
         }
         _ => {
             let views: Vec<&[u8]> = batch
@@ -673,5 +732,77 @@ mod tests {
         };
         let mut q: VecDeque<Bio> = (1..600).map(big).collect();
         assert_eq!(take_merges(&mut q, big(0)).len(), MAX_MERGE_BYTES / 8192);
+    }
+
+    /// A caller-owned buffer for ReadInto.
+    struct Shared512(Arc<Mutex<Vec<u8>>>);
+
+    impl IoBuf for Shared512 {
+        fn len(&self) -> usize {
+            512
+        }
+
+        fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_> {
+            Box::new(parking_lot::MutexGuard::map(self.0.lock(), |v| {
+                v.as_mut_slice()
+            }))
+        }
+    }
+
+    #[test]
+    fn reads_into_caller_memory_merge_with_plain_reads() {
+        let dev = Arc::new(MemDevice::new(4096));
+        dev.write_at(0, &[3; 512]).expect("seed");
+        dev.write_at(512, &[4; 512]).expect("seed");
+        dev.write_at(1024, &[5; 512]).expect("seed");
+        let q = IoQueue::new(dev, 1, Duration::ZERO).expect("queue");
+        let (a, b) = (
+            Arc::new(Mutex::new(vec![0u8; 512])),
+            Arc::new(Mutex::new(vec![0u8; 512])),
+        );
+        let (tx, rx) = mpsc::channel();
+        let done = |tx: &mpsc::Sender<usize>| {
+            let tx = tx.clone();
+            Box::new(move |r: Result<Vec<u8>, FsError>| {
+                tx.send(
+                    r.map(|d| d.first().map_or(0, |&x| usize::from(x)))
+                        .expect("ok"),
+                )
+                .expect("send");
+            }) as EndIo
+        };
+        q.submit_batch(vec![
+            Bio {
+                op: BioOp::ReadInto {
+                    offset: 0,
+                    buf: Box::new(Shared512(Arc::clone(&a))),
+                },
+                end_io: done(&tx),
+            },
+            Bio {
+                op: BioOp::Read {
+                    offset: 512,
+                    len: 512,
+                },
+                end_io: done(&tx),
+            },
+            Bio {
+                op: BioOp::ReadInto {
+                    offset: 1024,
+                    buf: Box::new(Shared512(Arc::clone(&b))),
+                },
+                end_io: done(&tx),
+            },
+        ]);
+        let got: Vec<usize> = (0..3).map(|_| rx.recv().expect("completion")).collect();
+        assert_eq!(
+            got,
+            vec![0, 4, 0],
+            "ReadInto completes with an empty vector"
+        );
+        assert!(a.lock().iter().all(|&x| x == 3));
+        assert!(b.lock().iter().all(|&x| x == 5));
+        q.drain();
+        assert_eq!(q.dispatched(), 1, "one device request for the three");
     }
 }

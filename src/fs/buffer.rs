@@ -19,14 +19,14 @@
 //! kernel's mpage path merges neighbouring pages into one bio. Completion order per page is
 //! the same (the last part ends the page's writeback).
 
-use crate::dev::{Bio, BioOp, IoQueue};
+use crate::dev::{Bio, BioOp, IoBuf, IoQueue};
 use crate::error::FsError;
 use crate::mm::filemap::{AddressSpace, end_page_writeback, grab_cache_page_write_begin};
 use crate::mm::waitqueue::{lock_page, unlock_page};
 use crate::mm::writeback::{
     WritebackControl, balance_dirty_pages_ratelimited, set_page_dirty, set_page_writeback,
 };
-use crate::mm::{PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef};
+use crate::mm::{PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef, Pfn};
 use crate::sync::{Arc, AtomicU32, Ordering};
 
 /// A file's map from byte offsets to device bytes, as a filesystem provides it (get_block).
@@ -81,6 +81,30 @@ fn page_extents(map: &dyn BlockMap, index: u64, end: u64) -> Result<Vec<Extent>,
         pos += len as u64;
     }
     Ok(out)
+}
+
+/// Bytes `[at, at + len)` of a page under a read: the device reads straight into the frame.
+/// The reader holds the page locked and not uptodate until the last part completes, so the
+/// frame stays this page's for the whole transfer (see `Page::data_for_read_io`).
+struct PageSpan {
+    cache: Arc<PageCache>,
+    pfn: Pfn,
+    at: usize,
+    len: usize,
+}
+
+impl IoBuf for PageSpan {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_> {
+        Box::new(
+            self.cache
+                .page(self.pfn)
+                .data_for_read_io(self.at..self.at + self.len),
+        )
+    }
 }
 
 /// Completion bookkeeping shared by the bios of one page.
@@ -173,30 +197,25 @@ pub fn block_read_full_page_into(
     for ext in extents {
         let (cache, state) = (Arc::clone(cache), Arc::clone(&state));
         bios.push(Bio {
-            op: BioOp::Read {
+            op: BioOp::ReadInto {
                 offset: ext.dev,
-                len: ext.len,
+                buf: Box::new(PageSpan {
+                    cache: Arc::clone(&cache),
+                    pfn,
+                    at: ext.at,
+                    len: ext.len,
+                }),
             },
             end_io: Box::new(move |r| {
                 let p = cache.page(pfn);
-                let ok = match r {
-                    Ok(data) => {
-                        p.with_data_mut(|d| {
-                            let n = data.len().min(ext.len);
-                            d[ext.at..ext.at + n].copy_from_slice(&data[..n]);
-                        });
-                        true
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "buffer: read of {} bytes at {} failed: {e}",
-                            ext.len,
-                            ext.dev
-                        );
-                        false
-                    }
-                };
-                if state.finish(ok) {
+                if let Err(e) = &r {
+                    log::error!(
+                        "buffer: read of {} bytes at {} failed: {e}",
+                        ext.len,
+                        ext.dev
+                    );
+                }
+                if state.finish(r.is_ok()) {
                     if state.failed() {
                         p.set_error();
                     } else {

@@ -181,6 +181,19 @@ impl<'a> Page<'a> {
         f(&mut self.frame().data.write())
     }
 
+    /// The bytes `range` of the page borrowed for a read I/O into them (the device fills the frame
+    /// itself instead of a buffer that is then copied in). The page must be locked and not
+    /// uptodate, as it is from readpage until the read's completion: then nobody else reads
+    /// or writes its bytes, and neither truncate (which takes the page lock) nor reclaim
+    /// (which only trylocks) can free it under the I/O.
+    pub fn data_for_read_io(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> crate::sync::unchecked::MappedRwLockWriteGuard<'a, [u8]> {
+        vm_bug_on_page!(self.cache.bug(), !self.locked() || self.uptodate(), self);
+        crate::sync::unchecked::RwLockWriteGuard::map(self.frame().data.write(), |d| &mut d[range])
+    }
+
     /// get_page: take one more reference; the caller already holds one.
     pub fn get(&self) -> PageRef<'a> {
         let old = self.frame().refcount.fetch_add(1, Ordering::AcqRel);
