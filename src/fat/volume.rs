@@ -108,6 +108,8 @@ pub struct MountOptions {
     pub cache_frames: usize,
     /// What a failed BUG_ON does.
     pub on_bug: OnBug,
+    /// Keep per-frame event histories for BUG reports (`history=`; 1 KiB per frame).
+    pub history: bool,
     /// How short names are shown and created (`shortname=`).
     pub shortname: ShortnameMode,
     /// Minutes east of UTC that DOS times are in (`tz=UTC` is 0, `time_offset=`).
@@ -134,6 +136,7 @@ impl Default for MountOptions {
             era: Era::V5_11,
             cache_frames: 16 * 1024,
             on_bug: OnBug::Abort,
+            history: true,
             shortname: ShortnameMode::default(),
             tz_offset_minutes: 0,
             io_threads: 2,
@@ -465,6 +468,7 @@ impl Volume {
         let queue = Arc::new(IoQueue::new(dev, opts.io_threads.max(1), opts.io_latency)?);
         let cache = PageCache::new(CacheConfig {
             on_bug: opts.on_bug,
+            history: opts.history,
             wake_delay: opts.wake_delay,
             dirty_ratio: opts.writeback.dirty_ratio,
             dirty_background_ratio: opts.writeback.dirty_background_ratio,

@@ -136,7 +136,7 @@ norelatime strictatime nodiratime diratime auto noauto user nouser users _netdev
 const VALUED_NAMES: &str = "\
 uid gid umask fmask dmask allow_utime shortname utf8 iocharset codepage check tz \
 time_offset errors nfs uni_xlate nonumtail conv fat blocksize cvf_format cvf_options era \
-on_bug cache_mb cache threads io_threads io_latency_us wake_delay_us dirty_expire_ms \
+on_bug history cache_mb cache threads io_threads io_latency_us wake_delay_us dirty_expire_ms \
 writeback_interval_ms dirty_ratio dirty_background_ratio offset partition fsname subtype \
 log";
 
@@ -412,6 +412,7 @@ impl FuseOptions {
         match key {
             "era" => self.volume.era = era(key, v)?,
             "on_bug" => self.volume.on_bug = from_str(key, v)?,
+            "history" => self.volume.history = on_off(key, v)?,
             "cache_mb" => self.volume.cache_frames = number(key, v, 1..=65_536)? * FRAMES_PER_MB,
             "cache" => self.cache = cache_mode(key, v)?,
             "threads" => self.threads = number(key, v, 1..=64)?,
@@ -551,6 +552,15 @@ fn boolean(key: &str, v: &str) -> Result<bool, OptionError> {
     }
 }
 
+/// `on` or `off` (fatcache's own switches).
+fn on_off(key: &str, v: &str) -> Result<bool, OptionError> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(bad(key, v, "on or off")),
+    }
+}
+
 /// A value that must not be empty (`fsname=`, `subtype=`).
 fn non_empty<'v>(key: &str, v: &'v str) -> Result<&'v str, OptionError> {
     if v.is_empty() {
@@ -687,6 +697,8 @@ vfat options (meanings as the kernel's vfat):
 fatcache options:
   era=v5.8|v5.9|v5.10|v5.11|v6.9|alt-a|alt-b  kernel era of the page cache     v5.11
   on_bug=abort|warn|panic      what a failed BUG_ON does                       abort
+  history=on|off               per-frame event histories in BUG reports        on
+                               (1 KiB of memory per 4 KiB frame)
   cache_mb=N                   page-cache size in MiB, 1 to 65536              64
   cache=direct|kernel          direct: every read/write reaches fatcache's     direct
                                cache; kernel: the kernel caches file data
@@ -1042,6 +1054,14 @@ mod tests {
     fn empty_entries_are_skipped() {
         assert!(parse(",,ro,,").volume.placement.read_only);
         assert!(!parse("").volume.placement.read_only);
+    }
+
+    #[test]
+    fn history_switches_the_frame_histories() {
+        assert!(parse("").volume.history);
+        assert!(!parse("history=off").volume.history);
+        assert!(parse("history=on").volume.history);
+        assert!(refusal("history=0").contains("on or off"));
     }
 
     #[test]
