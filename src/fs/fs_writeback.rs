@@ -414,6 +414,8 @@ mod tests {
     struct ListedAops {
         inner: SyncAops,
         wb: Arc<WbInode>,
+        /// Pages written by a thread other than the flusher.
+        not_by_flusher: std::sync::atomic::AtomicUsize,
     }
 
     impl AddressSpaceOps for ListedAops {
@@ -423,6 +425,10 @@ mod tests {
             page: &PageRef<'_>,
             wbc: &mut WritebackControl,
         ) -> Result<(), FsError> {
+            if std::thread::current().name() != Some("fatcache-flush") {
+                self.not_by_flusher
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.inner.writepage(mapping, page, wbc)
         }
         fn dirty_inode(&self) {
@@ -435,6 +441,7 @@ mod tests {
         let aops = Arc::new(ListedAops {
             inner: SyncAops::default(),
             wb: Arc::clone(&wb),
+            not_by_flusher: std::sync::atomic::AtomicUsize::new(0),
         });
         let mapping = Arc::new(AddressSpace::new(cache, aops.clone()));
         wb.attach(Arc::downgrade(&mapping));
@@ -547,16 +554,22 @@ mod tests {
         bdi.start(no_super()).expect("start");
         dirty(&m, 0..30);
         balance_dirty_pages_ratelimited(&m);
-        assert!(
-            cache.stats().throttled >= 1,
-            "30 of 100 is over dirty_ratio=20"
-        );
+        // Whether the writer paused at all depends on how fast the kicked flusher runs on
+        // the other core (it may get under the limit between the kick and the writer's next
+        // look), so `throttled` is not asserted; what is: the writer returns under the limit
+        // and every page was written on the flusher's thread, none by the writer itself.
         let s = cache.stats();
         assert!(
             s.nr_dirty + s.nr_writeback <= 20,
             "returned under the limit"
         );
-        assert!(bdi.stats().pages_written >= 10, "the flusher wrote them");
+        wait_for("the flusher wrote them", || bdi.stats().pages_written >= 10);
+        assert_eq!(
+            aops.not_by_flusher
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "the writer wrote pages itself"
+        );
         bdi.stop();
         assert!(aops.inner.written().len() >= 10);
     }
