@@ -10,6 +10,7 @@ mod common;
 
 mod basic;
 mod cli;
+mod crash;
 mod harness;
 mod lifecycle;
 mod programs;
