@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -303,7 +303,11 @@ fn judge_fsck(image: &Path, seen: &mut Tolerated) -> Result<(), String> {
         bad.push(format!("stderr: {stderr}"));
     }
     let mut summary = false;
-    for f in findings(&stdout) {
+    let all = findings(&stdout);
+    let mut i = 0;
+    while i < all.len() {
+        let f = &all[i];
+        i += 1;
         let first = f.lines().next().unwrap_or_default();
         if f.starts_with("fsck.fat ") || f.starts_with("Checking we can access") {
             continue;
@@ -321,14 +325,22 @@ fn judge_fsck(image: &Path, seen: &mut Tolerated) -> Result<(), String> {
         } else if f.contains("cluster chain length is > ") && f.contains("Truncating file to") {
             seen.chain_longer_than_size += 1;
         } else if first == "There are differences between boot sector and its backup."
-            && f.lines()
-                .skip(2)
-                .take_while(|l| !l.contains("Not automatically fixing"))
-                .flat_map(|l| l.split(',').map(str::trim).filter(|s| !s.is_empty()))
-                .all(|d| d.starts_with("65:"))
+            && all.get(i).is_some_and(|next| {
+                // "This is mostly harmless. Differences: (offset:original/backup)" and the
+                // differing offsets: only the FAT32 dirty byte, which only the primary keeps.
+                next.starts_with("This is mostly harmless.")
+                    && next
+                        .lines()
+                        .skip(1)
+                        .map(str::trim)
+                        .filter(|l| *l != "Not automatically fixing this.")
+                        .flat_map(|l| l.split(',').map(str::trim).filter(|s| !s.is_empty()))
+                        .all(|d| d.starts_with("65:"))
+            })
         {
+            i += 1;
         } else {
-            bad.push(f);
+            bad.push(f.clone());
         }
     }
     if !summary {

@@ -423,7 +423,7 @@ impl Directory {
         let zeroes = vec![0u8; self.cluster_size];
         let zeroed = new.iter().try_for_each(|&c| {
             let at = cluster_offset(&self.bpb, c)?;
-            table.store().write(at, &zeroes)
+            table.store().write_fresh(at, &zeroes)
         });
         let linked = zeroed.and_then(|()| table.set(last, FatEntry::Next(new[0])));
         if let Err(e) = linked {
@@ -574,7 +574,7 @@ pub fn alloc_new_dir<S: FatStore>(
     let mut buf = vec![0u8; bpb.bytes_per_cluster() as usize];
     let dots = dot_entries(cluster, parent, stamp, fat32).concat();
     buf[..dots.len()].copy_from_slice(&dots);
-    let written = cluster_offset(bpb, cluster).and_then(|at| table.store().write(at, &buf));
+    let written = cluster_offset(bpb, cluster).and_then(|at| table.store().write_fresh(at, &buf));
     if let Err(e) = written {
         release(table, cluster);
         return Err(e);

@@ -476,6 +476,12 @@ impl Volume {
         let mut boot = [0u8; BOOT_SECTOR];
         bdev.read(0, &mut boot)?;
         let bpb = Bpb::parse(&boot)?;
+        // Boot sector, FSInfo and FATs reach the disk before the directories in every
+        // metadata write: a crash never leaves an entry naming a chain the FAT lacks.
+        let tables_end = bpb
+            .first_root_dir_sector()
+            .unwrap_or_else(|| bpb.first_data_sector());
+        bdev.set_order_boundary(tables_end * u64::from(bpb.bytes_per_sector));
         let table = Arc::new(FatTable::new(&bpb, Arc::clone(&bdev), None)?);
         let root_dir = Directory::load(&table, &bpb, DirLocation::root(&bpb)?, opts.shortname)?;
         let mut root_entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));

@@ -29,10 +29,11 @@ use crate::mm::filemap::{
 };
 use crate::mm::waitqueue::{unlock_page, wait_on_page_bit};
 use crate::mm::writeback::{
-    WritebackControl, set_page_dirty, set_page_writeback, wait_on_page_writeback,
+    WritebackControl, redirty_page_for_writepage, set_page_dirty, set_page_writeback,
+    wait_on_page_writeback, write_cache_pages,
 };
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PG, PageCache, PageRef};
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// The block size of dirty tracking in the block-device mapping (the smallest sector).
 pub const BDEV_BLOCK: usize = 512;
@@ -54,6 +55,25 @@ pub struct BdevAops {
     dirty_blocks: Mutex<rustc_hash::FxHashMap<u64, u8>>,
     /// The mapping's place on the flusher's list (never queued when there is no flusher).
     wb: Arc<WbInode>,
+    /// Device bytes below this are written before the bytes above it in every metadata
+    /// write (see [`BdevAops::write_blocks_ordered`]): the boot sector, FSInfo and the FATs.
+    order_boundary: AtomicU64,
+    /// Device ranges `(offset, len)` of clusters written since the last metadata write that
+    /// were not yet linked into any chain (new directory clusters): written before anything
+    /// else, so no FAT on the disk links a cluster whose contents are not there yet.
+    fresh: Mutex<Vec<(u64, u64)>>,
+}
+
+/// The order in which a metadata write sends dirty blocks, each group waited for before the
+/// next starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// New clusters that nothing on the disk links yet.
+    Fresh,
+    /// The boot sector, FSInfo and FAT region: chains before the entries that name them.
+    Tables,
+    /// Directories: entries after the chains they point into.
+    Entries,
 }
 
 impl BdevAops {
@@ -73,6 +93,8 @@ impl BdevAops {
             size,
             dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
             wb: WbInode::new(None),
+            order_boundary: AtomicU64::new(0),
+            fresh: Mutex::new(Vec::new()),
         }
     }
 
@@ -144,6 +166,130 @@ impl BdevAops {
         let runs = self.take_dirty_runs(index, len);
         self.dirty_blocks.lock().insert(index, 0);
         runs
+    }
+
+    /// The phase of the block at device byte `at` (see [`Phase`]).
+    fn phase(&self, at: u64, fresh: &[(u64, u64)]) -> Phase {
+        let end = at + BDEV_BLOCK as u64;
+        if fresh.iter().any(|&(o, l)| o < end && at < o + l) {
+            Phase::Fresh
+        } else if at < self.order_boundary.load(Ordering::Relaxed) {
+            Phase::Tables
+        } else {
+            Phase::Entries
+        }
+    }
+
+    /// Writes the dirty blocks of every dirty page and waits for them, in three phases each
+    /// waited for before the next is sent: new clusters nothing links yet, then the boot
+    /// sector, FSInfo and FATs, then everything else (directories). So a process killed at
+    /// any moment leaves no entry naming a chain the FAT on the disk lacks and no chain
+    /// linking a cluster whose contents are not there; the frees go the other way round,
+    /// which the filesystem orders by writing the entries first (see `FatStore::barrier`).
+    ///
+    /// Each page stays locked from before its blocks are copied until all the I/O is done:
+    /// the page lock stands in for the locks of the page's buffers, which a buffer write
+    /// holds over its I/O, so no writepage can send a newer copy of a block that could
+    /// land before this one, and no change can slip in between the phases. A writeback
+    /// already in flight on the page is waited for first, re-testing the bit as
+    /// `__wait_on_bit` does for a buffer lock, whatever the era's page waits do. PG_dirty
+    /// stays set; the next writepage finds no dirty block and writes nothing.
+    ///
+    /// # Context
+    /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
+    fn write_blocks_ordered(&self, mapping: &AddressSpace) -> Result<(), FsError> {
+        let fresh: Vec<(u64, u64)> = self.fresh.lock().clone();
+        let mut locked: Vec<PageRef<'_>> = Vec::new();
+        let mut parts: Vec<(Phase, u64, Vec<u8>)> = Vec::new();
+        let mut first: Result<(), FsError> = Ok(());
+        for index in mapping.tagged_indexes(Tag::Dirty) {
+            let Some(page) = find_lock_page(mapping, index) else {
+                continue;
+            };
+            while page.writeback() {
+                wait_on_page_bit(page.page(), PG::Writeback);
+            }
+            let (offset, len) = match self.span(index) {
+                Ok(s) if page.dirty() => s,
+                Ok(_) => {
+                    unlock_page(page.page());
+                    continue;
+                }
+                Err(e) => {
+                    unlock_page(page.page());
+                    first = first.and(Err(e));
+                    continue;
+                }
+            };
+            let runs = self.take_dirty_runs_keep_record(index, len);
+            page.with_data(|d| {
+                for (at, n) in runs {
+                    // Split the run where the phase changes.
+                    let mut from = at;
+                    while from < at + n {
+                        let phase = self.phase(offset + from as u64, &fresh);
+                        let mut to = (from + BDEV_BLOCK).min(at + n);
+                        while to < at + n && self.phase(offset + to as u64, &fresh) == phase {
+                            to = (to + BDEV_BLOCK).min(at + n);
+                        }
+                        parts.push((phase, offset + from as u64, d[from..to].to_vec()));
+                        from = to;
+                    }
+                }
+            });
+            locked.push(page);
+        }
+        for phase in [Phase::Fresh, Phase::Tables, Phase::Entries] {
+            if first.is_err() {
+                // A failed phase stops the later ones: they must not land without it.
+                break;
+            }
+            let mut waits = Vec::new();
+            for (_, at, data) in parts.iter().filter(|p| p.0 == phase) {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.queue.submit(Bio {
+                    op: BioOp::Write {
+                        offset: *at,
+                        data: data.clone(),
+                    },
+                    end_io: Box::new(move |r| {
+                        // The receiver waits below; if it is gone nobody is left to tell.
+                        let _ = tx.send(r.map(|_| ()));
+                    }),
+                });
+                waits.push((*at, rx));
+            }
+            for (at, rx) in waits {
+                let r = match rx.recv_timeout(Duration::from_secs(600)) {
+                    Ok(r) => r,
+                    Err(_) => Err(FsError::Io(std::io::Error::other(
+                        "metadata write never completed",
+                    ))),
+                };
+                if let Err(e) = r {
+                    log::error!("bdev: metadata write at {at} failed: {e}");
+                    first = first.and(Err(e));
+                }
+            }
+        }
+        if first.is_ok() {
+            // Written: those clusters are ordinary metadata from now on.
+            self.fresh.lock().retain(|r| !fresh.contains(r));
+        }
+        for page in &locked {
+            unlock_page(page.page());
+        }
+        drop(locked);
+        first
+    }
+
+    /// Whether page `index` has blocks a metadata write has not sent yet (a page without a
+    /// record was dirtied whole).
+    fn has_dirty_blocks(&self, index: u64) -> bool {
+        self.dirty_blocks
+            .lock()
+            .get(&index)
+            .is_none_or(|&bits| bits != 0)
     }
 
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
@@ -247,6 +393,28 @@ impl AddressSpaceOps for BdevAops {
             });
         }
         Ok(())
+    }
+
+    /// Writeback of the metadata mapping (the flusher, sync): the dirty blocks go out in the
+    /// crash-safe order of [`BdevAops::write_blocks_ordered`]; then write_cache_pages walks
+    /// the pages as usual, which now only clears their dirty state (and starts and ends a
+    /// writeback on each, so this mapping keeps its part in the page-state races). A block
+    /// dirtied between the two is not written out of order by the walk: its page is
+    /// redirtied for the next ordered write.
+    fn writepages(
+        &self,
+        mapping: &AddressSpace,
+        wbc: &mut WritebackControl,
+    ) -> Result<(), FsError> {
+        self.write_blocks_ordered(mapping)?;
+        write_cache_pages(mapping, wbc, &mut |m, p, w| {
+            if self.has_dirty_blocks(p.index()) {
+                redirty_page_for_writepage(m, w, p.page());
+                unlock_page(p.page());
+                return Ok(());
+            }
+            self.writepage(m, p, w)
+        })
     }
 
     /// The block-device inode goes on the flusher's list like any other.
@@ -414,66 +582,29 @@ impl Bdev {
     /// # Context
     /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
     pub fn sync_buffers(&self) -> Result<(), FsError> {
-        let mut locked: Vec<PageRef<'_>> = Vec::new();
-        let mut waits = Vec::new();
-        let mut first: Result<(), FsError> = Ok(());
-        for index in self.mapping.tagged_indexes(Tag::Dirty) {
-            let Some(page) = find_lock_page(&self.mapping, index) else {
-                continue;
-            };
-            while page.writeback() {
-                wait_on_page_bit(page.page(), PG::Writeback);
-            }
-            let span = self.aops.span(index);
-            let (offset, len) = match span {
-                Ok(s) if page.dirty() => s,
-                Ok(_) => {
-                    unlock_page(page.page());
-                    continue;
-                }
-                Err(e) => {
-                    unlock_page(page.page());
-                    first = first.and(Err(e));
-                    continue;
-                }
-            };
-            let runs = self.aops.take_dirty_runs_keep_record(index, len);
-            let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
-                runs.iter()
-                    .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
-                    .collect()
-            });
-            for (at, data) in parts {
-                let (tx, rx) = std::sync::mpsc::channel();
-                self.queue.submit(Bio {
-                    op: BioOp::Write { offset: at, data },
-                    end_io: Box::new(move |r| {
-                        // The receiver waits below; if it is gone nobody is left to tell.
-                        let _ = tx.send(r.map(|_| ()));
-                    }),
-                });
-                waits.push((at, rx));
-            }
-            locked.push(page);
-        }
-        for (at, rx) in waits {
-            let r = match rx.recv_timeout(Duration::from_secs(600)) {
-                Ok(r) => r,
-                Err(_) => Err(FsError::Io(std::io::Error::other(
-                    "metadata write never completed",
-                ))),
-            };
-            if let Err(e) = r {
-                log::error!("bdev: metadata write at {at} failed: {e}");
-                first = first.and(Err(e));
-            }
-        }
-        for page in &locked {
-            unlock_page(page.page());
-        }
-        drop(locked);
-        first?;
+        self.write_ordered()?;
         self.flush_device()
+    }
+
+    /// [`Bdev::sync_buffers`] without the device flush: every dirty block is written, in
+    /// the crash-safe order of [`BdevAops::write_blocks_ordered`], and waited for. What it
+    /// wrote survives the death of this process (the image file has it); a power cut needs
+    /// the flush as well.
+    pub fn write_ordered(&self) -> Result<(), FsError> {
+        self.aops.write_blocks_ordered(&self.mapping)
+    }
+
+    /// Device bytes below `offset` (boot sector, FSInfo, the FATs) are written before those
+    /// above it in every metadata write: a chain reaches the disk before an entry naming it.
+    pub fn set_order_boundary(&self, offset: u64) {
+        self.aops.order_boundary.store(offset, Ordering::Relaxed);
+    }
+
+    /// [`Bdev::write`] of a cluster no chain on the disk links yet (a directory's new
+    /// cluster): its bytes reach the disk before the FAT change that links it.
+    pub fn write_fresh(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        self.aops.fresh.lock().push((offset, data.len() as u64));
+        self.write(offset, data)
     }
 
     /// Flush the device's write cache (blkdev_issue_flush).
