@@ -29,8 +29,8 @@ use crate::mm::filemap::{
 };
 use crate::mm::waitqueue::{unlock_page, wait_on_page_bit};
 use crate::mm::writeback::{
-    WritebackControl, redirty_page_for_writepage, set_page_dirty, set_page_writeback,
-    wait_on_page_writeback, write_cache_pages,
+    WritebackControl, generic_writepages, redirty_page_for_writepage, set_page_dirty,
+    set_page_writeback, wait_on_page_writeback, write_cache_pages,
 };
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PG, PageCache, PageRef};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
@@ -62,6 +62,9 @@ pub struct BdevAops {
     /// were not yet linked into any chain (new directory clusters): written before anything
     /// else, so no FAT on the disk links a cluster whose contents are not there yet.
     fresh: Mutex<Vec<(u64, u64)>>,
+    /// Writeback sends the dirty blocks in the crash-safe order first (the volume's metadata
+    /// mapping); a plain linear mapping (the scenarios' device) keeps generic_writepages.
+    ordered: bool,
 }
 
 /// The order in which a metadata write sends dirty blocks, each group waited for before the
@@ -81,6 +84,7 @@ impl BdevAops {
     pub fn new(queue: Arc<IoQueue>, size: u64, wb: Arc<WbInode>) -> Self {
         BdevAops {
             wb,
+            ordered: true,
             ..BdevAops::linear(queue, 0, size)
         }
     }
@@ -95,6 +99,7 @@ impl BdevAops {
             wb: WbInode::new(None),
             order_boundary: AtomicU64::new(0),
             fresh: Mutex::new(Vec::new()),
+            ordered: false,
         }
     }
 
@@ -406,6 +411,9 @@ impl AddressSpaceOps for BdevAops {
         mapping: &AddressSpace,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
+        if !self.ordered {
+            return generic_writepages(mapping, wbc);
+        }
         self.write_blocks_ordered(mapping)?;
         write_cache_pages(mapping, wbc, &mut |m, p, w| {
             if self.has_dirty_blocks(p.index()) {
