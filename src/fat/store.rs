@@ -24,6 +24,10 @@ impl FatStore for Bdev {
     fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         Bdev::write_fresh(self, offset, buf)
     }
+
+    fn barrier(&self) -> Result<(), FsError> {
+        Bdev::write_ordered(self)
+    }
 }
 
 /// A shared store is a store: a mount shares one block-device mapping between the FAT and the
@@ -43,6 +47,10 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         T::write_fresh(self, offset, buf)
+    }
+
+    fn barrier(&self) -> Result<(), FsError> {
+        T::barrier(self)
     }
 }
 

@@ -62,6 +62,12 @@ pub trait FatStore: Send + Sync {
     fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         self.write(offset, buf)
     }
+    /// Puts every change written so far on the disk, in its crash-safe order, before the
+    /// caller frees clusters: the entries that stop naming them must land before the FAT
+    /// says they are free. Nothing to do for a store without a write-back cache.
+    fn barrier(&self) -> Result<(), FsError> {
+        Ok(())
+    }
 }
 
 /// The meaning of one FAT entry.

@@ -876,7 +876,11 @@ impl Volume {
             return self.cont_expand(node, file, &mut io, size);
         }
         if size < old {
-            file.shrink(&mut io, size)?;
+            // The smaller size reaches the disk before the freed clusters do.
+            file.shrink(&mut io, size, &mut || {
+                node.meta.lock().dirty = true;
+                self.write_inode(node)
+            })?;
         }
         self.touch(node, true);
         if self.opts.sync {
@@ -1102,6 +1106,8 @@ impl Volume {
         };
         drop(child);
         self.forget_unlinked(&node)?;
+        // The entry's removal reaches the disk before the chain is freed there.
+        self.bdev.write_ordered()?;
         self.table.free_chain(first)?;
         self.dir_changed(dir)?;
         drop(d);
@@ -1173,6 +1179,8 @@ impl Volume {
                     DirLocation::Chain { first } => *first,
                     DirLocation::Fixed { .. } => return Err(FsError::Invalid("the root")),
                 };
+                // The entry's removal reaches the disk before the chain is freed there.
+                self.bdev.write_ordered()?;
                 self.table.free_chain(first)?;
             }
             self.forget_unlinked(&tnode)?;
