@@ -11,6 +11,7 @@ mod common;
 mod basic;
 mod cli;
 mod crash;
+mod full;
 mod harness;
 mod lifecycle;
 mod programs;
