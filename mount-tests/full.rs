@@ -14,7 +14,7 @@ use fatcache::fat::bpb::{Bpb, FatType, FsInfo};
 
 use crate::common::TempDir;
 use crate::common::readers::{Node, fatfs_tree, mkfs_fat};
-use crate::harness::{Fat, Mounted, Rng, fatcache_mkfs};
+use crate::harness::{Fat, Mounted, Rng, Unmounted, fatcache_mkfs};
 
 /// Writers filling the volume at once.
 const WRITERS: usize = 4;
@@ -172,8 +172,16 @@ fn fill(fat: Fat, seed: u64) {
             w.acked
         );
     }
-    // Full: a new directory needs a cluster and must be refused cleanly.
-    let e = fs::create_dir(m.path("sub/more")).expect_err("mkdir on a full volume");
+    // Full, but for less than a page of clusters: each new directory takes one of those, and
+    // then mkdir must be refused cleanly.
+    let mut dirs = 0;
+    let e = loop {
+        match fs::create_dir(m.path(&format!("sub/more{dirs}"))) {
+            Ok(()) => dirs += 1,
+            Err(e) => break e,
+        }
+        assert!(dirs <= 8, "{}: {dirs} mkdirs on a full volume", fat.name());
+    };
     assert_eq!(
         e.raw_os_error(),
         Some(libc::ENOSPC),
@@ -239,6 +247,98 @@ fn fill(fat: Fat, seed: u64) {
     println!(
         "full {}: {WRITERS} writers, {total} bytes acknowledged, {free} clusters free at the end",
         fat.name()
+    );
+    refill(fat, &kept, &written);
+}
+
+/// Round two on the full image: space freed by an unlink and a truncate, an extending
+/// truncate far past what is free (ENOSPC, keeping only what it zero-filled), and a writer
+/// filling the rest; after the unmount FSInfo must still count exactly and the files hold
+/// what was acknowledged.
+fn refill(fat: Fat, kept: &Unmounted, written: &[Written]) {
+    let m = Mounted::on_shared(Arc::clone(&kept.scratch), kept.image.clone(), "");
+    fs::remove_file(m.path(&written[0].path)).expect("unlink");
+    let half = written[1].acked / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(m.path(&written[1].path))
+        .and_then(|f| f.set_len(half))
+        .expect("truncate to half");
+    let big = File::create(m.path("big")).expect("create big");
+    let e = big
+        .set_len(1 << 30)
+        .expect_err("an extending truncate past the free space");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "{}: extending truncate on a full volume: {e}",
+        fat.name()
+    );
+    drop(big);
+    let big_len = fs::metadata(m.path("big")).expect("stat big").len();
+    // Whatever the failed truncate left is freed again before the writer runs.
+    fs::remove_file(m.path("big")).expect("unlink big");
+    let again = writer(&m.dir, "refill.bin", WRITERS + 1, 0x5eed);
+    assert_eq!(
+        again.stop,
+        Some(libc::ENOSPC),
+        "{}: refill: {again:?}",
+        fat.name()
+    );
+    assert!(
+        again.acked > 0,
+        "{}: nothing fitted in the freed space",
+        fat.name()
+    );
+    let kept = m.finish();
+    let tree = fatfs_tree(&kept.image).unwrap_or_else(|e| panic!("{}: fatfs: {e}", fat.name()));
+    let mut expect: Vec<(String, usize, u64)> = vec![
+        (written[1].path.clone(), 1, half),
+        (again.path.clone(), WRITERS + 1, again.acked),
+    ];
+    for (i, w) in written.iter().enumerate().skip(2) {
+        expect.push((w.path.clone(), i, w.acked));
+    }
+    for (path, w, len) in expect {
+        let Some(Node::File(data)) = tree.get(&format!("/{path}")) else {
+            panic!(
+                "{}: {path} missing on the image after the refill",
+                fat.name()
+            );
+        };
+        assert_eq!(
+            data.len() as u64,
+            len,
+            "{}: {path}: size after the refill",
+            fat.name()
+        );
+        if let Some(at) = data
+            .iter()
+            .enumerate()
+            .position(|(o, &b)| b != pattern(w, o as u64))
+        {
+            panic!("{}: {path}: byte {at} is not what was written", fat.name());
+        }
+    }
+    assert!(
+        !tree.contains_key(&format!("/{}", written[0].path)) && !tree.contains_key("/big"),
+        "{}: an unlinked file is still on the image",
+        fat.name()
+    );
+    let (free, info) = free_counts(&kept.image);
+    if let Some(info) = info {
+        assert_eq!(
+            info,
+            free,
+            "{}: FSInfo says {info} free clusters after the refill, the FAT has {free}",
+            fat.name()
+        );
+    }
+    println!(
+        "full {} refill: {} bytes acknowledged, big kept {big_len} bytes before its unlink, \
+         {free} clusters free",
+        fat.name(),
+        again.acked
     );
 }
 
