@@ -21,10 +21,6 @@ impl FatStore for Bdev {
         Bdev::clean_aliases(self, offset, len);
     }
 
-    fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
-        Bdev::write_fresh(self, offset, buf)
-    }
-
     fn barrier(&self) -> Result<(), FsError> {
         Bdev::write_ordered(self)
     }
@@ -43,10 +39,6 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn clean_aliases(&self, offset: u64, len: u64) {
         T::clean_aliases(self, offset, len);
-    }
-
-    fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
-        T::write_fresh(self, offset, buf)
     }
 
     fn barrier(&self) -> Result<(), FsError> {

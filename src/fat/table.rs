@@ -56,12 +56,6 @@ pub trait FatStore: Send + Sync {
     /// data: a stale metadata copy must never be written over the file's bytes
     /// (clean_bdev_aliases). Nothing to do for a store without a write-back cache.
     fn clean_aliases(&self, _offset: u64, _len: u64) {}
-    /// Writes `buf` at byte `offset`: bytes of new clusters that no chain links yet (a
-    /// directory's new cluster), which a store with a write-back cache must put on the disk
-    /// before the FAT change that links them.
-    fn write_fresh(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
-        self.write(offset, buf)
-    }
     /// Puts every change written so far on the disk, in its crash-safe order, before the
     /// caller frees clusters: the entries that stop naming them must land before the FAT
     /// says they are free. Nothing to do for a store without a write-back cache.

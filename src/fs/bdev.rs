@@ -58,21 +58,18 @@ pub struct BdevAops {
     /// Device bytes below this are written before the bytes above it in every metadata
     /// write (see [`BdevAops::write_blocks_ordered`]): the boot sector, FSInfo and the FATs.
     order_boundary: AtomicU64,
-    /// Device ranges `(offset, len)` of clusters written since the last metadata write that
-    /// were not yet linked into any chain (new directory clusters): written before anything
-    /// else, so no FAT on the disk links a cluster whose contents are not there yet.
-    fresh: Mutex<Vec<(u64, u64)>>,
     /// Writeback sends the dirty blocks in the crash-safe order first (the volume's metadata
     /// mapping); a plain linear mapping (the scenarios' device) keeps generic_writepages.
     ordered: bool,
+    /// Held by the one ordered metadata write running (see
+    /// [`BdevAops::write_blocks_ordered`]).
+    ordered_lock: Mutex<()>,
 }
 
 /// The order in which a metadata write sends dirty blocks, each group waited for before the
 /// next starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
-    /// New clusters that nothing on the disk links yet.
-    Fresh,
     /// The boot sector, FSInfo and FAT region: chains before the entries that name them.
     Tables,
     /// Directories: entries after the chains they point into.
@@ -98,8 +95,8 @@ impl BdevAops {
             dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
             wb: WbInode::new(None),
             order_boundary: AtomicU64::new(0),
-            fresh: Mutex::new(Vec::new()),
             ordered: false,
+            ordered_lock: Mutex::new(()),
         }
     }
 
@@ -174,23 +171,21 @@ impl BdevAops {
     }
 
     /// The phase of the block at device byte `at` (see [`Phase`]).
-    fn phase(&self, at: u64, fresh: &[(u64, u64)]) -> Phase {
-        let end = at + BDEV_BLOCK as u64;
-        if fresh.iter().any(|&(o, l)| o < end && at < o + l) {
-            Phase::Fresh
-        } else if at < self.order_boundary.load(Ordering::Relaxed) {
+    fn phase(&self, at: u64) -> Phase {
+        if at < self.order_boundary.load(Ordering::Relaxed) {
             Phase::Tables
         } else {
             Phase::Entries
         }
     }
 
-    /// Writes the dirty blocks of every dirty page and waits for them, in three phases each
-    /// waited for before the next is sent: new clusters nothing links yet, then the boot
-    /// sector, FSInfo and FATs, then everything else (directories). So a process killed at
-    /// any moment leaves no entry naming a chain the FAT on the disk lacks and no chain
-    /// linking a cluster whose contents are not there; the frees go the other way round,
-    /// which the filesystem orders by writing the entries first (see `FatStore::barrier`).
+    /// Writes the dirty blocks of every dirty page and waits for them, in two phases, the
+    /// first waited for before the second is sent: the boot sector, FSInfo and FATs, then
+    /// everything else (directories). So a process killed at any moment leaves no entry
+    /// naming a chain the FAT on the disk lacks. The other orders the filesystem needs (a
+    /// new directory cluster's contents before the FAT links it, an entry's removal before
+    /// the FAT frees its chain) it gets by calling this between the two changes (see
+    /// `FatStore::barrier`).
     ///
     /// Each page stays locked from before its blocks are copied until all the I/O is done:
     /// the page lock stands in for the locks of the page's buffers, which a buffer write
@@ -203,48 +198,70 @@ impl BdevAops {
     /// # Context
     /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
     fn write_blocks_ordered(&self, mapping: &AddressSpace) -> Result<(), FsError> {
-        let fresh: Vec<(u64, u64)> = self.fresh.lock().clone();
+        // One ordered write at a time: the second round below locks pages out of index
+        // order, which is safe only because every other locker of these pages holds one page
+        // at a time.
+        let _one = self.ordered_lock.lock();
         let mut locked: Vec<PageRef<'_>> = Vec::new();
-        let mut parts: Vec<(Phase, u64, Vec<u8>)> = Vec::new();
+        let mut held = rustc_hash::FxHashSet::default();
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut first: Result<(), FsError> = Ok(());
-        for index in mapping.tagged_indexes(Tag::Dirty) {
-            let Some(page) = find_lock_page(mapping, index) else {
-                continue;
-            };
-            while page.writeback() {
-                wait_on_page_bit(page.page(), PG::Writeback);
-            }
-            let (offset, len) = match self.span(index) {
-                Ok(s) if page.dirty() => s,
-                Ok(_) => {
-                    unlock_page(page.page());
+        // Round one: every dirty page. Round two: the pages of the tables dirtied since the
+        // first look. An entry copied in round one was changed before its page was locked,
+        // so the chain it depends on was dirtied before that too: round two finds it, and
+        // the copy of it goes out first.
+        for round in 0..2 {
+            for index in mapping.tagged_indexes(Tag::Dirty) {
+                if held.contains(&index) {
                     continue;
                 }
-                Err(e) => {
-                    unlock_page(page.page());
-                    first = first.and(Err(e));
+                if round == 1 && self.phase(index << PAGE_SHIFT) != Phase::Tables {
                     continue;
                 }
-            };
-            let runs = self.take_dirty_runs_keep_record(index, len);
-            page.with_data(|d| {
-                for (at, n) in runs {
-                    // Split the run where the phase changes.
-                    let mut from = at;
-                    while from < at + n {
-                        let phase = self.phase(offset + from as u64, &fresh);
-                        let mut to = (from + BDEV_BLOCK).min(at + n);
-                        while to < at + n && self.phase(offset + to as u64, &fresh) == phase {
-                            to = (to + BDEV_BLOCK).min(at + n);
-                        }
-                        parts.push((phase, offset + from as u64, d[from..to].to_vec()));
-                        from = to;
+                let Some(page) = find_lock_page(mapping, index) else {
+                    continue;
+                };
+                while page.writeback() {
+                    wait_on_page_bit(page.page(), PG::Writeback);
+                }
+                let (offset, len) = match self.span(index) {
+                    Ok(s) if page.dirty() => s,
+                    Ok(_) => {
+                        unlock_page(page.page());
+                        continue;
                     }
-                }
-            });
-            locked.push(page);
+                    Err(e) => {
+                        unlock_page(page.page());
+                        first = first.and(Err(e));
+                        continue;
+                    }
+                };
+                let dirty = self.take_dirty_runs_keep_record(index, len);
+                page.with_data(|d| {
+                    for (at, n) in dirty {
+                        runs.push((offset + at as u64, d[at..at + n].to_vec()));
+                    }
+                });
+                held.insert(index);
+                locked.push(page);
+            }
         }
-        for phase in [Phase::Fresh, Phase::Tables, Phase::Entries] {
+        let mut parts: Vec<(Phase, u64, Vec<u8>)> = Vec::new();
+        for (start, data) in runs {
+            // Split the run where the phase changes.
+            let n = data.len();
+            let mut from = 0;
+            while from < n {
+                let phase = self.phase(start + from as u64);
+                let mut to = (from + BDEV_BLOCK).min(n);
+                while to < n && self.phase(start + to as u64) == phase {
+                    to = (to + BDEV_BLOCK).min(n);
+                }
+                parts.push((phase, start + from as u64, data[from..to].to_vec()));
+                from = to;
+            }
+        }
+        for phase in [Phase::Tables, Phase::Entries] {
             if first.is_err() {
                 // A failed phase stops the later ones: they must not land without it.
                 break;
@@ -276,10 +293,6 @@ impl BdevAops {
                     first = first.and(Err(e));
                 }
             }
-        }
-        if first.is_ok() {
-            // Written: those clusters are ordinary metadata from now on.
-            self.fresh.lock().retain(|r| !fresh.contains(r));
         }
         for page in &locked {
             unlock_page(page.page());
@@ -606,13 +619,6 @@ impl Bdev {
     /// above it in every metadata write: a chain reaches the disk before an entry naming it.
     pub fn set_order_boundary(&self, offset: u64) {
         self.aops.order_boundary.store(offset, Ordering::Relaxed);
-    }
-
-    /// [`Bdev::write`] of a cluster no chain on the disk links yet (a directory's new
-    /// cluster): its bytes reach the disk before the FAT change that links it.
-    pub fn write_fresh(&self, offset: u64, data: &[u8]) -> Result<(), FsError> {
-        self.aops.fresh.lock().push((offset, data.len() as u64));
-        self.write(offset, data)
     }
 
     /// Flush the device's write cache (blkdev_issue_flush).
