@@ -41,6 +41,10 @@ pub const BDEV_BLOCK: usize = 512;
 /// Blocks per page.
 const BLOCKS_PER_PAGE: usize = PAGE_SIZE / BDEV_BLOCK;
 
+/// Most looks for newly dirtied pages one ordered metadata write takes (see
+/// [`BdevAops::write_blocks_ordered`]).
+const MAX_ORDERED_ROUNDS: usize = 8;
+
 /// writepage and readpage of a mapping laid linearly on the device: page `i` is device bytes
 /// `base + i * PAGE_SIZE ..`, straight to the I/O queue. The block-device mapping is the case
 /// `base = 0` over the whole device.
@@ -198,26 +202,30 @@ impl BdevAops {
     /// # Context
     /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
     fn write_blocks_ordered(&self, mapping: &AddressSpace) -> Result<(), FsError> {
-        // One ordered write at a time: the second round below locks pages out of index
-        // order, which is safe only because every other locker of these pages holds one page
-        // at a time.
+        // One ordered write at a time: the later looks below lock pages out of index order,
+        // which is safe only because every other locker of these pages holds one page at a
+        // time.
         let _one = self.ordered_lock.lock();
         let mut locked: Vec<PageRef<'_>> = Vec::new();
         let mut held = rustc_hash::FxHashSet::default();
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut first: Result<(), FsError> = Ok(());
-        // Round one: every dirty page. Round two: the pages of the tables dirtied since the
-        // first look. An entry copied in round one was changed before its page was locked,
-        // so the chain it depends on was dirtied before that too: round two finds it, and
-        // the copy of it goes out first.
-        for round in 0..2 {
-            for index in mapping.tagged_indexes(Tag::Dirty) {
-                if held.contains(&index) {
-                    continue;
-                }
-                if round == 1 && self.phase(index << PAGE_SHIFT) != Phase::Tables {
-                    continue;
-                }
+        // Every dirty page, then again every page dirtied since the last look, until a look
+        // finds none new (or after MAX_ORDERED_ROUNDS looks, when changes keep coming). A
+        // change copied from a locked page was made before the lock, so whatever it depends
+        // on and was changed before it (a chain for an entry; a rename's new entry for its
+        // old entry's removal) was dirtied before that too: the next look finds it, and it
+        // goes out in this write, the tables first.
+        for _ in 0..MAX_ORDERED_ROUNDS {
+            let new: Vec<u64> = mapping
+                .tagged_indexes(Tag::Dirty)
+                .into_iter()
+                .filter(|i| !held.contains(i))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for index in new {
                 let Some(page) = find_lock_page(mapping, index) else {
                     continue;
                 };
