@@ -10,6 +10,8 @@ mod common;
 
 mod basic;
 mod cli;
+mod crash;
+mod full;
 mod harness;
 mod lifecycle;
 mod programs;

@@ -138,9 +138,15 @@ fn frame_reuse_fires_under_v5_9_and_never_under_v5_10() {
         "no frame reuse under v5.9 in {MAX_RACY:?} ({ops} ops); stats {json}\nlog:\n{}",
         m.log()
     );
+    // The hit is counted before its report is formatted (a symbolized backtrace, slow in a
+    // debug build) and written: wait for the report rather than race it.
+    let site = "BUG (VM_BUG_ON_PAGE) at src/mm/filemap.rs";
+    let asked = Instant::now();
+    while !m.log().contains(site) && asked.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
-        m.log()
-            .contains("BUG (VM_BUG_ON_PAGE) at src/mm/filemap.rs"),
+        m.log().contains(site),
         "the report names the site; log:\n{}",
         m.log()
     );

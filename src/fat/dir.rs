@@ -425,6 +425,9 @@ impl Directory {
             let at = cluster_offset(&self.bpb, c)?;
             table.store().write(at, &zeroes)
         });
+        // The zeros reach the disk before the link does: a crash never leaves a directory
+        // chain running into an old cluster's bytes.
+        let zeroed = zeroed.and_then(|()| table.store().barrier());
         let linked = zeroed.and_then(|()| table.set(last, FatEntry::Next(new[0])));
         if let Err(e) = linked {
             // A failed mirror write can leave the primary FAT linked; then the clusters stay.
@@ -574,7 +577,10 @@ pub fn alloc_new_dir<S: FatStore>(
     let mut buf = vec![0u8; bpb.bytes_per_cluster() as usize];
     let dots = dot_entries(cluster, parent, stamp, fat32).concat();
     buf[..dots.len()].copy_from_slice(&dots);
-    let written = cluster_offset(bpb, cluster).and_then(|at| table.store().write(at, &buf));
+    // On the disk before any entry names it (the caller adds the entry after this returns).
+    let written = cluster_offset(bpb, cluster)
+        .and_then(|at| table.store().write(at, &buf))
+        .and_then(|()| table.store().barrier());
     if let Err(e) = written {
         release(table, cluster);
         return Err(e);

@@ -158,9 +158,19 @@ impl<S: FatStore + 'static> FileData<S> {
     /// fat_truncate_blocks: keep the clusters holding the first `size` bytes, free the rest
     /// of the chain, and lower `*allocated` (mmu_private) to `size`.
     ///
+    /// The entry goes first: `write_entry` puts the file's entry (the new size, and no first
+    /// cluster when nothing is kept) into the metadata cache, and the store's barrier puts it
+    /// on the disk before the FAT frees anything. A crash in between leaves a chain longer
+    /// than the size (lost clusters for fsck), never a size or an entry naming freed clusters.
+    ///
     /// # Context
     /// The inode lock is held and the page cache past `size` is gone already.
-    fn truncate_blocks(&self, allocated: &mut u64, size: u64) -> Result<(), FsError> {
+    fn truncate_blocks(
+        &self,
+        allocated: &mut u64,
+        size: u64,
+        write_entry: &mut dyn FnMut() -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
         *allocated = (*allocated).min(size);
         let first = self.first_cluster();
         if first == 0 {
@@ -168,14 +178,19 @@ impl<S: FatStore + 'static> FileData<S> {
         }
         let keep = size.div_ceil(self.cluster_bytes());
         let keep = u32::try_from(keep).map_err(|_| FsError::FileTooBig)?;
-        let mut cache = self.clusters.lock();
         if keep == 0 {
-            // The file forgets the chain before it is freed, so no reader maps a freed cluster.
+            // The file forgets the chain before it is freed, so no reader maps a freed cluster
+            // and the entry written below names no cluster.
             self.first_cluster.store(0, Ordering::Release);
-            cache.truncate(0);
+            self.clusters.lock().truncate(0);
+            write_entry()?;
+            self.table.store().barrier()?;
             self.table.free_chain(first)?;
             return Ok(());
         }
+        write_entry()?;
+        self.table.store().barrier()?;
+        let mut cache = self.clusters.lock();
         self.table.truncate_chain(first, keep)?;
         cache.truncate(keep as usize);
         Ok(())
@@ -599,7 +614,11 @@ impl<S: FatStore + 'static> FatInode<S> {
         let size = self.size();
         if io.mmu_private > size {
             truncate_pagecache(&self.mapping, size);
-            if let Err(e) = self.data.truncate_blocks(&mut io.mmu_private, size) {
+            // The entry never covered these clusters (the size did not grow past them).
+            if let Err(e) = self
+                .data
+                .truncate_blocks(&mut io.mmu_private, size, &mut || Ok(()))
+            {
                 log::error!("fat: cannot free clusters after a failed write: {e}");
             }
         }
@@ -626,11 +645,18 @@ impl<S: FatStore + 'static> FatInode<S> {
     }
 
     /// Shrinks the file to `size`: i_size first, then the page cache past it (waiting for
-    /// writeback on each page), then the clusters past it.
+    /// writeback on each page), then `write_entry` (the caller puts the file's entry with the
+    /// new size into the metadata cache) and the clusters past it (see
+    /// [`FileData::truncate_blocks`] for the order on the disk).
     ///
     /// Models: fs/fat/file.c fat_setattr() shrink path: truncate_setsize() +
     /// fat_truncate_blocks() (v5.10).
-    pub fn shrink(&self, io: &mut InodeIo, size: u64) -> Result<(), FsError> {
+    pub fn shrink(
+        &self,
+        io: &mut InodeIo,
+        size: u64,
+        write_entry: &mut dyn FnMut() -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
         if self.data.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -639,7 +665,8 @@ impl<S: FatStore + 'static> FatInode<S> {
         }
         self.data.set_size(size);
         truncate_pagecache(&self.mapping, size);
-        self.data.truncate_blocks(&mut io.mmu_private, size)
+        self.data
+            .truncate_blocks(&mut io.mmu_private, size, write_entry)
     }
 
     /// Forgets the whole chain (the file was unlinked and its last user is gone): drops every
@@ -653,7 +680,9 @@ impl<S: FatStore + 'static> FatInode<S> {
         if self.data.read_only {
             return Ok(());
         }
-        self.data.truncate_blocks(&mut io.mmu_private, 0)
+        // The entry is gone from its directory already (the barrier puts that on the disk).
+        self.data
+            .truncate_blocks(&mut io.mmu_private, 0, &mut || Ok(()))
     }
 }
 
@@ -865,7 +894,10 @@ mod tests {
             ino.write(&mut io, 0, b"x"),
             Err(FsError::ReadOnly)
         ));
-        assert!(matches!(ino.shrink(&mut io, 0), Err(FsError::ReadOnly)));
+        assert!(matches!(
+            ino.shrink(&mut io, 0, &mut || Ok(())),
+            Err(FsError::ReadOnly)
+        ));
         assert!(matches!(ino.expand(&mut io, 100), Err(FsError::ReadOnly)));
     }
 
@@ -916,7 +948,7 @@ mod tests {
         let mut io = ino.lock();
         ino.write(&mut io, 0, &[0xEE; 2048]).expect("write");
         let free_before = f.table.free_count();
-        ino.shrink(&mut io, 700).expect("shrink");
+        ino.shrink(&mut io, 700, &mut || Ok(())).expect("shrink");
         assert_eq!(ino.size(), 700);
         assert_eq!(
             f.table.free_count(),
@@ -938,7 +970,7 @@ mod tests {
             "the old tail does not come back"
         );
         let mut io = ino.lock();
-        ino.shrink(&mut io, 0).expect("to nothing");
+        ino.shrink(&mut io, 0, &mut || Ok(())).expect("to nothing");
         assert_eq!(ino.first_cluster(), 0);
         assert_eq!(f.table.free_count(), CLUSTERS, "everything free again");
     }

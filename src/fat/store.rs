@@ -20,6 +20,10 @@ impl FatStore for Bdev {
     fn clean_aliases(&self, offset: u64, len: u64) {
         Bdev::clean_aliases(self, offset, len);
     }
+
+    fn barrier(&self) -> Result<(), FsError> {
+        Bdev::write_ordered(self)
+    }
 }
 
 /// A shared store is a store: a mount shares one block-device mapping between the FAT and the
@@ -35,6 +39,10 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn clean_aliases(&self, offset: u64, len: u64) {
         T::clean_aliases(self, offset, len);
+    }
+
+    fn barrier(&self) -> Result<(), FsError> {
+        T::barrier(self)
     }
 }
 

@@ -56,6 +56,12 @@ pub trait FatStore: Send + Sync {
     /// data: a stale metadata copy must never be written over the file's bytes
     /// (clean_bdev_aliases). Nothing to do for a store without a write-back cache.
     fn clean_aliases(&self, _offset: u64, _len: u64) {}
+    /// Puts every change written so far on the disk, in its crash-safe order, before the
+    /// caller frees clusters: the entries that stop naming them must land before the FAT
+    /// says they are free. Nothing to do for a store without a write-back cache.
+    fn barrier(&self) -> Result<(), FsError> {
+        Ok(())
+    }
 }
 
 /// The meaning of one FAT entry.

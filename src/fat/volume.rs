@@ -480,6 +480,12 @@ impl Volume {
         let mut boot = [0u8; BOOT_SECTOR];
         bdev.read(0, &mut boot)?;
         let bpb = Bpb::parse(&boot)?;
+        // Boot sector, FSInfo and FATs reach the disk before the directories in every
+        // metadata write: a crash never leaves an entry naming a chain the FAT lacks.
+        let tables_end = bpb
+            .first_root_dir_sector()
+            .unwrap_or_else(|| bpb.first_data_sector());
+        bdev.set_order_boundary(tables_end * u64::from(bpb.bytes_per_sector));
         let table = Arc::new(FatTable::new(&bpb, Arc::clone(&bdev), None)?);
         let root_dir = Directory::load(&table, &bpb, DirLocation::root(&bpb)?, opts.shortname)?;
         let mut root_entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));
@@ -874,7 +880,11 @@ impl Volume {
             return self.cont_expand(node, file, &mut io, size);
         }
         if size < old {
-            file.shrink(&mut io, size)?;
+            // The smaller size reaches the disk before the freed clusters do.
+            file.shrink(&mut io, size, &mut || {
+                node.meta.lock().dirty = true;
+                self.write_inode(node)
+            })?;
         }
         self.touch(node, true);
         if self.opts.sync {
@@ -1100,6 +1110,8 @@ impl Volume {
         };
         drop(child);
         self.forget_unlinked(&node)?;
+        // The entry's removal reaches the disk before the chain is freed there.
+        self.bdev.write_ordered()?;
         self.table.free_chain(first)?;
         self.dir_changed(dir)?;
         drop(d);
@@ -1171,6 +1183,8 @@ impl Volume {
                     DirLocation::Chain { first } => *first,
                     DirLocation::Fixed { .. } => return Err(FsError::Invalid("the root")),
                 };
+                // The entry's removal reaches the disk before the chain is freed there.
+                self.bdev.write_ordered()?;
                 self.table.free_chain(first)?;
             }
             self.forget_unlinked(&tnode)?;

@@ -29,16 +29,21 @@ use crate::mm::filemap::{
 };
 use crate::mm::waitqueue::{unlock_page, wait_on_page_bit};
 use crate::mm::writeback::{
-    WritebackControl, set_page_dirty, set_page_writeback, wait_on_page_writeback,
+    WritebackControl, generic_writepages, redirty_page_for_writepage, set_page_dirty,
+    set_page_writeback, wait_on_page_writeback, write_cache_pages,
 };
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PG, PageCache, PageRef};
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// The block size of dirty tracking in the block-device mapping (the smallest sector).
 pub const BDEV_BLOCK: usize = 512;
 
 /// Blocks per page.
 const BLOCKS_PER_PAGE: usize = PAGE_SIZE / BDEV_BLOCK;
+
+/// Most looks for newly dirtied pages one ordered metadata write takes (see
+/// [`BdevAops::write_blocks_ordered`]).
+const MAX_ORDERED_ROUNDS: usize = 8;
 
 /// writepage and readpage of a mapping laid linearly on the device: page `i` is device bytes
 /// `base + i * PAGE_SIZE ..`, straight to the I/O queue. The block-device mapping is the case
@@ -54,6 +59,25 @@ pub struct BdevAops {
     dirty_blocks: Mutex<rustc_hash::FxHashMap<u64, u8>>,
     /// The mapping's place on the flusher's list (never queued when there is no flusher).
     wb: Arc<WbInode>,
+    /// Device bytes below this are written before the bytes above it in every metadata
+    /// write (see [`BdevAops::write_blocks_ordered`]): the boot sector, FSInfo and the FATs.
+    order_boundary: AtomicU64,
+    /// Writeback sends the dirty blocks in the crash-safe order first (the volume's metadata
+    /// mapping); a plain linear mapping (the scenarios' device) keeps generic_writepages.
+    ordered: bool,
+    /// Held by the one ordered metadata write running (see
+    /// [`BdevAops::write_blocks_ordered`]).
+    ordered_lock: Mutex<()>,
+}
+
+/// The order in which a metadata write sends dirty blocks, each group waited for before the
+/// next starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// The boot sector, FSInfo and FAT region: chains before the entries that name them.
+    Tables,
+    /// Directories: entries after the chains they point into.
+    Entries,
 }
 
 impl BdevAops {
@@ -61,6 +85,7 @@ impl BdevAops {
     pub fn new(queue: Arc<IoQueue>, size: u64, wb: Arc<WbInode>) -> Self {
         BdevAops {
             wb,
+            ordered: true,
             ..BdevAops::linear(queue, 0, size)
         }
     }
@@ -73,6 +98,9 @@ impl BdevAops {
             size,
             dirty_blocks: Mutex::new(rustc_hash::FxHashMap::default()),
             wb: WbInode::new(None),
+            order_boundary: AtomicU64::new(0),
+            ordered: false,
+            ordered_lock: Mutex::new(()),
         }
     }
 
@@ -144,6 +172,150 @@ impl BdevAops {
         let runs = self.take_dirty_runs(index, len);
         self.dirty_blocks.lock().insert(index, 0);
         runs
+    }
+
+    /// The phase of the block at device byte `at` (see [`Phase`]).
+    fn phase(&self, at: u64) -> Phase {
+        if at < self.order_boundary.load(Ordering::Relaxed) {
+            Phase::Tables
+        } else {
+            Phase::Entries
+        }
+    }
+
+    /// Writes the dirty blocks of every dirty page and waits for them, in two phases, the
+    /// first waited for before the second is sent: the boot sector, FSInfo and FATs, then
+    /// everything else (directories). So a process killed at any moment leaves no entry
+    /// naming a chain the FAT on the disk lacks. The other orders the filesystem needs (a
+    /// new directory cluster's contents before the FAT links it, an entry's removal before
+    /// the FAT frees its chain) it gets by calling this between the two changes (see
+    /// `FatStore::barrier`).
+    ///
+    /// Each page stays locked from before its blocks are copied until all the I/O is done:
+    /// the page lock stands in for the locks of the page's buffers, which a buffer write
+    /// holds over its I/O, so no writepage can send a newer copy of a block that could
+    /// land before this one, and no change can slip in between the phases. A writeback
+    /// already in flight on the page is waited for first, re-testing the bit as
+    /// `__wait_on_bit` does for a buffer lock, whatever the era's page waits do. PG_dirty
+    /// stays set; the next writepage finds no dirty block and writes nothing.
+    ///
+    /// # Context
+    /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
+    fn write_blocks_ordered(&self, mapping: &AddressSpace) -> Result<(), FsError> {
+        // One ordered write at a time: the later looks below lock pages out of index order,
+        // which is safe only because every other locker of these pages holds one page at a
+        // time.
+        let _one = self.ordered_lock.lock();
+        let mut locked: Vec<PageRef<'_>> = Vec::new();
+        let mut held = rustc_hash::FxHashSet::default();
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut first: Result<(), FsError> = Ok(());
+        // Every dirty page, then again every page dirtied since the last look, until a look
+        // finds none new (or after MAX_ORDERED_ROUNDS looks, when changes keep coming). A
+        // change copied from a locked page was made before the lock, so whatever it depends
+        // on and was changed before it (a chain for an entry; a rename's new entry for its
+        // old entry's removal) was dirtied before that too: the next look finds it, and it
+        // goes out in this write, the tables first.
+        for _ in 0..MAX_ORDERED_ROUNDS {
+            let new: Vec<u64> = mapping
+                .tagged_indexes(Tag::Dirty)
+                .into_iter()
+                .filter(|i| !held.contains(i))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for index in new {
+                let Some(page) = find_lock_page(mapping, index) else {
+                    continue;
+                };
+                while page.writeback() {
+                    wait_on_page_bit(page.page(), PG::Writeback);
+                }
+                let (offset, len) = match self.span(index) {
+                    Ok(s) if page.dirty() => s,
+                    Ok(_) => {
+                        unlock_page(page.page());
+                        continue;
+                    }
+                    Err(e) => {
+                        unlock_page(page.page());
+                        first = first.and(Err(e));
+                        continue;
+                    }
+                };
+                let dirty = self.take_dirty_runs_keep_record(index, len);
+                page.with_data(|d| {
+                    for (at, n) in dirty {
+                        runs.push((offset + at as u64, d[at..at + n].to_vec()));
+                    }
+                });
+                held.insert(index);
+                locked.push(page);
+            }
+        }
+        let mut parts: Vec<(Phase, u64, Vec<u8>)> = Vec::new();
+        for (start, data) in runs {
+            // Split the run where the phase changes.
+            let n = data.len();
+            let mut from = 0;
+            while from < n {
+                let phase = self.phase(start + from as u64);
+                let mut to = (from + BDEV_BLOCK).min(n);
+                while to < n && self.phase(start + to as u64) == phase {
+                    to = (to + BDEV_BLOCK).min(n);
+                }
+                parts.push((phase, start + from as u64, data[from..to].to_vec()));
+                from = to;
+            }
+        }
+        for phase in [Phase::Tables, Phase::Entries] {
+            if first.is_err() {
+                // A failed phase stops the later ones: they must not land without it.
+                break;
+            }
+            let mut waits = Vec::new();
+            for (_, at, data) in parts.iter().filter(|p| p.0 == phase) {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.queue.submit(Bio {
+                    op: BioOp::Write {
+                        offset: *at,
+                        data: data.clone(),
+                    },
+                    end_io: Box::new(move |r| {
+                        // The receiver waits below; if it is gone nobody is left to tell.
+                        let _ = tx.send(r.map(|_| ()));
+                    }),
+                });
+                waits.push((*at, rx));
+            }
+            for (at, rx) in waits {
+                let r = match rx.recv_timeout(Duration::from_secs(600)) {
+                    Ok(r) => r,
+                    Err(_) => Err(FsError::Io(std::io::Error::other(
+                        "metadata write never completed",
+                    ))),
+                };
+                if let Err(e) = r {
+                    log::error!("bdev: metadata write at {at} failed: {e}");
+                    first = first.and(Err(e));
+                }
+            }
+        }
+        for page in &locked {
+            unlock_page(page.page());
+        }
+        drop(locked);
+        first
+    }
+
+    /// Whether page `index` has blocks a metadata write has not sent yet (a page without a
+    /// record was dirtied whole).
+    fn has_dirty_blocks(&self, index: u64) -> bool {
+        self.dirty_blocks
+            .lock()
+            .get(&index)
+            .is_none_or(|&bits| bits != 0)
     }
 
     /// readpage: submit a read of the locked, not-uptodate `page`; the completion fills it,
@@ -247,6 +419,31 @@ impl AddressSpaceOps for BdevAops {
             });
         }
         Ok(())
+    }
+
+    /// Writeback of the metadata mapping (the flusher, sync): the dirty blocks go out in the
+    /// crash-safe order of [`BdevAops::write_blocks_ordered`]; then write_cache_pages walks
+    /// the pages as usual, which now only clears their dirty state (and starts and ends a
+    /// writeback on each, so this mapping keeps its part in the page-state races). A block
+    /// dirtied between the two is not written out of order by the walk: its page is
+    /// redirtied for the next ordered write.
+    fn writepages(
+        &self,
+        mapping: &AddressSpace,
+        wbc: &mut WritebackControl,
+    ) -> Result<(), FsError> {
+        if !self.ordered {
+            return generic_writepages(mapping, wbc);
+        }
+        self.write_blocks_ordered(mapping)?;
+        write_cache_pages(mapping, wbc, &mut |m, p, w| {
+            if self.has_dirty_blocks(p.index()) {
+                redirty_page_for_writepage(m, w, p.page());
+                unlock_page(p.page());
+                return Ok(());
+            }
+            self.writepage(m, p, w)
+        })
     }
 
     /// The block-device inode goes on the flusher's list like any other.
@@ -414,66 +611,22 @@ impl Bdev {
     /// # Context
     /// May sleep. Locks pages in ascending index order, as write_cache_pages does.
     pub fn sync_buffers(&self) -> Result<(), FsError> {
-        let mut locked: Vec<PageRef<'_>> = Vec::new();
-        let mut waits = Vec::new();
-        let mut first: Result<(), FsError> = Ok(());
-        for index in self.mapping.tagged_indexes(Tag::Dirty) {
-            let Some(page) = find_lock_page(&self.mapping, index) else {
-                continue;
-            };
-            while page.writeback() {
-                wait_on_page_bit(page.page(), PG::Writeback);
-            }
-            let span = self.aops.span(index);
-            let (offset, len) = match span {
-                Ok(s) if page.dirty() => s,
-                Ok(_) => {
-                    unlock_page(page.page());
-                    continue;
-                }
-                Err(e) => {
-                    unlock_page(page.page());
-                    first = first.and(Err(e));
-                    continue;
-                }
-            };
-            let runs = self.aops.take_dirty_runs_keep_record(index, len);
-            let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
-                runs.iter()
-                    .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
-                    .collect()
-            });
-            for (at, data) in parts {
-                let (tx, rx) = std::sync::mpsc::channel();
-                self.queue.submit(Bio {
-                    op: BioOp::Write { offset: at, data },
-                    end_io: Box::new(move |r| {
-                        // The receiver waits below; if it is gone nobody is left to tell.
-                        let _ = tx.send(r.map(|_| ()));
-                    }),
-                });
-                waits.push((at, rx));
-            }
-            locked.push(page);
-        }
-        for (at, rx) in waits {
-            let r = match rx.recv_timeout(Duration::from_secs(600)) {
-                Ok(r) => r,
-                Err(_) => Err(FsError::Io(std::io::Error::other(
-                    "metadata write never completed",
-                ))),
-            };
-            if let Err(e) = r {
-                log::error!("bdev: metadata write at {at} failed: {e}");
-                first = first.and(Err(e));
-            }
-        }
-        for page in &locked {
-            unlock_page(page.page());
-        }
-        drop(locked);
-        first?;
+        self.write_ordered()?;
         self.flush_device()
+    }
+
+    /// [`Bdev::sync_buffers`] without the device flush: every dirty block is written, in
+    /// the crash-safe order of [`BdevAops::write_blocks_ordered`], and waited for. What it
+    /// wrote survives the death of this process (the image file has it); a power cut needs
+    /// the flush as well.
+    pub fn write_ordered(&self) -> Result<(), FsError> {
+        self.aops.write_blocks_ordered(&self.mapping)
+    }
+
+    /// Device bytes below `offset` (boot sector, FSInfo, the FATs) are written before those
+    /// above it in every metadata write: a chain reaches the disk before an entry naming it.
+    pub fn set_order_boundary(&self, offset: u64) {
+        self.aops.order_boundary.store(offset, Ordering::Relaxed);
     }
 
     /// Flush the device's write cache (blkdev_issue_flush).
@@ -693,5 +846,71 @@ mod tests {
             }
         });
         assert_eq!(q.completed(), 1, "one read I/O for four readers");
+    }
+
+    /// A device that records the offset of every write, in the order they reach it.
+    struct Recording(MemDevice, std::sync::Mutex<Vec<u64>>);
+
+    impl BlockDevice for Recording {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
+            self.1.lock().expect("log").push(offset);
+            self.0.write_at(offset, buf)
+        }
+        fn flush(&self) -> Result<(), FsError> {
+            self.0.flush()
+        }
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+    }
+
+    #[test]
+    fn metadata_writeback_sends_the_tables_before_the_directories() {
+        let dev = Arc::new(Recording(
+            MemDevice::new(8 * PAGE_SIZE),
+            std::sync::Mutex::new(Vec::new()),
+        ));
+        let q = Arc::new(IoQueue::new(dev.clone(), 4, Duration::ZERO).expect("queue"));
+        let cache = PageCache::new(CacheConfig {
+            on_bug: OnBug::Panic,
+            ..CacheConfig::new(Era::V5_11, 16)
+        })
+        .expect("cache");
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        let boundary = 2 * PAGE_SIZE as u64;
+        b.set_order_boundary(boundary);
+        // An entry (page 5) changed after the FAT sector it depends on (page 0), and a
+        // range-cyclic pass that starts at page 5, as the flusher's may: the generic walk
+        // would send page 5 first.
+        b.write(512, &[1u8; 4]).expect("FAT");
+        b.write(5 * PAGE_SIZE as u64 + 64, &[2u8; 32])
+            .expect("entry");
+        b.write(PAGE_SIZE as u64, &[3u8; 4]).expect("second FAT");
+        b.mapping().set_writeback_index(5);
+        let mut wbc = WritebackControl::background(1024);
+        b.mapping()
+            .aops()
+            .writepages(b.mapping(), &mut wbc)
+            .expect("writeback");
+        let order = dev.1.lock().expect("log").clone();
+        assert_eq!(order.len(), 3, "one write per dirty block: {order:?}");
+        let first_entry = order
+            .iter()
+            .position(|&o| o >= boundary)
+            .expect("entry written");
+        assert!(
+            order[..first_entry].len() == 2 && order[first_entry..].iter().all(|&o| o >= boundary),
+            "tables first, then entries: {order:?}"
+        );
+        // Nothing is left dirty to be written again out of order.
+        dev.1.lock().expect("log").clear();
+        b.sync().expect("sync");
+        assert!(
+            dev.1.lock().expect("log").is_empty(),
+            "nothing written twice"
+        );
     }
 }
