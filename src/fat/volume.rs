@@ -425,19 +425,34 @@ fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> R
         node.meta.lock().dirty = false;
         return Ok(());
     };
-    if !node.meta.lock().dirty {
-        return Ok(());
+    // The dirty flag is cleared *before* the entry is read, as __writeback_single_inode
+    // clears I_DIRTY before write_inode: a change made after the clear marks the node dirty
+    // again and is written next time. Clearing after the write (as this did) lost a size
+    // that grew between the read and the clear: the soak found chains longer than their
+    // sizes after a clean unmount. Changers update the size before they mark the node dirty
+    // (write_end, then touch), so a read after the clear sees every change marked before it.
+    {
+        let mut meta = node.meta.lock();
+        if !meta.dirty {
+            return Ok(());
+        }
+        meta.dirty = false;
     }
-    let mut entry = node.entry();
-    let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
-    bdev.read(pos.dev, &mut raw)?;
-    let disk = DirEntry::parse(&raw, fat32);
-    entry.name = disk.name;
-    entry.nt_case = disk.nt_case;
-    entry.serialize(&mut raw, fat32);
-    bdev.write(pos.dev, &raw)?;
-    node.meta.lock().dirty = false;
-    Ok(())
+    let written = (|| {
+        let mut entry = node.entry();
+        let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+        bdev.read(pos.dev, &mut raw)?;
+        let disk = DirEntry::parse(&raw, fat32);
+        entry.name = disk.name;
+        entry.nt_case = disk.nt_case;
+        entry.serialize(&mut raw, fat32);
+        bdev.write(pos.dev, &raw)
+    })();
+    if written.is_err() {
+        // Not written: still dirty, for the next try (and unmount's check).
+        node.meta.lock().dirty = true;
+    }
+    written
 }
 
 impl Volume {
