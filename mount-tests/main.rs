@@ -10,9 +10,12 @@ mod common;
 
 mod basic;
 mod cli;
+mod errors;
 mod harness;
 mod lifecycle;
 mod programs;
 mod race;
+mod readonly;
 mod reuse;
 mod semantics;
+mod soak;

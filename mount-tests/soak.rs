@@ -1,0 +1,730 @@
+//! The soak: several threads run random operations on one mount for a while, each checking
+//! every read and every directory listing against its own in-memory model, then the mount
+//! ends, fsck must be clean and independent readers must see exactly the models' union.
+//!
+//! Each thread owns a subtree (`/tN`) and its own names (all starting `tN-`) in the shared
+//! directory `/shared`, so its model is exact however the threads interleave, while they
+//! still create, rename and remove entries of one directory at the same time. Operations:
+//! create, write at random offsets, append, read, truncate up and down, fallocate, fsync,
+//! rename (within and across directories, over files and empty directories, and the
+//! refusals), mkdir, rmdir, unlink and readdir. The cache is small and writeback frequent, so
+//! reclaim and the flusher run under the load.
+//!
+//! Every era runs: `v6.9` for 60 s with `on_bug=abort` (a BUG ends the daemon, which fails
+//! the test), the others for 10 s with `on_bug=warn` (the January 2021 BUG may fire under
+//! v5.9 and v5.10; the data must still be right). `FATCACHE_SOAK_SECS` sets every duration
+//! (for longer runs) and `FATCACHE_SOAK_SEED` the seed; the seed is printed at the start and
+//! in every failure, and each thread's sequence of operations follows from it (the
+//! interleaving does not).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::basic::readers_agree;
+use crate::common::readers::{Node, Tree};
+use crate::harness::{Fat, Mounted, Rng};
+
+/// Worker threads.
+const THREADS: usize = 4;
+
+/// Most bytes one thread keeps in its files: four threads stay well inside 64 MiB.
+const BUDGET: u64 = 6 << 20;
+
+/// Largest file a thread makes.
+const MAX_FILE: u64 = 512 << 10;
+
+/// Operations of a thread's history shown in a failure.
+const HISTORY: usize = 25;
+
+/// The shared directory.
+const SHARED: &str = "/shared";
+
+/// The duration: `FATCACHE_SOAK_SECS` if set, else `default`.
+fn duration(default: u64) -> Duration {
+    let secs = std::env::var("FATCACHE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(secs)
+}
+
+/// The seed: `FATCACHE_SOAK_SEED` if set, else from the clock.
+fn seed() -> u64 {
+    std::env::var("FATCACHE_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// A rename's outcome by the rules of rename(2).
+fn rename_outcome(model: &Tree, from: &str, to: &str) -> Result<(), i32> {
+    let is_dir = |p: &str| matches!(model.get(p), Some(Node::Dir));
+    let empty = |p: &str| {
+        let below = format!("{p}/");
+        !model.keys().any(|k| k.starts_with(&below))
+    };
+    match (model.get(to).is_some(), is_dir(from), is_dir(to)) {
+        (false, _, _) => Ok(()),
+        (true, false, false) => Ok(()),
+        (true, false, true) => Err(libc::EISDIR),
+        (true, true, false) => Err(libc::ENOTDIR),
+        (true, true, true) if empty(to) => Ok(()),
+        (true, true, true) => Err(libc::ENOTEMPTY),
+    }
+}
+
+/// Expects `r` to match `want` (Ok or an errno).
+fn outcome<T>(r: io::Result<T>, want: Result<(), i32>, what: &str) -> Result<Option<T>, String> {
+    match (r, want) {
+        (Ok(v), Ok(())) => Ok(Some(v)),
+        (Err(e), Err(errno)) if e.raw_os_error() == Some(errno) => Ok(None),
+        (Err(e), Ok(())) => Err(format!("{what}: {e}")),
+        (Err(e), Err(errno)) => Err(format!(
+            "{what}: expected {}, got {e}",
+            io::Error::from_raw_os_error(errno)
+        )),
+        (Ok(_), Err(errno)) => Err(format!(
+            "{what}: succeeded, expected {}",
+            io::Error::from_raw_os_error(errno)
+        )),
+    }
+}
+
+/// One thread of the soak: its model, its generator and its counters.
+struct Worker {
+    tid: usize,
+    mnt: std::path::PathBuf,
+    rng: Rng,
+    /// Everything this thread made, by absolute path (its root `/tN` included).
+    model: Tree,
+    next_name: u64,
+    bytes: u64,
+    ops: u64,
+    history: VecDeque<String>,
+}
+
+impl Worker {
+    fn new(tid: usize, mnt: std::path::PathBuf, seed: u64) -> Worker {
+        let mut model = Tree::new();
+        model.insert(format!("/t{tid}"), Node::Dir);
+        Worker {
+            tid,
+            mnt,
+            rng: Rng::new(seed ^ (tid as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            model,
+            next_name: 0,
+            bytes: 0,
+            ops: 0,
+            history: VecDeque::new(),
+        }
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        self.mnt.join(p.trim_start_matches('/'))
+    }
+
+    fn root(&self) -> String {
+        format!("/t{}", self.tid)
+    }
+
+    /// A fresh name: short 8.3-style, long with spaces, or long with mixed case.
+    fn new_name(&mut self) -> String {
+        self.next_name += 1;
+        let (t, n) = (self.tid, self.next_name);
+        match self.rng.below(3) {
+            0 => format!("t{t}-{n}"),
+            1 => format!("t{t}-file {n} with a long name.dat"),
+            _ => format!("t{t}-Mixed{n}.Txt"),
+        }
+    }
+
+    fn files(&self) -> Vec<String> {
+        let files = self.model.iter().filter(|(_, n)| matches!(n, Node::File(_)));
+        files.map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Directories this thread may put entries in: its own and `/shared`.
+    fn parents(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .model
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Dir))
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.push(SHARED.to_owned());
+        v
+    }
+
+    fn pick<T: Clone>(&mut self, v: &[T]) -> Option<T> {
+        if v.is_empty() {
+            None
+        } else {
+            Some(v[self.rng.below(v.len() as u64) as usize].clone())
+        }
+    }
+
+    fn data(&self, p: &str) -> &Vec<u8> {
+        match self.model.get(p) {
+            Some(Node::File(d)) => d,
+            other => panic!("model: {p} is {other:?}"),
+        }
+    }
+
+    fn set_data(&mut self, p: &str, d: Vec<u8>) {
+        let old = self.data(p).len() as u64;
+        self.bytes = self.bytes - old + d.len() as u64;
+        self.model.insert(p.to_owned(), Node::File(d));
+    }
+
+    /// The names this thread has directly in `dir`.
+    fn children(&self, dir: &str) -> BTreeSet<String> {
+        let prefix = if dir == "/" {
+            "/".to_owned()
+        } else {
+            format!("{dir}/")
+        };
+        self.model
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A length for new data: mostly small, sometimes spanning many pages.
+    fn len(&mut self) -> u64 {
+        match self.rng.below(10) {
+            0..=5 => self.rng.below(3000),
+            6..=8 => self.rng.below(40_000),
+            _ => self.rng.below(200_000),
+        }
+    }
+
+    /// Whether growing by `grow` keeps this thread within its budget and `size + grow`
+    /// within [`MAX_FILE`].
+    fn fits(&self, size: u64, grow: u64) -> bool {
+        self.bytes + grow <= BUDGET && size + grow <= MAX_FILE
+    }
+
+    /// One random operation; `Err` describes a disagreement with the model.
+    fn step(&mut self) -> Result<(), String> {
+        let op = self.rng.below(100);
+        let files = self.files();
+        match op {
+            0..=11 => self.create(),
+            12..=26 => self.write(&files),
+            27..=33 => self.append(&files),
+            34..=49 => self.read(&files),
+            50..=56 => self.truncate(&files),
+            57..=61 => self.fallocate(&files),
+            62..=65 => self.fsync(&files),
+            66..=75 => self.rename(),
+            76..=80 => self.mkdir(),
+            81..=84 => self.rmdir(),
+            85..=90 => self.unlink(&files),
+            _ => self.readdir(),
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(what);
+    }
+
+    fn create(&mut self) -> Result<(), String> {
+        let parents = self.parents();
+        let dir = self.pick(&parents).expect("the root is always there");
+        let name = self.new_name();
+        let p = format!("{}/{name}", dir.trim_end_matches('/'));
+        let mut len = self.len();
+        if !self.fits(0, len) {
+            len = 0;
+        }
+        let data = self.rng.bytes(len as usize);
+        self.note(format!("create {p} ({len} bytes)"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("create {p}: {e}"))?;
+        f.write_all(&data)
+            .map_err(|e| format!("write {len} bytes to new {p}: {e}"))?;
+        self.bytes += len;
+        self.model.insert(p, Node::File(data));
+        Ok(())
+    }
+
+    fn write(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let size = self.data(&p).len() as u64;
+        let off = self.rng.below(size + 8193);
+        let len = self.len().max(1);
+        let grow = (off + len).saturating_sub(size);
+        if !self.fits(size, grow) {
+            return self.truncate_to(&p, size / 2);
+        }
+        let bytes = self.rng.bytes(len as usize);
+        self.note(format!("write {p} at {off}, {len} bytes (size {size})"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("open {p} for writing: {e}"))?;
+        f.write_all_at(&bytes, off)
+            .map_err(|e| format!("pwrite {p} at {off}: {e}"))?;
+        let mut d = self.data(&p).clone();
+        let end = (off + len) as usize;
+        if d.len() < end {
+            d.resize(end, 0);
+        }
+        d[off as usize..end].copy_from_slice(&bytes);
+        self.set_data(&p, d);
+        Ok(())
+    }
+
+    fn append(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let size = self.data(&p).len() as u64;
+        let len = self.len().max(1);
+        if !self.fits(size, len) {
+            return self.truncate_to(&p, 0);
+        }
+        let bytes = self.rng.bytes(len as usize);
+        self.note(format!("append {len} bytes to {p} (size {size})"));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("open {p} to append: {e}"))?;
+        f.write_all(&bytes)
+            .map_err(|e| format!("append to {p}: {e}"))?;
+        let mut d = self.data(&p).clone();
+        d.extend_from_slice(&bytes);
+        self.set_data(&p, d);
+        Ok(())
+    }
+
+    fn read(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let want = self.data(&p).clone();
+        let mut f = File::open(self.path(&p)).map_err(|e| format!("open {p}: {e}"))?;
+        let size = f
+            .metadata()
+            .map_err(|e| format!("fstat {p}: {e}"))?
+            .len();
+        if size != want.len() as u64 {
+            return Err(format!("{p}: size {size}, model says {}", want.len()));
+        }
+        if self.rng.below(2) == 0 {
+            self.note(format!("read all of {p} ({size} bytes)"));
+            let mut got = Vec::new();
+            f.read_to_end(&mut got)
+                .map_err(|e| format!("read {p}: {e}"))?;
+            return compare(&p, 0, &got, &want);
+        }
+        let off = self.rng.below(want.len() as u64 + 100);
+        let len = self.rng.below(70_000) as usize;
+        self.note(format!("read {p} at {off}, {len} bytes (size {size})"));
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            let n = f
+                .read_at(&mut buf[got..], off + got as u64)
+                .map_err(|e| format!("pread {p} at {}: {e}", off + got as u64))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let start = (off as usize).min(want.len());
+        let end = (off as usize + len).min(want.len());
+        compare(&p, off, &buf[..got], &want[start..end])
+    }
+
+    fn truncate(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let size = self.data(&p).len() as u64;
+        let to = if self.rng.below(2) == 0 {
+            self.rng.below(size + 1)
+        } else {
+            size + self.rng.below(70_000)
+        };
+        if to > size && !self.fits(size, to - size) {
+            return self.truncate_to(&p, size / 3);
+        }
+        self.truncate_to(&p, to)
+    }
+
+    fn truncate_to(&mut self, p: &str, to: u64) -> Result<(), String> {
+        let size = self.data(p).len();
+        self.note(format!("truncate {p} from {size} to {to}"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(p))
+            .map_err(|e| format!("open {p} for writing: {e}"))?;
+        f.set_len(to)
+            .map_err(|e| format!("ftruncate {p} to {to}: {e}"))?;
+        let mut d = self.data(p).clone();
+        d.resize(to as usize, 0);
+        self.set_data(p, d);
+        Ok(())
+    }
+
+    fn fallocate(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let size = self.data(&p).len() as u64;
+        let off = self.rng.below(size + 16_384);
+        let len = 1 + self.rng.below(40_000);
+        let grow = (off + len).saturating_sub(size);
+        if !self.fits(size, grow) {
+            return self.truncate_to(&p, size / 2);
+        }
+        self.note(format!("fallocate {p} {off}+{len} (size {size})"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("open {p} for writing: {e}"))?;
+        nix::fcntl::fallocate(
+            &f,
+            nix::fcntl::FallocateFlags::empty(),
+            off as i64,
+            len as i64,
+        )
+        .map_err(|e| format!("fallocate {p} {off}+{len}: {e}"))?;
+        let mut d = self.data(&p).clone();
+        if (d.len() as u64) < off + len {
+            d.resize((off + len) as usize, 0);
+        }
+        self.set_data(&p, d);
+        Ok(())
+    }
+
+    fn fsync(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        let data_only = self.rng.below(2) == 0;
+        self.note(format!("fsync {p} (datasync {data_only})"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("open {p} for writing: {e}"))?;
+        let r = if data_only { f.sync_data() } else { f.sync_all() };
+        r.map_err(|e| format!("fsync {p}: {e}"))
+    }
+
+    fn rename(&mut self) -> Result<(), String> {
+        let root = self.root();
+        let sources: Vec<String> = self.model.keys().filter(|k| **k != root).cloned().collect();
+        let Some(from) = self.pick(&sources) else {
+            return Ok(());
+        };
+        let below = format!("{from}/");
+        // Not into itself (EINVAL), and not onto an ancestor of the source.
+        let parents: Vec<String> = self
+            .parents()
+            .into_iter()
+            .filter(|d| *d != from && !d.starts_with(&below))
+            .collect();
+        let Some(dir) = self.pick(&parents) else {
+            return Ok(());
+        };
+        let existing: Vec<String> = self
+            .children(&dir)
+            .into_iter()
+            .map(|n| format!("{dir}/{n}"))
+            .filter(|t| *t != from && !from.starts_with(&format!("{t}/")))
+            .collect();
+        let to = if self.rng.below(3) == 0 && !existing.is_empty() {
+            self.pick(&existing).expect("not empty")
+        } else {
+            let name = self.new_name();
+            format!("{dir}/{name}")
+        };
+        let want = rename_outcome(&self.model, &from, &to);
+        self.note(format!("rename {from} -> {to} (expect {want:?})"));
+        let r = fs::rename(self.path(&from), self.path(&to));
+        if outcome(r, want, &format!("rename {from} -> {to}"))?.is_some() {
+            if let Some(Node::File(d)) = self.model.get(&to) {
+                self.bytes -= d.len() as u64;
+            }
+            let below_to = format!("{to}/");
+            self.model.retain(|p, _| *p != to && !p.starts_with(&below_to));
+            let moved: Vec<(String, Node)> = self
+                .model
+                .iter()
+                .filter(|(p, _)| **p == from || p.starts_with(&below))
+                .map(|(p, n)| (format!("{to}{}", &p[from.len()..]), n.clone()))
+                .collect();
+            self.model.retain(|p, _| *p != from && !p.starts_with(&below));
+            self.model.extend(moved);
+        }
+        Ok(())
+    }
+
+    fn mkdir(&mut self) -> Result<(), String> {
+        let parents = self.parents();
+        let dir = self.pick(&parents).expect("the root is always there");
+        let name = self.new_name();
+        let p = format!("{dir}/{name}");
+        self.note(format!("mkdir {p}"));
+        fs::create_dir(self.path(&p)).map_err(|e| format!("mkdir {p}: {e}"))?;
+        self.model.insert(p, Node::Dir);
+        Ok(())
+    }
+
+    fn rmdir(&mut self) -> Result<(), String> {
+        let root = self.root();
+        let dirs: Vec<String> = self
+            .model
+            .iter()
+            .filter(|(p, n)| matches!(n, Node::Dir) && **p != root)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let Some(p) = self.pick(&dirs) else {
+            return Ok(());
+        };
+        let want = if self.children(&p).is_empty() {
+            Ok(())
+        } else {
+            Err(libc::ENOTEMPTY)
+        };
+        self.note(format!("rmdir {p} (expect {want:?})"));
+        let r = fs::remove_dir(self.path(&p));
+        if outcome(r, want, &format!("rmdir {p}"))?.is_some() {
+            self.model.remove(&p);
+        }
+        Ok(())
+    }
+
+    fn unlink(&mut self, files: &[String]) -> Result<(), String> {
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        self.note(format!("unlink {p}"));
+        fs::remove_file(self.path(&p)).map_err(|e| format!("unlink {p}: {e}"))?;
+        self.bytes -= self.data(&p).len() as u64;
+        self.model.remove(&p);
+        Ok(())
+    }
+
+    fn readdir(&mut self) -> Result<(), String> {
+        let parents = self.parents();
+        let dir = self.pick(&parents).expect("the root is always there");
+        self.note(format!("readdir {dir}"));
+        let prefix = format!("t{}-", self.tid);
+        let mut got = Vec::new();
+        for e in fs::read_dir(self.path(&dir)).map_err(|e| format!("opendir {dir}: {e}"))? {
+            let e = e.map_err(|e| format!("readdir {dir}: {e}"))?;
+            let name = e.file_name().into_string().map_err(|n| format!("{n:?}"))?;
+            if dir != SHARED || name.starts_with(&prefix) {
+                got.push(name);
+            }
+        }
+        let want = self.children(&dir);
+        let got_set: BTreeSet<String> = got.iter().cloned().collect();
+        if got_set.len() != got.len() {
+            return Err(format!("readdir {dir}: a name listed twice: {got:?}"));
+        }
+        if got_set != want {
+            let missing: Vec<&String> = want.difference(&got_set).collect();
+            let extra: Vec<&String> = got_set.difference(&want).collect();
+            return Err(format!(
+                "readdir {dir}: missing {missing:?}, unexpected {extra:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Compares bytes read at `off` with the model's.
+fn compare(p: &str, off: u64, got: &[u8], want: &[u8]) -> Result<(), String> {
+    if got == want {
+        return Ok(());
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    Err(format!(
+        "{p}: read at {off} got {} bytes, model has {}; first difference at byte {} \
+         (got {:?}, want {:?})",
+        got.len(),
+        want.len(),
+        off + at as u64,
+        got.get(at),
+        want.get(at)
+    ))
+}
+
+/// What one soak run found.
+struct Outcome {
+    ops: u64,
+    failures: Vec<String>,
+    models: Vec<Tree>,
+}
+
+/// Runs the workers on `m` until `secs` pass or one fails.
+fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|tid| {
+            let mut w = Worker::new(tid, m.dir.clone(), seed);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let made = fs::create_dir(w.path(&w.root()));
+                let mut failure = made.err().map(|e| format!("mkdir {}: {e}", w.root()));
+                while failure.is_none() && !stop.load(Ordering::Relaxed) && start.elapsed() < secs
+                {
+                    if let Err(e) = w.step() {
+                        stop.store(true, Ordering::Relaxed);
+                        let history: Vec<String> = w.history.iter().cloned().collect();
+                        failure = Some(format!(
+                            "thread {tid}, operation {}: {e}\nlast operations of thread \
+                             {tid}:\n  {}",
+                            w.ops + 1,
+                            history.join("\n  ")
+                        ));
+                    }
+                    w.ops += 1;
+                }
+                (w.ops, failure, w.model)
+            })
+        })
+        .collect();
+    let mut out = Outcome {
+        ops: 0,
+        failures: Vec::new(),
+        models: Vec::new(),
+    };
+    for h in handles {
+        match h.join() {
+            Ok((ops, failure, model)) => {
+                out.ops += ops;
+                out.failures.extend(failure);
+                out.models.push(model);
+            }
+            Err(_) => out.failures.push("a worker panicked".to_owned()),
+        }
+    }
+    out
+}
+
+/// The number after `"key":` in the stats JSON.
+fn stat(json: &str, key: &str) -> u64 {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// One soak: mount `fat` under `era` with `on_bug`, run for `secs` (or the environment's),
+/// then unmount, fsck and compare every reader's tree with the models.
+fn soak(fat: Fat, era: &str, on_bug: &str, default_secs: u64) {
+    let secs = duration(default_secs);
+    let seed = seed();
+    println!(
+        "soak {era} on_bug={on_bug} {}: seed {seed} (FATCACHE_SOAK_SEED={seed} to repeat), \
+         {} s",
+        fat.name(),
+        secs.as_secs()
+    );
+    let opts = format!(
+        "era={era},on_bug={on_bug},cache_mb=4,writeback_interval_ms=50,dirty_expire_ms=100"
+    );
+    let m = Mounted::new(fat, &format!("soak-{era}"), &opts);
+    fs::create_dir(m.path(&SHARED[1..])).expect("mkdir /shared");
+    let start = Instant::now();
+    let out = run_workers(&m, secs, seed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let stats = xattr::get(&m.dir, "user.fatcache.stats")
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    println!(
+        "soak {era} on_bug={on_bug} {}: {} operations in {elapsed:.1} s ({:.0} ops/s), \
+         {} failures, {} BUG hits, {} pages written back, {} reclaimed",
+        fat.name(),
+        out.ops,
+        out.ops as f64 / elapsed,
+        out.failures.len(),
+        stat(&stats, "bug_hits"),
+        stat(&stats, "flusher_pages"),
+        stat(&stats, "reclaimed"),
+    );
+    assert!(
+        out.failures.is_empty(),
+        "soak {era} (seed {seed}, FATCACHE_SOAK_SEED={seed} to repeat) failed:\n{}\ndaemon \
+         log:\n{}",
+        out.failures.join("\n\n"),
+        m.log()
+    );
+    let mut tree = Tree::new();
+    tree.insert(SHARED.to_owned(), Node::Dir);
+    for model in out.models {
+        tree.extend(model);
+    }
+    let kept = m.finish();
+    readers_agree(&kept.image, &tree);
+}
+
+/// The fixed era: no BUG may fire (`on_bug=abort` would end the daemon and fail the test).
+#[test]
+fn soak_v6_9_fat32() {
+    soak(Fat::F32, "v6.9", "abort", 60);
+}
+
+#[test]
+fn soak_v5_8_fat32() {
+    soak(Fat::F32, "v5.8", "warn", 10);
+}
+
+#[test]
+fn soak_v5_9_fat32() {
+    soak(Fat::F32, "v5.9", "warn", 10);
+}
+
+#[test]
+fn soak_v5_10_fat32() {
+    soak(Fat::F32, "v5.10", "warn", 10);
+}
+
+#[test]
+fn soak_v5_11_fat16() {
+    soak(Fat::F16, "v5.11", "warn", 10);
+}
+
+#[test]
+fn soak_alt_a_fat32() {
+    soak(Fat::F32, "alt-a", "warn", 10);
+}
+
+#[test]
+fn soak_alt_b_fat32() {
+    soak(Fat::F32, "alt-b", "warn", 10);
+}
