@@ -601,9 +601,15 @@ impl Filesystem for FatFuse {
         reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel mount stays read-write when errors=remount-ro takes effect, so the
+        // refusal the VFS gives an open for writing on a read-only mount is made here.
+        let for_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.node(ino) {
             Ok(node) if node.is_dir() => reply.error(Errno::from_i32(libc::EISDIR)),
+            Ok(_) if for_write && !self.vol.writable() => {
+                reply.error(Errno::from_i32(libc::EROFS));
+            }
             Ok(node) => {
                 self.remember(&node, true);
                 reply.opened(FileHandle(0), self.open_flags())
