@@ -644,6 +644,13 @@ impl Volume {
         r
     }
 
+    /// Whether changes are still taken: false on a read-only mount, after `errors=remount-ro`
+    /// met corruption and after shutdown. An open for writing checks it, as the kernel's
+    /// open refuses write access on a read-only superblock.
+    pub fn writable(&self) -> bool {
+        self.check_writable().is_ok()
+    }
+
     /// Whether `errors=remount-ro` has made the mount read-only.
     pub fn remounted_read_only(&self) -> bool {
         self.remounted_ro.load(Ordering::Relaxed)
@@ -1315,7 +1322,12 @@ impl Volume {
         for node in &nodes {
             keep(self.write_inode(node));
         }
-        keep(self.write_fsinfo());
+        // After errors=remount-ro the FSInfo hints stay as they are: the kernel never syncs a
+        // read-only superblock, the dirty bit stays set, and fsck recounts them. What was
+        // changed before the error (data, entries, FAT) is still written back above.
+        if !self.remounted_read_only() {
+            keep(self.write_fsinfo());
+        }
         keep(self.bdev.sync());
         first
     }
