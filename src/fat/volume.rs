@@ -79,6 +79,11 @@ pub enum ErrorsPolicy {
     Panic,
 }
 
+/// The payload of the panic `errors=panic` raises, so a program serving the volume can tell
+/// it from a bug and stop the whole process, as the kernel stops the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsPanic(pub String);
+
 impl std::str::FromStr for ErrorsPolicy {
     type Err = FsError;
 
@@ -639,7 +644,9 @@ impl Volume {
                     log::error!("FAT-fs: filesystem has been set read-only");
                 }
             }
-            ErrorsPolicy::Panic => panic!("FAT-fs: fs panic from previous error: {what}"),
+            ErrorsPolicy::Panic => std::panic::panic_any(FsPanic(format!(
+                "FAT-fs: fs panic from previous error: {what}"
+            ))),
         }
         r
     }
@@ -1751,7 +1758,11 @@ mod tests {
             let mut buf = vec![0u8; 5000];
             let _ = vol.read(&f, 0, &mut buf);
         }));
-        assert!(r.is_err(), "errors=panic must panic");
+        let payload = r.expect_err("errors=panic must panic");
+        let msg = payload
+            .downcast_ref::<FsPanic>()
+            .expect("an FsPanic payload");
+        assert!(msg.0.contains("fs panic"), "{msg:?}");
     }
 
     #[test]
