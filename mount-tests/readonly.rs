@@ -112,7 +112,10 @@ fn writes_refused(m: &Mounted, errno: i32) {
         "create",
     );
     expect_errno(
-        open("dir/new.txt", OpenOptions::new().write(true).create_new(true)),
+        open(
+            "dir/new.txt",
+            OpenOptions::new().write(true).create_new(true),
+        ),
         errno,
         "create in a subdirectory",
     );
@@ -167,7 +170,11 @@ fn writes_refused(m: &Mounted, errno: i32) {
         errno,
         "rename over a file",
     );
-    expect_errno(fs::rename(p("empty"), p("other")), errno, "rename a directory");
+    expect_errno(
+        fs::rename(p("empty"), p("other")),
+        errno,
+        "rename a directory",
+    );
     expect_errno(
         renameat2(&p("a.txt"), &p("dir"), RenameFlags::RENAME_EXCHANGE),
         errno,
@@ -202,11 +209,7 @@ fn writes_refused(m: &Mounted, errno: i32) {
         errno,
         "utimes",
     );
-    expect_errno(
-        xattr::set(p("a.txt"), "user.test", b"x"),
-        errno,
-        "setxattr",
-    );
+    expect_errno(xattr::set(p("a.txt"), "user.test", b"x"), errno, "setxattr");
     expect_errno(
         nix::sys::stat::mknod(
             &p("fifo"),
@@ -267,7 +270,11 @@ impl ReadOnlyBind {
             .arg(dir)
             .output()
             .expect("run mount");
-        assert!(out.status.success(), "{}", describe("mount -o remount", &out));
+        assert!(
+            out.status.success(),
+            "{}",
+            describe("mount -o remount", &out)
+        );
         bind
     }
 }
@@ -370,7 +377,11 @@ fn remount_read_only_fat32() {
         .arg(&m.dir)
         .output()
         .expect("run mount");
-    assert!(out.status.success(), "{}", describe("mount -o remount,ro", &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("mount -o remount,ro", &out)
+    );
     writes_refused(&m, libc::EROFS);
     reads_work(&m, &model);
     let mut back = Vec::new();

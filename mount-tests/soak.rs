@@ -148,7 +148,10 @@ impl Worker {
     }
 
     fn files(&self) -> Vec<String> {
-        let files = self.model.iter().filter(|(_, n)| matches!(n, Node::File(_)));
+        let files = self
+            .model
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::File(_)));
         files.map(|(p, _)| p.clone()).collect()
     }
 
@@ -323,10 +326,7 @@ impl Worker {
         };
         let want = self.data(&p).clone();
         let mut f = File::open(self.path(&p)).map_err(|e| format!("open {p}: {e}"))?;
-        let size = f
-            .metadata()
-            .map_err(|e| format!("fstat {p}: {e}"))?
-            .len();
+        let size = f.metadata().map_err(|e| format!("fstat {p}: {e}"))?.len();
         if size != want.len() as u64 {
             return Err(format!("{p}: size {size}, model says {}", want.len()));
         }
@@ -428,7 +428,11 @@ impl Worker {
             .write(true)
             .open(self.path(&p))
             .map_err(|e| format!("open {p} for writing: {e}"))?;
-        let r = if data_only { f.sync_data() } else { f.sync_all() };
+        let r = if data_only {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        };
         r.map_err(|e| format!("fsync {p}: {e}"))
     }
 
@@ -468,14 +472,16 @@ impl Worker {
                 self.bytes -= d.len() as u64;
             }
             let below_to = format!("{to}/");
-            self.model.retain(|p, _| *p != to && !p.starts_with(&below_to));
+            self.model
+                .retain(|p, _| *p != to && !p.starts_with(&below_to));
             let moved: Vec<(String, Node)> = self
                 .model
                 .iter()
                 .filter(|(p, _)| **p == from || p.starts_with(&below))
                 .map(|(p, n)| (format!("{to}{}", &p[from.len()..]), n.clone()))
                 .collect();
-            self.model.retain(|p, _| *p != from && !p.starts_with(&below));
+            self.model
+                .retain(|p, _| *p != from && !p.starts_with(&below));
             self.model.extend(moved);
         }
         Ok(())
@@ -595,8 +601,7 @@ fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
                 let start = Instant::now();
                 let made = fs::create_dir(w.path(&w.root()));
                 let mut failure = made.err().map(|e| format!("mkdir {}: {e}", w.root()));
-                while failure.is_none() && !stop.load(Ordering::Relaxed) && start.elapsed() < secs
-                {
+                while failure.is_none() && !stop.load(Ordering::Relaxed) && start.elapsed() < secs {
                     if let Err(e) = w.step() {
                         stop.store(true, Ordering::Relaxed);
                         let history: Vec<String> = w.history.iter().cloned().collect();
