@@ -28,7 +28,7 @@ use fuser::{
 use crate::error::FsError;
 use crate::fat::dirent::{ATTR_RO, DirEntry};
 use crate::fat::time::{fat_date_to_unix, fat_to_unix};
-use crate::fat::volume::{Node, ROOT_INO, Volume};
+use crate::fat::volume::{DirItem, Node, ROOT_INO, Volume};
 use crate::fuse::options::{CacheMode, FuseOptions};
 use crate::fuse::perm::{Caller, Owner, TimeChange, may_set_times};
 use crate::sync::{Arc, Mutex};
@@ -349,6 +349,15 @@ fn stats_json(vol: &Volume) -> String {
         fs.free,
         hits.join(","),
     )
+}
+
+/// The readdir offset after `item`: 1 and 2 are after "." and "..", then the item's byte
+/// offset in its directory plus 3. A slot's offset does not change while its entry lives, so
+/// a listing that takes several requests resumes after the same entry however other entries
+/// come and go meanwhile (an index into the list would skip or repeat entries when an earlier
+/// one is removed or added between two requests), as vfat's f_pos does.
+fn cookie(item: &DirItem) -> u64 {
+    item.offset as u64 + 3
 }
 
 /// A name from the kernel as UTF-8; FAT names are Unicode, so anything else is EINVAL.
@@ -738,21 +747,20 @@ impl Filesystem for FatFuse {
             let dir = self.node(ino)?;
             let items = self.vol.read_dir(&dir)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-            // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
             let dots = [(ino.0, "."), (ino.0, "..")];
             for (i, (n, name)) in dots.iter().enumerate().skip(skip) {
                 if reply.add(INodeNo(*n), i as u64 + 1, FileType::Directory, name) {
                     return Ok(());
                 }
             }
-            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
+            for item in items.iter().filter(|item| cookie(item) > offset) {
                 let child = self.vol.child_at(&dir, item.offset)?;
                 let kind = if child.is_dir() {
                     FileType::Directory
                 } else {
                     FileType::RegularFile
                 };
-                if reply.add(INodeNo(child.ino()), i as u64 + 3, kind, &item.name) {
+                if reply.add(INodeNo(child.ino()), cookie(item), kind, &item.name) {
                     return Ok(());
                 }
             }
@@ -782,12 +790,12 @@ impl Filesystem for FatFuse {
                     return Ok(());
                 }
             }
-            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
+            for item in items.iter().filter(|item| cookie(item) > offset) {
                 let child = self.vol.child_at(&dir, item.offset)?;
                 let attr = self.attr(&child);
                 let full = reply.add(
                     INodeNo(child.ino()),
-                    i as u64 + 3,
+                    cookie(item),
                     &item.name,
                     &TTL,
                     &attr,
