@@ -245,9 +245,18 @@ impl Worker {
         self.history.push_back(what);
     }
 
-    fn create(&mut self) -> Result<(), String> {
+    /// A directory for a new entry: `/shared` a third of the time, so it grows large enough
+    /// that one listing takes several FUSE requests while other threads change it.
+    fn new_parent(&mut self) -> String {
+        if self.rng.below(3) == 0 {
+            return SHARED.to_owned();
+        }
         let parents = self.parents();
-        let dir = self.pick(&parents).expect("the root is always there");
+        self.pick(&parents).expect("the root is always there")
+    }
+
+    fn create(&mut self) -> Result<(), String> {
+        let dir = self.new_parent();
         let name = self.new_name();
         let p = format!("{}/{name}", dir.trim_end_matches('/'));
         let mut len = self.len();
@@ -488,8 +497,7 @@ impl Worker {
     }
 
     fn mkdir(&mut self) -> Result<(), String> {
-        let parents = self.parents();
-        let dir = self.pick(&parents).expect("the root is always there");
+        let dir = self.new_parent();
         let name = self.new_name();
         let p = format!("{dir}/{name}");
         self.note(format!("mkdir {p}"));
@@ -534,8 +542,7 @@ impl Worker {
     }
 
     fn readdir(&mut self) -> Result<(), String> {
-        let parents = self.parents();
-        let dir = self.pick(&parents).expect("the root is always there");
+        let dir = self.new_parent();
         self.note(format!("readdir {dir}"));
         let prefix = format!("t{}-", self.tid);
         let mut got = Vec::new();
