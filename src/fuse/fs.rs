@@ -360,6 +360,15 @@ fn cookie(item: &DirItem) -> u64 {
     item.offset as u64 + 3
 }
 
+/// The inode number readdir shows for a child whose node cannot be built: from the top of
+/// the range, far above the volume's counted node numbers, and different per directory
+/// and slot.
+fn unbuilt_ino(dir: u64, item: &DirItem) -> u64 {
+    u64::MAX
+        .wrapping_sub(dir.wrapping_shl(24))
+        .wrapping_sub(item.offset as u64)
+}
+
 /// A name from the kernel as UTF-8; FAT names are Unicode, so anything else is EINVAL.
 fn name_of(name: &OsStr) -> Result<&str, FsError> {
     name.to_str()
@@ -754,13 +763,23 @@ impl Filesystem for FatFuse {
                 }
             }
             for item in items.iter().filter(|item| cookie(item) > offset) {
-                let child = self.vol.child_at(&dir, item.offset)?;
-                let kind = if child.is_dir() {
+                let kind = if item.entry.is_dir() {
                     FileType::Directory
                 } else {
                     FileType::RegularFile
                 };
-                if reply.add(INodeNo(child.ino()), cookie(item), kind, &item.name) {
+                let ino = match self.vol.child_at(&dir, item.offset) {
+                    Ok(child) => child.ino(),
+                    Err(e) => {
+                        // A child that cannot be built (a directory whose chain is corrupt)
+                        // is still listed, as vfat's readdir lists it without reading it:
+                        // the error comes when it is looked up. Its number only has to be
+                        // nonzero (readdir callers skip 0) and unlike any live node's.
+                        log::warn!("fuse: readdir: {:?}: {e}", item.name);
+                        unbuilt_ino(ino.0, item)
+                    }
+                };
+                if reply.add(INodeNo(ino), cookie(item), kind, &item.name) {
                     return Ok(());
                 }
             }
