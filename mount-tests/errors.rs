@@ -152,9 +152,22 @@ fn reads_work(m: &Mounted) {
             .next()
             .is_none()
     );
-    // The root is not listed: building the node of the broken directory (which a listing
-    // with attributes does) meets its chain, so the listing fails with EIO too.
     assert!(fs::metadata(m.path("bad.bin")).is_ok_and(|s| s.len() == BAD_LEN as u64));
+}
+
+/// The root still lists everything, the broken directory too (vfat's readdir lists a name
+/// without reading what it names); looking that directory up is what fails, with EIO.
+/// Building its node meets the corruption, so this counts as an error for the policy.
+fn parent_of_broken_directory_lists(m: &Mounted) {
+    let names = crate::harness::names(&m.dir);
+    for want in ["good.txt", "bad.bin", "dir", "baddir"] {
+        assert!(names.contains(want), "{want} listed: {names:?}");
+    }
+    expect_errno(
+        fs::metadata(m.path("baddir")),
+        libc::EIO,
+        "stat of a broken directory",
+    );
 }
 
 /// `errors=continue`: EIO for the corrupt parts, and the volume stays writable: new files
@@ -164,6 +177,7 @@ fn continue_policy(fat: Fat) {
     let m = mount(&kept, Some("continue"));
     corruption_is_eio(&m);
     reads_work(&m);
+    parent_of_broken_directory_lists(&m);
     fs::write(m.path("after.txt"), b"written after the error\n").expect("create after EIO");
     fs::create_dir(m.path("dir/sub")).expect("mkdir after EIO");
     fs::write(m.path("dir/sub/f"), vec![3u8; 5000]).expect("write after EIO");
@@ -274,6 +288,7 @@ fn remount_ro_policy(fat: Fat, policy: Option<&str>) {
     corruption_is_eio(&m);
     changes_refused(&m);
     reads_work(&m);
+    parent_of_broken_directory_lists(&m);
     assert_eq!(
         fs::read(m.path("before.txt")).expect("read before.txt"),
         b"written before the error\n"
