@@ -47,6 +47,10 @@ const MAX_FILE: u64 = 512 << 10;
 /// Operations of a thread's history shown in a failure.
 const HISTORY: usize = 25;
 
+/// Longest path the workers make, far below PATH_MAX: renames of directories into each other
+/// would otherwise nest them without bound in a long run.
+const MAX_PATH: usize = 1500;
+
 /// The shared directory.
 const SHARED: &str = "/shared";
 
@@ -479,6 +483,17 @@ impl Worker {
             let name = self.new_name();
             format!("{dir}/{name}")
         };
+        let deepest = self
+            .model
+            .keys()
+            .filter(|p| **p == from || p.starts_with(&below))
+            .map(|p| to.len() + p.len() - from.len())
+            .max()
+            .unwrap_or(0);
+        if deepest > MAX_PATH {
+            // Directories moved into each other nest without bound in a long run.
+            return Ok(());
+        }
         let want = rename_outcome(&self.model, &from, &to);
         self.note(format!("rename {from} -> {to} (expect {want:?})"));
         let r = fs::rename(self.path(&from), self.path(&to));
@@ -506,6 +521,9 @@ impl Worker {
         let dir = self.new_parent();
         let name = self.new_name();
         let p = format!("{dir}/{name}");
+        if p.len() > MAX_PATH {
+            return Ok(());
+        }
         self.note(format!("mkdir {p}"));
         fs::create_dir(self.path(&p)).map_err(|e| format!("mkdir {p}: {e}"))?;
         self.model.insert(p, Node::Dir);
@@ -840,7 +858,7 @@ fn soak(fat: Fat, era: &str, on_bug: &str, mode: Mode, default_secs: u64) {
         "era={era},on_bug={on_bug},threads=12,io_threads=4,cache_mb=4,{}",
         mode.opts()
     );
-    let m = Mounted::new(fat, &format!("soak-{era}-{mode:?}"), &opts);
+    let m = Mounted::new_for(fat, &format!("soak-{era}-{mode:?}"), &opts, secs);
     fs::create_dir(m.path(&SHARED[1..])).expect("mkdir /shared");
     let start = Instant::now();
     let out = run_workers(&m, secs, seed);
