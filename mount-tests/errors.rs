@@ -28,21 +28,24 @@ const BAD_LEN: usize = 9000;
 const GOOD: &[u8] = b"a file whose chain is intact\n";
 
 /// A volume with `/good.txt`, `/bad.bin` (its first FAT entry then pointing past the last
-/// cluster), `/baddir` with enough entries for two clusters (its first entry broken the same
+/// cluster), `/loop.bin` (its first entry pointing to itself), `/baddir` with enough entries for two clusters (its first entry broken the same
 /// way) and an empty `/dir`.
 fn corrupt_volume(fat: Fat, test: &str) -> Unmounted {
     let m = Mounted::new(fat, test, "");
     fs::write(m.path("good.txt"), GOOD).expect("write good.txt");
     fs::write(m.path("bad.bin"), vec![0xa5u8; BAD_LEN]).expect("write bad.bin");
+    fs::write(m.path("loop.bin"), vec![0x5au8; BAD_LEN]).expect("write loop.bin");
     fs::create_dir(m.path("dir")).expect("mkdir dir");
     fs::create_dir(m.path("baddir")).expect("mkdir baddir");
     for i in 0..100 {
         fs::write(m.path(&format!("baddir/entry number {i:03}.txt")), b"x").expect("write");
     }
     let kept = m.finish();
-    let [bad, baddir] = first_clusters(&kept.image, ["/bad.bin", "/baddir"]);
+    let [bad, baddir, looped] = first_clusters(&kept.image, ["/bad.bin", "/baddir", "/loop.bin"]);
     break_chain(&kept.image, bad);
     break_chain(&kept.image, baddir);
+    // A chain that comes back to its first cluster: a loop, with the size asking for more.
+    set_fat(&kept.image, looped, looped);
     kept
 }
 
@@ -71,9 +74,15 @@ fn first_clusters<const N: usize>(image: &Path, paths: [&str; N]) -> [u32; N] {
 /// Sets FAT entry `cluster` in every FAT copy of `image` to a cluster number past the last
 /// one of the volume (not a reserved, bad or end-of-chain value).
 fn break_chain(image: &Path, cluster: u32) {
+    let bytes = fs::read(image).expect("read the image");
+    let bpb = Bpb::parse(&bytes[..512]).expect("parse the boot sector");
+    set_fat(image, cluster, bpb.data_clusters() + 2 + 5);
+}
+
+/// Sets FAT entry `cluster` in every FAT copy of `image` to `past`.
+fn set_fat(image: &Path, cluster: u32, past: u32) {
     let mut bytes = fs::read(image).expect("read the image");
     let bpb = Bpb::parse(&bytes[..512]).expect("parse the boot sector");
-    let past = bpb.data_clusters() + 2 + 5;
     let sector = u64::from(bpb.bytes_per_sector);
     let fat_bytes = u64::from(bpb.sectors_per_fat()) * sector;
     for copy in 0..u64::from(bpb.num_fats) {
@@ -129,12 +138,17 @@ fn mount(kept: &Unmounted, policy: Option<&str>) -> Mounted {
     Mounted::on_shared(kept.scratch.clone(), kept.image.clone(), &opts)
 }
 
-/// Reading the broken file and listing the broken directory both fail with EIO.
+/// Reading the broken files and listing the broken directory all fail with EIO.
 fn corruption_is_eio(m: &Mounted) {
     expect_errno(
         fs::read(m.path("bad.bin")),
         libc::EIO,
         "read a broken chain",
+    );
+    expect_errno(
+        fs::read(m.path("loop.bin")),
+        libc::EIO,
+        "read a looping chain",
     );
     expect_errno(
         fs::read_dir(m.path("baddir")).and_then(|d| d.collect::<io::Result<Vec<_>>>()),
