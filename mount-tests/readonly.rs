@@ -323,25 +323,37 @@ fn read_only_image_fat32() {
 }
 
 /// `-o ro` on a writable image: the same refusals, and nothing written, not even the dirty
-/// bit a read-write mount sets.
-fn ro_option(fat: Fat) {
+/// bit a read-write mount sets. With `dirty`, the image comes with its dirty bit set (a
+/// volume not cleanly unmounted), and a read-only mount must not clear it either.
+fn ro_option(fat: Fat, dirty: bool) {
     let (kept, model) = populate(fat, "ro-option");
-    let before = fs::read(&kept.image).expect("read the image");
-    let scratch = TempDir::new("mount", &format!("ro-option-{}-ro", fat.name()));
+    let scratch = TempDir::new("mount", &format!("ro-option-{}-{dirty}", fat.name()));
     let image = scratch.0.join("image.img");
     fs::copy(&kept.image, &image).expect("copy the image");
+    if dirty {
+        let mut bytes = fs::read(&image).expect("read the image");
+        let bpb = fatcache::fat::bpb::Bpb::parse(&bytes[..512]).expect("parse the boot sector");
+        bpb.set_dirty(&mut bytes[..512], true);
+        fs::write(&image, &bytes).expect("write the image");
+    }
+    let before = fs::read(&image).expect("read the image");
     let m = Mounted::on(scratch, image, "ro");
     check_read_only(m, &model, &before);
 }
 
 #[test]
 fn ro_option_fat16() {
-    ro_option(Fat::F16);
+    ro_option(Fat::F16, false);
 }
 
 #[test]
 fn ro_option_fat32() {
-    ro_option(Fat::F32);
+    ro_option(Fat::F32, false);
+}
+
+#[test]
+fn ro_option_keeps_the_dirty_bit_fat32() {
+    ro_option(Fat::F32, true);
 }
 
 /// `mount -o remount,ro` of a read-write mount: the kernel's FUSE layer takes it without
