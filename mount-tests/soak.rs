@@ -7,8 +7,10 @@
 //! still create, rename and remove entries of one directory at the same time. Operations:
 //! create, write at random offsets, append, read, truncate up and down, fallocate, fsync,
 //! rename (within and across directories, over files and empty directories, and the
-//! refusals), mkdir, rmdir, unlink and readdir. The cache is small (4 MiB), so reclaim runs
-//! under the load.
+//! refusals), mkdir, rmdir, unlink and readdir; and files held open across operations, read
+//! and written through their descriptors after renames and after their names are gone
+//! (unlinked or replaced: the bytes live on until the close). The cache is small (4 MiB), so
+//! reclaim runs under the load.
 //!
 //! A fifth group of threads runs the January 2021 race's workload on `/race/race.bin`,
 //! checkably: four writers each own a quarter of its first 1000 bytes, and one thread grows
@@ -121,7 +123,27 @@ struct Worker {
     bytes: u64,
     ops: u64,
     history: VecDeque<String>,
+    /// Files kept open across operations.
+    held: Vec<Held>,
+    /// The bytes of unlinked files still held open, by number (several held descriptors may
+    /// share one file).
+    orphans: std::collections::HashMap<u64, Vec<u8>>,
+    next_orphan: u64,
 }
+
+/// A file a worker keeps open across operations: it follows its file through renames, and
+/// once the name is gone (unlinked, or replaced by a rename) it still reads and writes the
+/// file's own bytes, which the worker then keeps here.
+struct Held {
+    file: File,
+    /// The file's path, while it has one.
+    path: Option<String>,
+    /// Once the path is gone: the file's number in [`Worker::orphans`].
+    orphan: u64,
+}
+
+/// Files a worker keeps open at most.
+const MAX_HELD: usize = 3;
 
 impl Worker {
     fn new(tid: usize, mnt: std::path::PathBuf, seed: u64) -> Worker {
@@ -136,6 +158,9 @@ impl Worker {
             bytes: 0,
             ops: 0,
             history: VecDeque::new(),
+            held: Vec::new(),
+            orphans: std::collections::HashMap::new(),
+            next_orphan: 0,
         }
     }
 
@@ -226,7 +251,124 @@ impl Worker {
     /// Whether growing by `grow` keeps this thread within its budget and `size + grow`
     /// within [`MAX_FILE`].
     fn fits(&self, size: u64, grow: u64) -> bool {
-        self.bytes + grow <= BUDGET && size + grow <= MAX_FILE
+        let orphans: u64 = self.orphans.values().map(|d| d.len() as u64).sum();
+        self.bytes + orphans + grow <= BUDGET && size + grow <= MAX_FILE
+    }
+
+    /// The held files whose path is `p` lose it: they keep the bytes `p` had.
+    fn orphan(&mut self, p: &str) {
+        let data = match self.model.get(p) {
+            Some(Node::File(d)) => d.clone(),
+            _ => return,
+        };
+        if !self.held.iter().any(|h| h.path.as_deref() == Some(p)) {
+            return;
+        }
+        self.next_orphan += 1;
+        self.orphans.insert(self.next_orphan, data);
+        for h in self
+            .held
+            .iter_mut()
+            .filter(|h| h.path.as_deref() == Some(p))
+        {
+            h.path = None;
+            h.orphan = self.next_orphan;
+        }
+    }
+
+    /// Opens a file and keeps it open, or closes one already held.
+    fn hold(&mut self, files: &[String]) -> Result<(), String> {
+        if self.held.len() >= MAX_HELD || (!self.held.is_empty() && self.rng.below(3) == 0) {
+            let i = self.rng.below(self.held.len() as u64) as usize;
+            let h = self.held.swap_remove(i);
+            self.note(format!("close held {:?}", h.path));
+            let shared = self
+                .held
+                .iter()
+                .any(|o| o.path.is_none() && o.orphan == h.orphan);
+            if h.path.is_none() && !shared {
+                // The last descriptor of an unlinked file: its bytes are gone.
+                self.orphans.remove(&h.orphan);
+            }
+            return Ok(());
+        }
+        let Some(p) = self.pick(files) else {
+            return Ok(());
+        };
+        self.note(format!("hold {p}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(&p))
+            .map_err(|e| format!("open {p} to hold: {e}"))?;
+        self.held.push(Held {
+            file,
+            path: Some(p),
+            orphan: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes or reads through a held file, checking what it reads against the model (or,
+    /// for an unlinked file, against the bytes it keeps).
+    fn use_held(&mut self) -> Result<(), String> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let i = self.rng.below(self.held.len() as u64) as usize;
+        let what = match &self.held[i].path {
+            Some(p) => p.clone(),
+            None => format!("unlinked file {}", self.held[i].orphan),
+        };
+        let want = match &self.held[i].path {
+            Some(p) => self.data(p).clone(),
+            None => self.orphans[&self.held[i].orphan].clone(),
+        };
+        if self.rng.below(2) == 0 {
+            let size = want.len() as u64;
+            let off = self.rng.below(size + 4096);
+            let len = 1 + self.rng.below(20_000);
+            let grow = (off + len).saturating_sub(size);
+            if !self.fits(size, grow) {
+                return Ok(());
+            }
+            let bytes = self.rng.bytes(len as usize);
+            self.note(format!(
+                "held write {what} at {off}, {len} bytes (size {size})"
+            ));
+            self.held[i]
+                .file
+                .write_all_at(&bytes, off)
+                .map_err(|e| format!("held pwrite {what} at {off}: {e}"))?;
+            let mut d = want;
+            let end = (off + len) as usize;
+            if d.len() < end {
+                d.resize(end, 0);
+            }
+            d[off as usize..end].copy_from_slice(&bytes);
+            match self.held[i].path.clone() {
+                Some(p) => self.set_data(&p, d),
+                None => {
+                    self.orphans.insert(self.held[i].orphan, d);
+                }
+            }
+            return Ok(());
+        }
+        self.note(format!("held read {what} ({} bytes)", want.len()));
+        let mut got = vec![0u8; want.len() + 100];
+        let mut n = 0;
+        loop {
+            let r = self.held[i]
+                .file
+                .read_at(&mut got[n..], n as u64)
+                .map_err(|e| format!("held pread {what} at {n}: {e}"))?;
+            if r == 0 || n + r == got.len() {
+                n += r;
+                break;
+            }
+            n += r;
+        }
+        compare(&what, 0, &got[..n], &want)
     }
 
     /// One random operation; `Err` describes a disagreement with the model.
@@ -241,10 +383,12 @@ impl Worker {
             50..=56 => self.truncate(&files),
             57..=61 => self.fallocate(&files),
             62..=65 => self.fsync(&files),
-            66..=75 => self.rename(),
-            76..=80 => self.mkdir(),
-            81..=84 => self.rmdir(),
-            85..=90 => self.unlink(&files),
+            66..=73 => self.rename(),
+            74..=77 => self.mkdir(),
+            78..=80 => self.rmdir(),
+            81..=85 => self.unlink(&files),
+            86..=87 => self.hold(&files),
+            88..=93 => self.use_held(),
             _ => self.readdir(),
         }
     }
@@ -502,6 +646,16 @@ impl Worker {
             if let Some(Node::File(d)) = self.model.get(&to) {
                 self.bytes -= d.len() as u64;
             }
+            // A replaced file that is held open lives on without a name; held files in the
+            // moved tree follow it.
+            self.orphan(&to);
+            for h in &mut self.held {
+                if let Some(p) = &h.path
+                    && (*p == from || p.starts_with(&below))
+                {
+                    h.path = Some(format!("{to}{}", &p[from.len()..]));
+                }
+            }
             let below_to = format!("{to}/");
             self.model
                 .retain(|p, _| *p != to && !p.starts_with(&below_to));
@@ -556,11 +710,19 @@ impl Worker {
     }
 
     fn unlink(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+        // Often a file held open, which must then live on without its name.
+        let held: Vec<String> = self.held.iter().filter_map(|h| h.path.clone()).collect();
+        let from = if !held.is_empty() && self.rng.below(2) == 0 {
+            &held[..]
+        } else {
+            files
+        };
+        let Some(p) = self.pick(from) else {
             return Ok(());
         };
         self.note(format!("unlink {p}"));
         fs::remove_file(self.path(&p)).map_err(|e| format!("unlink {p}: {e}"))?;
+        self.orphan(&p);
         self.bytes -= self.data(&p).len() as u64;
         self.model.remove(&p);
         Ok(())
@@ -678,6 +840,9 @@ fn start_race(
                     return (ops, Some(e), None);
                 }
                 mine[off as usize..(off + n) as usize].copy_from_slice(&bytes);
+                // Paced: on an asynchronous mount these tiny writes would otherwise take the
+                // daemon's threads from the model workers (a sync mount paces them itself).
+                std::thread::sleep(Duration::from_micros(rng.below(300)));
                 if ops % 64 == 0 {
                     let mut back = vec![0u8; RACE_SPAN as usize];
                     let r = file
@@ -775,6 +940,8 @@ fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
                     }
                     w.ops += 1;
                 }
+                // Closed before the unmount: an unlinked file's clusters are freed now.
+                w.held.clear();
                 (w.ops, failure, w.model)
             })
         })
