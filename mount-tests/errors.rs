@@ -192,6 +192,17 @@ fn continue_policy(fat: Fat) {
     corruption_is_eio(&m);
     reads_work(&m);
     parent_of_broken_directory_lists(&m);
+    // Writing where the chain is broken, or past its end, meets the corruption too.
+    let bad = OpenOptions::new()
+        .write(true)
+        .open(m.path("bad.bin"))
+        .expect("open the broken file for writing");
+    expect_errno(
+        std::os::unix::fs::FileExt::write_all_at(&bad, &[1u8; 100], BAD_LEN as u64 - 50),
+        libc::EIO,
+        "write at the end of a broken chain",
+    );
+    drop(bad);
     fs::write(m.path("after.txt"), b"written after the error\n").expect("create after EIO");
     fs::create_dir(m.path("dir/sub")).expect("mkdir after EIO");
     fs::write(m.path("dir/sub/f"), vec![3u8; 5000]).expect("write after EIO");
