@@ -1121,7 +1121,7 @@ fn soak_alt_b_racy_fat16() {
 /// What the soak found, pinned down: a listing that takes several FUSE requests, with entries
 /// before the resume point removed (and others added) between two of them, returns every
 /// entry that stayed exactly once. Readdir offsets were list indices, so each removal made the
-/// next request skip one entry (1,300 of 1,500 kept names went missing here before the fix).
+/// next request skip one entry (here, before the fix, names from 0511 on went missing).
 #[test]
 fn readdir_resumes_at_its_entry_when_earlier_ones_go_fat32() {
     const COUNT: usize = 1500;
