@@ -54,6 +54,9 @@ const HISTORY: usize = 25;
 /// would otherwise nest them without bound in a long run.
 const MAX_PATH: usize = 1500;
 
+/// How often a run prints its progress.
+const PROGRESS: Duration = Duration::from_secs(20);
+
 /// The shared directory.
 const SHARED: &str = "/shared";
 
@@ -915,14 +918,34 @@ fn start_race(
     threads
 }
 
+/// Prints the model threads' operations every [`PROGRESS`] until they all end, so a long run
+/// shows its rate over time.
+fn progress<T>(handles: &[std::thread::JoinHandle<T>], done: &std::sync::atomic::AtomicU64) {
+    let start = Instant::now();
+    let (mut last, mut last_at) = (0, Instant::now());
+    while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_at.elapsed() >= PROGRESS {
+            let now = done.load(Ordering::Relaxed);
+            println!(
+                "soak: {:.0} s, {now} operations ({:.0} ops/s lately)",
+                start.elapsed().as_secs_f64(),
+                (now - last) as f64 / last_at.elapsed().as_secs_f64()
+            );
+            (last, last_at) = (now, Instant::now());
+        }
+    }
+}
+
 /// Runs the workers on `m` until `secs` pass or one fails.
 fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let racers = start_race(m, secs, seed, &stop);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handles: Vec<_> = (0..THREADS)
         .map(|tid| {
             let mut w = Worker::new(tid, m.dir.clone(), seed);
-            let stop = Arc::clone(&stop);
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
             std::thread::spawn(move || {
                 let start = Instant::now();
                 let made = fs::create_dir(w.path(&w.root()));
@@ -939,6 +962,7 @@ fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
                         ));
                     }
                     w.ops += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 // Closed before the unmount: an unlinked file's clusters are freed now.
                 w.held.clear();
@@ -946,6 +970,7 @@ fn run_workers(m: &Mounted, secs: Duration, seed: u64) -> Outcome {
             })
         })
         .collect();
+    progress(&handles, &done);
     let mut out = Outcome {
         ops: 0,
         race_ops: 0,
