@@ -1089,6 +1089,22 @@ fn soak(fat: Fat, era: &str, on_bug: &str, mode: Mode, default_secs: u64) {
     for model in out.models {
         tree.extend(model);
     }
+    let in_shared = tree
+        .keys()
+        .filter(|p| p.strip_prefix("/shared/").is_some_and(|r| !r.contains('/')))
+        .count();
+    let bytes: usize = tree
+        .values()
+        .map(|n| match n {
+            Node::File(d) => d.len(),
+            Node::Dir => 0,
+        })
+        .sum();
+    println!(
+        "soak {era} {mode:?}: at the end {} paths, {in_shared} of them directly in /shared, \
+         {bytes} bytes of files; unmounting, fsck and three readers",
+        tree.len()
+    );
     let kept = m.finish();
     readers_agree(&kept.image, &tree);
 }
