@@ -1105,8 +1105,23 @@ fn soak(fat: Fat, era: &str, on_bug: &str, mode: Mode, default_secs: u64) {
          {bytes} bytes of files; unmounting, fsck and three readers",
         tree.len()
     );
-    let kept = m.finish();
-    readers_agree(&kept.image, &tree);
+    // An image that fails fsck or the readers is kept for a post-mortem: the scratch
+    // directory goes with the test.
+    let kept = m.keep();
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(m.finish());
+        readers_agree(&kept.image, &tree);
+    }));
+    if let Err(panic) = checked {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-failures");
+        let to = dir.join(format!("{era}-{mode:?}-{}-seed{seed}.img", fat.name()));
+        let saved = fs::create_dir_all(&dir).and_then(|()| fs::copy(&kept.image, &to));
+        println!(
+            "soak {era} {mode:?}: the image is kept at {} ({saved:?})",
+            to.display()
+        );
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// The fixed era, asynchronous: no BUG may fire (`on_bug=abort` would end the daemon and
