@@ -170,8 +170,23 @@ impl Mounted {
         Mounted::on_shared(Arc::new(scratch), image, opts)
     }
 
+    /// As [`Mounted::new`], for a test that keeps the mount busy for `runs`: the watchdog
+    /// waits that long beyond its usual [`WATCHDOG`] (a soak of many minutes).
+    pub(crate) fn new_for(fat: Fat, test: &str, opts: &str, runs: Duration) -> Mounted {
+        require_fuse();
+        let scratch = scratch_dir(&format!("{test}-{}", fat.name()));
+        let image = scratch.0.join(format!("{}.img", fat.name()));
+        fat.make(&image);
+        Mounted::start(Arc::new(scratch), image, opts, WATCHDOG + runs)
+    }
+
     /// As [`Mounted::on`], in a scratch directory another handle may hold too.
     pub(crate) fn on_shared(scratch: Arc<TempDir>, image: PathBuf, opts: &str) -> Mounted {
+        Mounted::start(scratch, image, opts, WATCHDOG)
+    }
+
+    /// Starts the daemon and waits for the mount; the watchdog kills it after `watchdog`.
+    fn start(scratch: Arc<TempDir>, image: PathBuf, opts: &str, watchdog: Duration) -> Mounted {
         require_fuse();
         let dir = scratch.0.join("mnt");
         fs::create_dir_all(&dir).expect("create the mount point");
@@ -196,7 +211,7 @@ impl Mounted {
             scratch: Some(scratch),
         };
         m.wait_mounted();
-        m.start_watchdog();
+        m.start_watchdog(watchdog);
         m
     }
 
@@ -254,15 +269,16 @@ impl Mounted {
         }
     }
 
-    /// Kills the daemon if the mount is still up after [`WATCHDOG`]: whatever waits on it then
-    /// fails with ENOTCONN instead of hanging the test run.
-    fn start_watchdog(&mut self) {
+    /// Kills the daemon if the mount is still up after `limit` ([`WATCHDOG`] unless a test
+    /// says it runs longer): whatever waits on it then fails with ENOTCONN instead of hanging
+    /// the test run.
+    fn start_watchdog(&mut self, limit: Duration) {
         let (tx, rx) = mpsc::channel::<()>();
         let pid = self.pid().to_string();
         let dir = self.dir.display().to_string();
         let handle = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
-                eprintln!("watchdog: {dir} still mounted after {WATCHDOG:?}: killing {pid}");
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: {dir} still mounted after {limit:?}: killing {pid}");
                 let _ = Command::new("kill").args(["-KILL", &pid]).status();
             }
         });

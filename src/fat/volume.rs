@@ -79,6 +79,11 @@ pub enum ErrorsPolicy {
     Panic,
 }
 
+/// The payload of the panic `errors=panic` raises, so a program serving the volume can tell
+/// it from a bug and stop the whole process, as the kernel stops the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsPanic(pub String);
+
 impl std::str::FromStr for ErrorsPolicy {
     type Err = FsError;
 
@@ -660,9 +665,18 @@ impl Volume {
                     log::error!("FAT-fs: filesystem has been set read-only");
                 }
             }
-            ErrorsPolicy::Panic => panic!("FAT-fs: fs panic from previous error: {what}"),
+            ErrorsPolicy::Panic => std::panic::panic_any(FsPanic(format!(
+                "FAT-fs: fs panic from previous error: {what}"
+            ))),
         }
         r
+    }
+
+    /// Whether changes are still taken: false on a read-only mount, after `errors=remount-ro`
+    /// met corruption and after shutdown. An open for writing checks it, as the kernel's
+    /// open refuses write access on a read-only superblock.
+    pub fn writable(&self) -> bool {
+        self.check_writable().is_ok()
     }
 
     /// Whether `errors=remount-ro` has made the mount read-only.
@@ -1344,7 +1358,12 @@ impl Volume {
         for node in &nodes {
             keep(self.write_inode(node));
         }
-        keep(self.write_fsinfo());
+        // After errors=remount-ro the FSInfo hints stay as they are: the kernel never syncs a
+        // read-only superblock, the dirty bit stays set, and fsck recounts them. What was
+        // changed before the error (data, entries, FAT) is still written back above.
+        if !self.remounted_read_only() {
+            keep(self.write_fsinfo());
+        }
         keep(self.bdev.sync());
         first
     }
@@ -1768,7 +1787,11 @@ mod tests {
             let mut buf = vec![0u8; 5000];
             let _ = vol.read(&f, 0, &mut buf);
         }));
-        assert!(r.is_err(), "errors=panic must panic");
+        let payload = r.expect_err("errors=panic must panic");
+        let msg = payload
+            .downcast_ref::<FsPanic>()
+            .expect("an FsPanic payload");
+        assert!(msg.0.contains("fs panic"), "{msg:?}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use fuser::{
 use crate::error::FsError;
 use crate::fat::dirent::{ATTR_RO, DirEntry};
 use crate::fat::time::{fat_date_to_unix, fat_to_unix};
-use crate::fat::volume::{Node, ROOT_INO, Volume};
+use crate::fat::volume::{DirItem, Node, ROOT_INO, Volume};
 use crate::fuse::options::{CacheMode, FuseOptions};
 use crate::fuse::perm::{Caller, Owner, TimeChange, may_set_times};
 use crate::sync::{Arc, Mutex};
@@ -351,6 +351,24 @@ fn stats_json(vol: &Volume) -> String {
     )
 }
 
+/// The readdir offset after `item`: 1 and 2 are after "." and "..", then the item's byte
+/// offset in its directory plus 3. A slot's offset does not change while its entry lives, so
+/// a listing that takes several requests resumes after the same entry however other entries
+/// come and go meanwhile (an index into the list would skip or repeat entries when an earlier
+/// one is removed or added between two requests), as vfat's f_pos does.
+fn cookie(item: &DirItem) -> u64 {
+    item.offset as u64 + 3
+}
+
+/// The inode number readdir shows for a child whose node cannot be built: from the top of
+/// the range, far above the volume's counted node numbers, and different per directory
+/// and slot.
+fn unbuilt_ino(dir: u64, item: &DirItem) -> u64 {
+    u64::MAX
+        .wrapping_sub(dir.wrapping_shl(24))
+        .wrapping_sub(item.offset as u64)
+}
+
 /// A name from the kernel as UTF-8; FAT names are Unicode, so anything else is EINVAL.
 fn name_of(name: &OsStr) -> Result<&str, FsError> {
     name.to_str()
@@ -601,9 +619,15 @@ impl Filesystem for FatFuse {
         reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel mount stays read-write when errors=remount-ro takes effect, so the
+        // refusal the VFS gives an open for writing on a read-only mount is made here.
+        let for_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.node(ino) {
             Ok(node) if node.is_dir() => reply.error(Errno::from_i32(libc::EISDIR)),
+            Ok(_) if for_write && !self.vol.writable() => {
+                reply.error(Errno::from_i32(libc::EROFS));
+            }
             Ok(node) => {
                 self.remember(&node, true);
                 reply.opened(FileHandle(0), self.open_flags())
@@ -732,21 +756,30 @@ impl Filesystem for FatFuse {
             let dir = self.node(ino)?;
             let items = self.vol.read_dir(&dir)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-            // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
             let dots = [(ino.0, "."), (ino.0, "..")];
             for (i, (n, name)) in dots.iter().enumerate().skip(skip) {
                 if reply.add(INodeNo(*n), i as u64 + 1, FileType::Directory, name) {
                     return Ok(());
                 }
             }
-            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
-                let child = self.vol.child_at(&dir, item.offset)?;
-                let kind = if child.is_dir() {
+            for item in items.iter().filter(|item| cookie(item) > offset) {
+                let kind = if item.entry.is_dir() {
                     FileType::Directory
                 } else {
                     FileType::RegularFile
                 };
-                if reply.add(INodeNo(child.ino()), i as u64 + 3, kind, &item.name) {
+                let ino = match self.vol.child_at(&dir, item.offset) {
+                    Ok(child) => child.ino(),
+                    Err(e) => {
+                        // A child that cannot be built (a directory whose chain is corrupt)
+                        // is still listed, as vfat's readdir lists it without reading it:
+                        // the error comes when it is looked up. Its number only has to be
+                        // nonzero (readdir callers skip 0) and unlike any live node's.
+                        log::warn!("fuse: readdir: {:?}: {e}", item.name);
+                        unbuilt_ino(ino.0, item)
+                    }
+                };
+                if reply.add(INodeNo(ino), cookie(item), kind, &item.name) {
                     return Ok(());
                 }
             }
@@ -776,12 +809,12 @@ impl Filesystem for FatFuse {
                     return Ok(());
                 }
             }
-            for (i, item) in items.iter().enumerate().skip(skip.saturating_sub(2)) {
+            for item in items.iter().filter(|item| cookie(item) > offset) {
                 let child = self.vol.child_at(&dir, item.offset)?;
                 let attr = self.attr(&child);
                 let full = reply.add(
                     INodeNo(child.ino()),
-                    i as u64 + 3,
+                    cookie(item),
                     &item.name,
                     &TTL,
                     &attr,

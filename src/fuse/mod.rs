@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption};
 
-use crate::fat::volume::Volume;
+use crate::fat::volume::{FsPanic, Volume};
 use crate::fuse::fs::FatFuse;
 use crate::fuse::options::FuseOptions;
 use crate::sync::Arc;
@@ -30,6 +30,7 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
     let vol = Volume::mount(image, opts.volume.clone())
         .map_err(|e| format!("cannot mount {}: {e}", image.display()))?;
     let vol = Arc::new(vol);
+    stop_on_fs_panic();
     let mut config = opts.fuser_config();
     let add = |config: &mut Config, o: MountOption| {
         if !config.mount_options.contains(&o) {
@@ -110,6 +111,13 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
     let _ = watcher.join();
     ended.map_err(|e| format!("the FUSE session ended with an error: {e}"))?;
     // destroy() wrote everything back; a failure there was logged. Say so in the status too.
+    if vol.remounted_read_only() {
+        return Err(format!(
+            "{} has corrupt metadata and was made read-only (errors=remount-ro); it is left \
+             marked dirty for fsck",
+            image.display()
+        ));
+    }
     if !vol.cleanly_shut_down() {
         return Err(format!(
             "{} was not written back cleanly (see the log); it is left marked dirty for fsck",
@@ -117,6 +125,23 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Makes `errors=panic` stop the process: the panic it raises in a FUSE worker would only end
+/// that thread (fuser answers its request with EIO and the mount goes on), while the kernel
+/// stops the machine. The process aborts at once, so nothing more reaches the image, and the
+/// kernel ends the connection: the mount answers ENOTCONN until it is unmounted. Any other
+/// panic keeps the default behaviour.
+fn stop_on_fs_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(FsPanic(what)) = info.payload().downcast_ref::<FsPanic>() {
+            log::error!("fatcache: errors=panic: {what}; stopping now");
+            eprintln!("fatcache: errors=panic: {what}; stopping now, nothing more is written");
+            std::process::abort();
+        }
+        default(info);
+    }));
 }
 
 /// Points file descriptor 2 at `path` (appending, created 0600), so the log and BUG
