@@ -25,12 +25,14 @@ fuzz_target!(|data: &[u8]| {
     let (head, rest) = data.split_at(HEADER);
     let (ops, fat) = rest.split_at(OPS * 4);
     let pick = u32::from(u16::from_le_bytes([head[1], head[2]]));
-    let (ty, clusters) = match head[0] % 3 {
-        0 => (FatType::Fat12, 1 + pick % 4084),
-        1 => (FatType::Fat16, 4085 + pick % 512),
+    // FAT32 in one input of eight: its smallest FAT has 65,527 entries, and every scan of
+    // them under the fuzzer's instrumentation costs as much as hundreds of FAT12 inputs.
+    let (ty, clusters) = match head[0] % 8 {
+        0..=3 => (FatType::Fat12, 1 + pick % 4084),
+        4..=6 => (FatType::Fat16, 4085 + pick % 512),
         _ => (FatType::Fat32, 65_525 + pick % 512),
     };
-    let ext_flags = match head[0] / 3 % 3 {
+    let ext_flags = match head[0] / 8 % 3 {
         0 => 0,
         n => 0x80 | u16::from(n - 1),
     };

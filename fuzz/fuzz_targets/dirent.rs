@@ -10,8 +10,8 @@
 use fatcache::fat::bpb::{Bpb, FatType};
 use fatcache::fat::dir::{DirLocation, Directory};
 use fatcache::fat::dirent::{
-    ATTR_ARCH, DirEntry, NameIndex, RawEntry, clusters_to_grow, end_marker_after, end_offset,
-    find_free_run, is_end, is_free, iterate, trailing_free,
+    ATTR_ARCH, DirEntry, NameIndex, RawEntry, SlotKind, clusters_to_grow, end_marker_after,
+    end_offset, find_free_run, is_end, is_free, iterate, trailing_free,
 };
 use fatcache::fat::name::{
     DIR_ENTRY_SIZE, LfnAssembler, ShortnameMode, fold_name, generate_alias, names_equal,
@@ -67,7 +67,8 @@ fn pure(dir: &[u8], fat32: bool, mode: ShortnameMode, name: &str) {
         last = Some(slot.offset);
     }
     let index = NameIndex::build(&scan.entries);
-    for slot in &scan.entries {
+    // `.` and `..` are left out of the index by design: lookups never match them.
+    for slot in scan.entries.iter().filter(|s| s.kind == SlotKind::Entry) {
         assert!(
             index.lookup(&slot.name).is_some(),
             "{:?} listed but not found",
