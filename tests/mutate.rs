@@ -7,7 +7,8 @@
 //!
 //! Pass: the mount refuses with an error or succeeds; every operation returns, with a result
 //! or an `FsError`; no panic but a modelled `bug_on!` (counted and shown, not failed); no hang
-//! (each operation runs on a helper thread and must report within `OP_TIMEOUT`). A failure
+//! (the operations run on a helper thread, and the test thread fails the image when no
+//! operation has finished for `OP_TIMEOUT`). A failure
 //! names its seed: `MUTATE_SEED=<seed> cargo test --test mutate -- --nocapture` replays that
 //! image alone and prints each operation as it goes; `MUTATE_IMAGES=N` tries N images
 //! instead of 1,000 (the seeds of the first 1,000 stay the same).
