@@ -443,8 +443,9 @@ struct Tally {
     /// The mount's errno if it refused.
     refused: Option<i32>,
     ops: u64,
-    /// Errno of each failed operation, counted.
+    /// Failed operations counted by errno and by operation and errno.
     errors: BTreeMap<i32, u64>,
+    by_op: BTreeMap<(&'static str, i32), u64>,
 }
 
 /// Where the helper thread is: the watchdog sees it move without being woken per operation.
@@ -469,6 +470,7 @@ impl Reporter {
         t.ops += 1;
         if let Err(e) = &r {
             *t.errors.entry(e.errno()).or_default() += 1;
+            *t.by_op.entry((what, e.errno())).or_default() += 1;
         }
         if self.verbose {
             match &r {
@@ -480,8 +482,14 @@ impl Reporter {
     }
 }
 
-/// The first file of the root and the first directory a walk met, for the write phase.
-type Found = (Option<(Arc<Node>, String)>, Option<Arc<Node>>);
+/// What a walk met first, for the write phase: a file and a directory of the root (with
+/// their names), a file further down.
+#[derive(Default)]
+struct Found {
+    file: Option<(Arc<Node>, String)>,
+    dir: Option<(Arc<Node>, String)>,
+    deep: Option<Arc<Node>>,
+}
 
 /// Walks the tree below `dir`, reading every file up to `MAX_FILE` bytes if `read`; notes
 /// in `found` what the write phase works on.
@@ -506,8 +514,8 @@ fn walk(
             continue;
         };
         if node.is_dir() {
-            if found.1.is_none() {
-                found.1 = Some(node.clone());
+            if found.dir.is_none() && depth == 0 {
+                found.dir = Some((node.clone(), item.name.clone()));
             }
             if depth < MAX_DEPTH {
                 walk(vol, &node, depth + 1, budget, rep, read, found);
@@ -522,8 +530,10 @@ fn walk(
                     Some(n) => at += n as u64,
                 }
             }
-            if found.0.is_none() && depth == 0 {
-                found.0 = Some((node, item.name.clone()));
+            if found.file.is_none() && depth == 0 {
+                found.file = Some((node, item.name.clone()));
+            } else if found.deep.is_none() && depth > 0 {
+                found.deep = Some(node);
             }
         }
     }
@@ -545,7 +555,7 @@ fn exercise(path: &Path, seed: u64, rep: &Reporter) {
     rep.op("label", vol.label());
     let _ = vol.statfs();
     let root = vol.root();
-    let mut found = (None, None);
+    let mut found = Found::default();
     let mut budget = MAX_ENTRIES;
     walk(&vol, &root, 0, &mut budget, rep, true, &mut found);
     write_phase(&vol, &root, found, rep);
@@ -561,7 +571,15 @@ fn exercise(path: &Path, seed: u64, rep: &Reporter) {
     if let Some(vol) = rep.op("remount", Volume::mount(path, ro)) {
         let root = vol.root();
         let mut budget = MAX_ENTRIES;
-        walk(&vol, &root, 0, &mut budget, rep, false, &mut (None, None));
+        walk(
+            &vol,
+            &root,
+            0,
+            &mut budget,
+            rep,
+            false,
+            &mut Found::default(),
+        );
         rep.op("unmount", vol.unmount());
     }
 }
@@ -590,9 +608,10 @@ fn write_phase(vol: &Volume, root: &Node, found: Found, rep: &Reporter) {
         rep.op("rmdir", vol.rmdir(root, "Mutate Dir"));
     }
     // A file that was on the damaged image: grow it, cut it, rename it, remove it.
-    if let Some((node, name)) = found.0 {
+    if let Some((node, name)) = found.file {
         let size = node.size();
         rep.op("write", vol.write(&node, size, &data[..2000]));
+        rep.op("fallocate", vol.fallocate(&node, 0, 0, size + 20_000));
         rep.op("truncate", vol.set_size(&node, size / 2));
         rep.op(
             "rename",
@@ -600,11 +619,23 @@ fn write_phase(vol: &Volume, root: &Node, found: Found, rep: &Reporter) {
         );
         rep.op("unlink", vol.unlink(root, "renamed.old"));
     }
-    // A directory that was on it: add a file there.
-    if let Some(dir) = found.1 {
+    // One further down: overwrite it in place (its clusters may be anyone's now).
+    if let Some(node) = found.deep {
+        rep.op("write", vol.write(&node, 0, &data[..1000]));
+        rep.op("fsync", vol.fsync(&node));
+    }
+    // A directory that was on it: add a file there, move it under a new directory and back,
+    // try to remove it.
+    if let Some((dir, name)) = found.dir {
         if let Some(h) = rep.op("create", vol.create(&dir, "added in old dir.txt")) {
             rep.op("write", vol.write(&h, 0, &data[..100]));
         }
+        if let Some(new) = rep.op("mkdir", vol.mkdir(root, "Mutate Parent")) {
+            rep.op("rename", vol.rename(root, &name, &new, "moved dir", false));
+            rep.op("rename", vol.rename(&new, "moved dir", root, &name, false));
+            rep.op("rmdir", vol.rmdir(root, "Mutate Parent"));
+        }
+        rep.op("rmdir", vol.rmdir(root, &name));
     }
     rep.op("sync_fs", vol.sync_fs());
 }
@@ -616,6 +647,8 @@ struct Totals {
     refused: BTreeMap<String, u64>,
     ops: u64,
     op_errors: BTreeMap<String, u64>,
+    /// Per operation and errno: how often, and the first seed that met it.
+    by_op: BTreeMap<(&'static str, String), (u64, u64)>,
     bug_hits: Vec<(u64, String)>,
     failures: Vec<String>,
 }
@@ -687,6 +720,13 @@ fn run_one(base: &Base, seed: u64, path: &Path, verbose: bool, t: &mut Totals) {
                 t.ops += tally.ops;
                 for (errno, n) in tally.errors {
                     *t.op_errors.entry(errno_name(errno)).or_default() += n;
+                }
+                for ((what, errno), n) in tally.by_op {
+                    let e = t
+                        .by_op
+                        .entry((what, errno_name(errno)))
+                        .or_insert((0, seed));
+                    e.0 += n;
                 }
                 return;
             }
@@ -769,6 +809,9 @@ fn mutated_images_never_panic_or_hang() {
         totals.bug_hits.len(),
         totals.failures.len(),
     );
+    for ((what, errno), (n, first)) in &totals.by_op {
+        println!("  {what}: {errno} x{n} (first: seed {first:#x})");
+    }
     for (seed, line) in &totals.bug_hits {
         println!("seed {seed:#x}: modelled BUG: {line}");
     }
