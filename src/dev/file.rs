@@ -222,6 +222,17 @@ fn to_off(at: u64) -> Result<libc::off_t, FsError> {
     libc::off_t::try_from(at).map_err(|_| FsError::Invalid("offset past off_t"))
 }
 
+/// Bytes a vectored call moved; `None` to retry it (EINTR); `at_zero` when it moved
+/// nothing (the end of the file, or a device that takes no more).
+fn moved(r: nix::Result<usize>, at_zero: std::io::ErrorKind) -> Result<Option<usize>, FsError> {
+    match r {
+        Ok(0) => Err(FsError::Io(at_zero.into())),
+        Ok(n) => Ok(Some(n)),
+        Err(nix::errno::Errno::EINTR) => Ok(None),
+        Err(e) => Err(FsError::Io(e.into())),
+    }
+}
+
 /// Where a vectored transfer resumes after `n` more bytes: (buffer, offset in it), given the
 /// buffers' lengths and the position `(first, skip)` it started from. Empty buffers are
 /// stepped over so the loop always ends.
@@ -273,11 +284,9 @@ impl BlockDevice for FileDevice {
                 iov.push(IoSliceMut::new(&mut head[skip..]));
                 iov.extend(tail.iter_mut().map(|b| IoSliceMut::new(b)));
             }
-            let n = match uio::preadv(&self.file, &mut iov, to_off(at)?) {
-                Ok(0) => return Err(FsError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(FsError::Io(e.into())),
+            let r = uio::preadv(&self.file, &mut iov, to_off(at)?);
+            let Some(n) = moved(r, std::io::ErrorKind::UnexpectedEof)? else {
+                continue;
             };
             drop(iov);
             at += n as u64;
@@ -301,11 +310,9 @@ impl BlockDevice for FileDevice {
             let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len() - first);
             iov.push(IoSlice::new(&bufs[first][skip..]));
             iov.extend(bufs[first + 1..].iter().map(|b| IoSlice::new(b)));
-            let n = match uio::pwritev(&self.file, &iov, to_off(at)?) {
-                Ok(0) => return Err(FsError::Io(std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(FsError::Io(e.into())),
+            let r = uio::pwritev(&self.file, &iov, to_off(at)?);
+            let Some(n) = moved(r, std::io::ErrorKind::WriteZero)? else {
+                continue;
             };
             at += n as u64;
             (first, skip) = advance(bufs.iter().map(|b| b.len()), first, skip, n);

@@ -768,6 +768,19 @@ mod tests {
     }
 
     impl Fixture {
+        /// A file of `pages` pages on the contiguous clusters from `first` (one-sector
+        /// clusters: eight a page), page `p` starting with `fill` bytes of `p + 1`.
+        fn paged_file(&self, first: u32, pages: u32, fill: usize) -> FatInode<MemFat> {
+            let chain: Vec<u32> = (first..first + 8 * pages).collect();
+            self.link(&chain);
+            for p in 0..pages {
+                self.dev
+                    .write_at(data(first + 8 * p), &vec![p as u8 + 1; fill])
+                    .expect("seed");
+            }
+            self.inode(first, u64::from(pages) * PAGE_SIZE as u64)
+        }
+
         /// Links `chain` in the FAT, ending it.
         fn link(&self, chain: &[u32]) {
             for w in chain.windows(2) {
@@ -1015,15 +1028,7 @@ mod tests {
     #[test]
     fn readahead_follows_a_sequential_reader_and_not_a_random_one() {
         let f = fixture();
-        let pages = 12u32;
-        let chain: Vec<u32> = (100..100 + 8 * pages).collect();
-        f.link(&chain);
-        for p in 0..pages {
-            f.dev
-                .write_at(data(100 + 8 * p), &[p as u8 + 1; 4])
-                .expect("seed");
-        }
-        let ino = f.inode(100, u64::from(pages) * PAGE_SIZE as u64);
+        let ino = f.paged_file(100, 12, 4);
         let read = |page: u64| {
             let mut b = [0u8; 4];
             assert_eq!(ino.read(page * PAGE_SIZE as u64, &mut b).expect("read"), 4);
@@ -1055,16 +1060,8 @@ mod tests {
     #[test]
     fn readahead_reads_a_window_as_merged_requests() {
         let f = fixture();
-        let pages = 8u32;
         // One contiguous run of clusters: the window is one stretch of the device.
-        let chain: Vec<u32> = (200..200 + 8 * pages).collect();
-        f.link(&chain);
-        for p in 0..pages {
-            f.dev
-                .write_at(data(200 + 8 * p), &[p as u8 + 1; 4096])
-                .expect("seed");
-        }
-        let ino = f.inode(200, u64::from(pages) * PAGE_SIZE as u64);
+        let ino = f.paged_file(200, 8, 4096);
         let mut buf = vec![0u8; 4 * PAGE_SIZE];
         assert_eq!(ino.read(0, &mut buf).expect("read"), buf.len());
         f.queue.drain();
