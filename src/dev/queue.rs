@@ -743,9 +743,10 @@ mod tests {
         }
 
         fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_> {
-            Box::new(parking_lot::MutexGuard::map(self.0.lock(), |v| {
-                v.as_mut_slice()
-            }))
+            Box::new(crate::sync::unchecked::MutexGuard::map(
+                self.0.lock(),
+                |v| v.as_mut_slice(),
+            ))
         }
     }
 
