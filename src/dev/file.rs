@@ -238,21 +238,21 @@ fn moved(r: nix::Result<usize>, at_zero: std::io::ErrorKind) -> Result<Option<us
 /// stepped over so the loop always ends.
 fn advance(
     lens: impl Iterator<Item = usize>,
-    mut first: usize,
-    mut skip: usize,
-    mut n: usize,
+    first: usize,
+    skip: usize,
+    n: usize,
 ) -> (usize, usize) {
-    let lens: Vec<usize> = lens.collect();
-    while first < lens.len() {
-        let left = lens[first] - skip;
-        if n < left {
-            return (first, skip + n);
+    // Bytes moved counted from the start of buffer `first`.
+    let mut n = n + skip;
+    let mut i = first;
+    for len in lens.skip(first) {
+        if n < len {
+            return (i, n);
         }
-        n -= left;
-        first += 1;
-        skip = 0;
+        n -= len;
+        i += 1;
     }
-    (first, 0)
+    (i, 0)
 }
 
 impl BlockDevice for FileDevice {
