@@ -212,9 +212,12 @@ fn find_or_create(mapping: &AddressSpace, index: u64, zero: bool) -> Result<Page
 /// locked, not uptodate and *not zeroed* (the readpage that follows fills it), or `None` when
 /// a page is cached there already. Never sleeps on another page: a readahead pass holds the
 /// pages it has added locked until it submits their reads, so waiting here for a page another
-/// pass holds the same way could deadlock the two.
+/// pass holds the same way could deadlock the two. For the same reason its allocation never
+/// waits for reclaim ([`crate::mm::vmscan::Gfp::NoRetry`]): no frame, no readahead.
 pub fn add_new_page(mapping: &AddressSpace, index: u64) -> Result<Option<PageRef<'_>>, FsError> {
-    let page = mapping.cache.alloc_page()?;
+    let page = mapping
+        .cache
+        .alloc_page_gfp(crate::mm::vmscan::Gfp::NoRetry)?;
     // __SetPageLocked on a page nobody else can see yet.
     crate::mm::waitqueue::trylock_page(*page);
     match add_to_page_cache_lru(mapping, &page, index) {
@@ -471,6 +474,8 @@ pub(crate) fn clear_writeback_bookkeeping(page: Page<'_>, rmw: impl FnOnce() -> 
         cache.stats.wb_ends.inc();
         cache.stats.nr_writeback.dec();
         page.record(Op::ClearWriteback, 0, old, old & !wb, 0);
+        // A page whose writeback ended is reclaimable once clean and unlocked.
+        cache.throttle_wake();
     }
     old
 }

@@ -62,7 +62,7 @@ use crate::mm::flags::FlagLayout;
 use crate::mm::history::History;
 use crate::mm::page::Frame;
 use crate::mm::stats::Stats;
-use crate::mm::vmscan::Lru;
+use crate::mm::vmscan::{Lru, Throttle};
 use crate::mm::waitqueue::WaitTable;
 use crate::sync::unchecked;
 use crate::sync::{Arc, Mutex};
@@ -153,6 +153,8 @@ pub struct PageCache {
     pub(crate) frames: Box<[Frame]>,
     pub(crate) free: Mutex<Vec<u32>>,
     pub(crate) lru: Mutex<Lru>,
+    /// Allocators waiting for reclaim to free a frame.
+    pub(crate) throttle: Throttle,
     pub(crate) waitq: WaitTable,
     pub(crate) mappings: dashmap::DashMap<u64, Arc<MappingCore>>,
     next_mapping: unchecked::AtomicU64,
@@ -208,6 +210,7 @@ impl PageCache {
             era: cfg.era,
             sw,
             lru: Mutex::new(Lru::new(cfg.frames)),
+            throttle: Throttle::default(),
             frames,
             free: Mutex::new(free),
             waitq: WaitTable::new(),

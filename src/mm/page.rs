@@ -348,25 +348,14 @@ impl Drop for PageRef<'_> {
 }
 
 impl PageCache {
-    /// Allocate a frame: refcount 1, no flags, no owner. Reclaims clean pages when none is free.
+    /// Allocate a frame: refcount 1, no flags, no owner. Reclaims clean pages when none is
+    /// free and waits for writeback to free one ([`crate::mm::vmscan::Gfp::Wait`]).
     pub fn alloc_page(&self) -> Result<PageRef<'_>, crate::error::FsError> {
-        let pfn = match self.pop_free() {
-            Some(p) => p,
-            None => {
-                self.shrink_lru(crate::mm::vmscan::RECLAIM_BATCH);
-                match self.pop_free() {
-                    Some(p) => p,
-                    None => {
-                        self.stats.alloc_failures.inc();
-                        log::warn!(
-                            "page cache: no frame free or reclaimable among {}",
-                            self.nr_frames()
-                        );
-                        return Err(crate::error::FsError::NoMemory);
-                    }
-                }
-            }
-        };
+        self.alloc_page_gfp(crate::mm::vmscan::Gfp::Wait)
+    }
+
+    /// Hand out frame `pfn`, just taken off the free list, with one reference.
+    pub(crate) fn prep_new_page(&self, pfn: Pfn) -> PageRef<'_> {
         let page = Page::new(self, pfn);
         let f = page.frame();
         // CHECK_AT_PREP: a frame on the free list carries no flags and no references.
@@ -380,10 +369,10 @@ impl PageCache {
         let generation = f.generation.fetch_add(1, unchecked::Ordering::Relaxed) + 1;
         f.refcount.store(1, Ordering::Release);
         page.record(Op::Alloc, 0, word, word, generation as u32);
-        Ok(PageRef { page })
+        PageRef { page }
     }
 
-    fn pop_free(&self) -> Option<Pfn> {
+    pub(crate) fn pop_free(&self) -> Option<Pfn> {
         let p = self.free.lock().pop().map(Pfn);
         if p.is_some() {
             self.stats.frames_free.dec();
@@ -417,6 +406,7 @@ impl PageCache {
         page.record(Op::Free, 0, before, before & !PG_BITS, 0);
         self.free.lock().push(page.pfn.0);
         self.stats.frames_free.inc();
+        self.throttle_wake();
     }
 }
 

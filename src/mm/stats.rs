@@ -47,6 +47,7 @@ pub struct Stats {
     pub(crate) wb_ends: Counter,
     pub(crate) reclaimed: Counter,
     pub(crate) alloc_failures: Counter,
+    pub(crate) alloc_throttled: Counter,
     pub(crate) bad_pages: Counter,
     pub(crate) throttled: Counter,
 }
@@ -85,6 +86,7 @@ impl Stats {
             wb_ends: self.wb_ends.get(),
             reclaimed: self.reclaimed.get(),
             alloc_failures: self.alloc_failures.get(),
+            alloc_throttled: self.alloc_throttled.get(),
             bad_pages: self.bad_pages.get(),
             throttled: self.throttled.get(),
             bug_hits: cache.bug().total(),
@@ -124,6 +126,8 @@ pub struct StatsSnapshot {
     pub reclaimed: u64,
     /// Allocations that found no frame even after reclaim.
     pub alloc_failures: u64,
+    /// Allocations that had to wait for writeback or I/O to free a frame.
+    pub alloc_throttled: u64,
     /// Frames leaked because they were freed in a bad state.
     pub bad_pages: u64,
     /// Writers that balance_dirty_pages made pause (over the dirty limit).

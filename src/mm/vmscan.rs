@@ -9,16 +9,144 @@
 //!
 //! Frames are taken off the list (isolated) under the LRU lock and processed without it, so a
 //! page lock is only ever tried (never waited for) and never while holding the LRU lock.
+//!
+//! An allocation that reclaim cannot satisfy at once is throttled ([`Throttle`]), as the
+//! kernel's reclaim_throttle / should_reclaim_retry do: when every frame is dirty, under
+//! writeback or locked for I/O, a frame will come free as soon as the flusher writes or a
+//! completion thread finishes, so the allocator kicks the flusher and sleeps until a frame is
+//! freed or a writeback ends, and gives up (ENOMEM) only after [`THROTTLE_PATIENCE`] without
+//! either. Readahead's allocations never wait (`__GFP_NORETRY`): readahead is optional work,
+//! and a pass holds the pages it added locked until it submits them.
+
+use std::time::{Duration, Instant};
 
 use crate::mm::history::Op;
-use crate::mm::page::{NO_MAPPING, Page, Pfn};
+use crate::mm::page::{NO_MAPPING, Page, PageRef, Pfn};
 use crate::mm::waitqueue::{trylock_page, unlock_page};
 use crate::mm::{PG, PageCache};
+use crate::sync::unchecked;
 use crate::sync::{Arc, Ordering};
 
 /// Frames reclaim tries to free per allocation failure.
 pub const RECLAIM_BATCH: usize = 32;
 const NIL: u32 = u32::MAX;
+
+/// Longest one throttled allocator sleeps before it looks again (reclaim_throttle's timeout;
+/// a wake-up it misses costs at most this).
+const THROTTLE_NAP: Duration = Duration::from_millis(10);
+
+/// How long a throttled allocator waits while no frame is freed and no writeback ends before
+/// it returns ENOMEM (should_reclaim_retry's budget of retries without progress). Long
+/// enough for a slow device's writes to finish, short enough that a cache pinned solid by its
+/// own callers fails with a clear error rather than hanging.
+pub const THROTTLE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Whether an allocation may wait for reclaim (`gfp` flags reduced to the one choice we model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gfp {
+    /// May kick the flusher and sleep until frames come free (GFP_KERNEL, GFP_NOFS).
+    Wait,
+    /// One reclaim pass, then fail at once (readahead_gfp_mask: `__GFP_NORETRY`).
+    NoRetry,
+}
+
+/// Where allocators that found no frame sleep until a frame is freed or a writeback ends.
+///
+/// Not part of the modelled protocol: a plain (`sync::unchecked`) counter, lock and condition
+/// variable, and every wait is bounded by [`THROTTLE_NAP`], so a lost wake-up costs time,
+/// never progress. Under loom allocators never sleep here (the models never run out of
+/// frames, and a real condition variable would block loom's scheduler).
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    /// Allocators inside [`PageCache::throttle_wait`]; wakers skip the lock when it is zero.
+    sleepers: unchecked::AtomicU32,
+    lock: unchecked::Mutex<()>,
+    cv: unchecked::Condvar,
+}
+
+impl PageCache {
+    /// A frame was freed or a writeback ended: wake throttled allocators, if any.
+    ///
+    /// The SeqCst fence pairs with the one in [`PageCache::throttle_wait`] (Dekker's pattern):
+    /// either this load sees the sleeper's increment, or the sleeper's look at the free list,
+    /// made after its increment, sees the frame pushed before this fence. That rules out a
+    /// sleeper that checked an empty list and a freer that saw no sleeper both going on; the
+    /// throttle lock held from the sleeper's check into its wait rules out the notify falling
+    /// between the two.
+    #[inline]
+    pub(crate) fn throttle_wake(&self) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if self.throttle.sleepers.load(unchecked::Ordering::Relaxed) != 0 {
+            let _g = self.throttle.lock.lock();
+            self.throttle.cv.notify_all();
+        }
+    }
+
+    /// Sleep until a frame is freed or a writeback ends, or [`THROTTLE_NAP`] passes; a frame
+    /// found free meanwhile is taken and returned. Returns whether something happened (a
+    /// frame, or a wake-up) as opposed to the nap running out.
+    fn throttle_wait(&self) -> (Option<Pfn>, bool) {
+        let t = &self.throttle;
+        let mut g = t.lock.lock();
+        t.sleepers.fetch_add(1, unchecked::Ordering::Relaxed);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let got = self.pop_free();
+        let woken = match got {
+            Some(_) => true,
+            None => !t.cv.wait_for(&mut g, THROTTLE_NAP).timed_out(),
+        };
+        t.sleepers.fetch_sub(1, unchecked::Ordering::Relaxed);
+        (got, woken)
+    }
+
+    /// Allocate a frame (refcount 1, no flags, no owner), reclaiming when none is free and,
+    /// with [`Gfp::Wait`], throttling until writeback or I/O frees one.
+    pub fn alloc_page_gfp(&self, gfp: Gfp) -> Result<PageRef<'_>, crate::error::FsError> {
+        if let Some(p) = self.pop_free() {
+            return Ok(self.prep_new_page(p));
+        }
+        self.shrink_lru(RECLAIM_BATCH);
+        if let Some(p) = self.pop_free() {
+            return Ok(self.prep_new_page(p));
+        }
+        if gfp == Gfp::Wait && !cfg!(loom) {
+            self.stats.alloc_throttled.inc();
+            let mut last_progress = Instant::now();
+            let mut wb_ends = self.stats.wb_ends.get();
+            while last_progress.elapsed() < THROTTLE_PATIENCE {
+                // wakeup_flusher_threads: dirty pages are only reclaimable once written.
+                if self.stats.nr_dirty.get() > 0
+                    && let Some(f) = self.background_writeback()
+                {
+                    f.kick();
+                }
+                let (got, woken) = self.throttle_wait();
+                if let Some(p) = got {
+                    return Ok(self.prep_new_page(p));
+                }
+                self.shrink_lru(RECLAIM_BATCH);
+                if let Some(p) = self.pop_free() {
+                    return Ok(self.prep_new_page(p));
+                }
+                let ends = self.stats.wb_ends.get();
+                if woken || ends != wb_ends {
+                    wb_ends = ends;
+                    last_progress = Instant::now();
+                }
+            }
+        }
+        self.stats.alloc_failures.inc();
+        if gfp == Gfp::Wait {
+            log::warn!(
+                "page cache: no frame free or reclaimable among {} (dirty {}, writeback {})",
+                self.nr_frames(),
+                self.stats.nr_dirty.get(),
+                self.stats.nr_writeback.get()
+            );
+        }
+        Err(crate::error::FsError::NoMemory)
+    }
+}
 
 /// What reclaim did with one page.
 enum Reclaimed {
@@ -251,6 +379,7 @@ impl PageCache {
         self.free.lock().push(page.pfn().0);
         self.stats.frames_free.inc();
         self.stats.reclaimed.inc();
+        self.throttle_wake();
         Reclaimed::Freed
     }
 }
@@ -310,6 +439,100 @@ mod tests {
         );
         assert!(find_get_page(&m, 0).is_some(), "referenced page kept");
         assert!(c.stats().reclaimed >= 1);
+    }
+
+    /// A cache of `n` frames whose every page is under writeback (DeferredAops), unlocked.
+    fn cache_all_under_writeback(
+        n: u64,
+    ) -> (Arc<crate::mm::PageCache>, Arc<DeferredAops>, AddressSpace) {
+        let c = cache_for(Era::V6_9, n as usize);
+        let aops = Arc::new(DeferredAops::default());
+        let m = AddressSpace::new(&c, aops.clone());
+        for i in 0..n {
+            let p = find_or_create_page(&m, i).expect("page");
+            set_page_dirty(&m, *p);
+            unlock_page(*p);
+        }
+        crate::mm::filemap::filemap_fdatawrite(&m).expect("writeback started");
+        assert_eq!(aops.in_flight(), n as usize);
+        (c, aops, m)
+    }
+
+    #[test]
+    fn an_allocation_waits_for_writeback_to_end_instead_of_failing() {
+        let (c, aops, m) = cache_all_under_writeback(3);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // End the writes only once the allocator below is throttled, so the test
+                // checks the wait, whatever the scheduler does.
+                while c.stats().alloc_throttled == 0 {
+                    std::thread::yield_now();
+                }
+                aops.complete_all(&c);
+            });
+            let p = find_or_create_page(&m, 10).expect("a frame once writeback ended");
+            unlock_page(*p);
+        });
+        let st = c.stats();
+        assert_eq!(st.alloc_throttled, 1);
+        assert_eq!(st.alloc_failures, 0);
+    }
+
+    #[test]
+    fn readahead_allocations_never_wait() {
+        let (c, aops, m) = cache_all_under_writeback(3);
+        assert!(matches!(
+            crate::mm::filemap::add_new_page(&m, 10),
+            Err(crate::error::FsError::NoMemory)
+        ));
+        assert_eq!(c.stats().alloc_throttled, 0);
+        aops.complete_all(&c);
+    }
+
+    /// A flusher double: each kick asks its thread to write the mapping back.
+    struct KickedWriter {
+        kicks: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl crate::mm::BackgroundWriteback for KickedWriter {
+        fn kick(&self) {
+            let _ = self.kicks.try_send(());
+        }
+    }
+
+    #[test]
+    fn an_allocation_kicks_the_flusher_when_every_frame_is_dirty() {
+        let c = cache_for(Era::V6_9, 3);
+        let aops = Arc::new(SyncAops::default());
+        let m = AddressSpace::new(&c, aops.clone());
+        for i in 0..3 {
+            let p = find_or_create_page(&m, i).expect("page");
+            p.with_data_mut(|d| d[0] = i as u8 + 1);
+            set_page_dirty(&m, *p);
+            unlock_page(*p);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let flusher: Arc<dyn crate::mm::BackgroundWriteback> = Arc::new(KickedWriter { kicks: tx });
+        c.set_background_writeback(Some(Arc::downgrade(&flusher)));
+        std::thread::scope(|s| {
+            let m = &m;
+            s.spawn(move || {
+                if rx.recv().is_ok() {
+                    let mut wbc = crate::mm::WritebackControl::background(i64::MAX);
+                    crate::mm::writeback::do_writepages(m, &mut wbc).expect("written");
+                }
+            });
+            let p = find_or_create_page(m, 10).expect("a frame once the flusher wrote");
+            unlock_page(*p);
+            c.set_background_writeback(None);
+            drop(flusher);
+        });
+        assert_eq!(
+            aops.written().len(),
+            3,
+            "every dirty page written, none dropped"
+        );
+        assert_eq!(c.stats().alloc_failures, 0);
     }
 
     #[test]
