@@ -110,8 +110,6 @@ pub(crate) use std::sync::Arc;
 
 /// Primitives the model checker must not see: statistics, histories, diagnostics.
 pub(crate) mod unchecked {
-    /// For tests that lend a locked buffer out (an `IoBuf` made of a Mutex).
-    #[cfg(all(test, not(loom)))]
     pub(crate) use parking_lot::MutexGuard;
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
     pub(crate) use parking_lot::{MappedRwLockWriteGuard, RwLockWriteGuard};

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::dev::BlockDevice;
 use crate::error::FsError;
 use crate::sync::Arc;
-use crate::sync::unchecked::{AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::unchecked::{AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 
 /// What a request does.
 #[derive(Debug)]
@@ -91,6 +91,8 @@ impl std::fmt::Debug for Bio {
 struct State {
     queue: VecDeque<Bio>,
     in_flight: usize,
+    /// Writes queued or running: what [`MAX_WRITES`] bounds.
+    writes: usize,
     plugged: bool,
     shutdown: bool,
 }
@@ -102,6 +104,8 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     idle: Condvar,
+    /// Submitters of writes waiting for the queue to drop below [`MAX_WRITES`].
+    space: Condvar,
     latency_ns: AtomicU64,
     completed: AtomicU64,
     bytes_read: AtomicU64,
@@ -121,6 +125,14 @@ const MAX_MERGE_BIOS: usize = 256;
 /// a request here is a page, not a merged bio).
 const PLUG_MAX: usize = 256;
 
+/// Writes a queue holds (queued or running) before a submitter of more waits for some to
+/// complete: the block layer's nr_requests, which makes a writer faster than its disk sleep
+/// for a request tag. Each write carries a copy of its page, so this also bounds that memory
+/// (4 MiB of 4 KiB writes) instead of letting every page under writeback have a copy queued
+/// (the dirty limit allows a fifth of the cache). Four full merged requests: enough for each
+/// completion thread to find a whole one waiting while the submitter fills the next.
+const MAX_WRITES: usize = 4 * MAX_MERGE_BIOS;
+
 /// Source of queue identities for plugs.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -134,6 +146,14 @@ struct Plug {
 thread_local! {
     /// This thread's plug (current->plug in the kernel), if one is active.
     static PLUG: RefCell<Option<Plug>> = const { RefCell::new(None) };
+    /// Set on completion threads: an `end_io` that submits must never wait for queue space,
+    /// since only completion threads make space.
+    static COMPLETING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a bio is a write (what [`MAX_WRITES`] counts).
+fn is_write(bio: &Bio) -> bool {
+    matches!(bio.op, BioOp::Write { .. })
 }
 
 /// An active plug on the current thread; dropping it queues the held writes (blk_finish_plug).
@@ -184,13 +204,31 @@ impl Drop for Plug {
 }
 
 impl Shared {
+    /// The queue's state, once it has room for `writes` more writes: a submitter waits while
+    /// [`MAX_WRITES`] writes are queued or running (get_request's sleep for a tag). Never
+    /// waits on a completion thread (only those make room), while the queue is held by
+    /// [`IoQueue::plug`] (nothing would complete), or at shutdown. A batch may take the count
+    /// past the limit by its own size: a plug's or readahead's batch is queued whole so that
+    /// it can still merge.
+    fn lock_with_room(&self, writes: usize) -> MutexGuard<'_, State> {
+        let mut st = self.state.lock();
+        if writes > 0 && !COMPLETING.with(std::cell::Cell::get) {
+            while st.writes >= MAX_WRITES && !st.plugged && !st.shutdown {
+                self.space.wait(&mut st);
+            }
+        }
+        st.writes += writes;
+        st
+    }
+
     /// Queue `bios` together and wake enough completion threads for them.
     fn push_batch(&self, bios: Vec<Bio>) {
         let n = bios.len();
         if n == 0 {
             return;
         }
-        self.state.lock().queue.extend(bios);
+        let writes = bios.iter().filter(|b| is_write(b)).count();
+        self.lock_with_room(writes).queue.extend(bios);
         if n == 1 {
             self.work.notify_one();
         } else {
@@ -227,6 +265,7 @@ impl IoQueue {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             idle: Condvar::new(),
+            space: Condvar::new(),
             latency_ns: AtomicU64::new(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX)),
             completed: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
@@ -275,7 +314,8 @@ impl IoQueue {
             }
         }
         if let Some(bio) = bio {
-            self.shared.state.lock().queue.push_back(bio);
+            let writes = usize::from(is_write(&bio));
+            self.shared.lock_with_room(writes).queue.push_back(bio);
             self.shared.work.notify_one();
         }
     }
@@ -328,6 +368,11 @@ impl IoQueue {
         self.shared.work.notify_all();
     }
 
+    /// Writes queued or running (at most about [`MAX_WRITES`] while anyone submits).
+    pub fn writes_pending(&self) -> usize {
+        self.shared.state.lock().writes
+    }
+
     /// Requests queued or running.
     pub fn pending(&self) -> usize {
         let st = self.shared.state.lock();
@@ -371,6 +416,7 @@ impl Drop for IoQueue {
             st.shutdown = true;
         }
         self.shared.work.notify_all();
+        self.shared.space.notify_all();
         for h in self.threads.drain(..) {
             if h.join().is_err() {
                 log::error!("i/o completion thread panicked");
@@ -380,6 +426,7 @@ impl Drop for IoQueue {
 }
 
 fn completion_thread(s: &Shared) {
+    COMPLETING.with(|c| c.set(true));
     loop {
         let batch = {
             let mut st = s.state.lock();
@@ -402,6 +449,7 @@ fn completion_thread(s: &Shared) {
             std::thread::sleep(Duration::from_nanos(ns));
         }
         let n = batch.len();
+        let writes = batch.iter().filter(|b| is_write(b)).count();
         let results = if n == 1 {
             vec![carry_out(s, &batch[0].op)]
         } else {
@@ -413,6 +461,13 @@ fn completion_thread(s: &Shared) {
         }
         let mut st = s.state.lock();
         st.in_flight -= n;
+        if writes > 0 {
+            let was_full = st.writes >= MAX_WRITES;
+            st.writes -= writes;
+            if was_full && st.writes < MAX_WRITES {
+                s.space.notify_all();
+            }
+        }
         if st.queue.is_empty() && st.in_flight == 0 {
             s.idle.notify_all();
         }
@@ -610,6 +665,78 @@ mod tests {
         assert_eq!(rx.recv().expect("completion"), Err(libc::EIO));
         q.drain();
         assert_eq!(q.pending(), 0);
+    }
+
+    /// A write of one byte pattern that merges with nothing queued next to it.
+    fn lone_write(i: u64, done: mpsc::Sender<()>) -> Bio {
+        Bio {
+            op: BioOp::Write {
+                // Every other 512-byte block: no two writes continue each other.
+                offset: i * 1024,
+                data: vec![i as u8; 512],
+            },
+            end_io: Box::new(move |r| {
+                r.expect("write");
+                let _ = done.send(());
+            }),
+        }
+    }
+
+    #[test]
+    fn a_writer_faster_than_the_device_waits_for_queue_space() {
+        let n = 3 * MAX_WRITES as u64;
+        let dev = Arc::new(MemDevice::new((n * 1024) as usize));
+        let q = IoQueue::new(dev.clone(), 1, Duration::from_micros(20)).expect("queue");
+        let (tx, rx) = mpsc::channel();
+        let mut most = 0;
+        for i in 0..n {
+            q.submit(lone_write(i, tx.clone()));
+            most = most.max(q.writes_pending());
+        }
+        assert!(most <= MAX_WRITES, "{most} writes pending at once");
+        for _ in 0..n {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("every write completes");
+        }
+        q.drain();
+        assert_eq!(q.writes_pending(), 0);
+        let bytes = dev.snapshot();
+        for i in 0..n {
+            let at = (i * 1024) as usize;
+            assert_eq!(bytes[at..at + 512], vec![i as u8; 512][..], "write {i}");
+        }
+    }
+
+    #[test]
+    fn an_end_io_that_submits_never_waits_for_space() {
+        let n = 2 * MAX_WRITES as u64;
+        let dev = Arc::new(MemDevice::new((2 * n * 1024) as usize));
+        let q = Arc::new(IoQueue::new(dev, 1, Duration::ZERO).expect("queue"));
+        let (tx, rx) = mpsc::channel();
+        // The first write's completion submits n more from the completion thread while this
+        // thread keeps the queue at its limit: if the completion thread waited for space,
+        // nothing would ever complete again.
+        let (q2, tx2) = (Arc::clone(&q), tx.clone());
+        q.submit(Bio {
+            op: BioOp::Write {
+                offset: 0,
+                data: vec![9; 512],
+            },
+            end_io: Box::new(move |r| {
+                r.expect("write");
+                for i in 0..n {
+                    q2.submit(lone_write(n + i, tx2.clone()));
+                }
+                let _ = tx2.send(());
+            }),
+        });
+        for i in 1..n {
+            q.submit(lone_write(i, tx.clone()));
+        }
+        for _ in 0..2 * n {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("no completion thread stuck waiting for space");
+        }
     }
 
     #[test]
