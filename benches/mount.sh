@@ -9,8 +9,11 @@
 #               to validate; the full run (512 MiB, 20 s, 10,000 files, ~2,000-file ~50 MB
 #               tree) takes 20-40 minutes on 2 cores.
 #   --out F     the JSON result (default target/bench-mount.json); the table goes to stdout.
-#   --only L    a comma-separated subset of: tmpfs null-cached null-direct fatcache-direct
-#               fatcache-kernel fusefat (default: all, in that order).
+#   --only L    a comma-separated subset of: tmpfs null-cached null-direct null-store
+#               fatcache-direct fatcache-kernel fusefat (default: all, in that order).
+#               null-store is nullfs --direct-io --store: FUSE plus a pwrite/pread of every
+#               byte to a file next to the FAT images, the ceiling of a FUSE filesystem that
+#               keeps its data on the device fatcache writes to (null-direct stores nothing).
 #   --workloads L  a comma-separated subset of the rows to run (seq_write, seq_read,
 #               rand_read, rand_write, create, stat, cp_tree, tar_x), e.g. for --perf.
 #   --img-dir D where the FAT images live (default /dev/shm: the image is RAM, so the
@@ -38,7 +41,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 OUT="$ROOT/target/bench-mount.json"
-ONLY="tmpfs,null-cached,null-direct,fatcache-direct,fatcache-kernel,fusefat"
+ONLY="tmpfs,null-cached,null-direct,null-store,fatcache-direct,fatcache-kernel,fusefat"
 IMG_DIR=/dev/shm
 PERF=0
 WANT_WL="seq_write,seq_read,rand_read,rand_write,create,stat,cp_tree,tar_x"
@@ -350,6 +353,10 @@ mount_fs() {
             "$NULLFS" "$MNT" $flag >"$WORK/$FS.log" 2>&1 &
             DAEMON=$!
             ;;
+        null-store)
+            "$NULLFS" "$MNT" --direct-io --store "$SHM/null-store.img" >"$WORK/$FS.log" 2>&1 &
+            DAEMON=$!
+            ;;
         fatcache-direct|fatcache-kernel)
             fresh_image || { NOTE[$FS]="no image"; say "SKIP $FS: mkfs.fat failed"; return 1; }
             "$FATCACHE" mount "$SHM/fat.img" "$MNT" -f \
@@ -407,6 +414,9 @@ unmount_fs() {
             fsck.fat -n "$SHM/fat.img" >"$WORK/$FS.fsck" 2>&1 \
                 || say "$FS: fsck.fat -n finds problems: $(head -3 "$WORK/$FS.fsck" | tr '\n' ' ')"
             rm -f "$SHM/fat.img"
+            ;;
+        null-store)
+            rm -f "$SHM/null-store.img"
             ;;
     esac
 }
@@ -477,6 +487,7 @@ for fc in fatcache-direct fatcache-kernel; do
     null=null-cached
     [ "$fc" = fatcache-direct ] && null=null-direct
     has "$null" && PAIRS+=("$fc:$null")
+    [ "$fc" = fatcache-direct ] && has null-store && PAIRS+=("$fc:null-store")
     has fusefat && PAIRS+=("$fc:fusefat")
 done
 short() { echo "$1" | sed 's/fatcache-/fc-/; s/null-/null-/'; }

@@ -16,6 +16,13 @@
 //! it the kernel caches pages, as `cache=kernel`. So the time fatcache spends above nullfs is
 //! fatcache's own, not FUSE's.
 //!
+//! With `--store FILE` it keeps the bytes, in FILE (created, or truncated to empty): file
+//! `ino`'s byte `n` at FILE offset `ino * 2^32 + n` (4 GiB per file, FAT's limit; the file is
+//! sparse), written with one pwrite per request and read with one pread. That is the ceiling of
+//! a FUSE filesystem that must put its data on the same device fatcache writes its image to
+//! (`/dev/shm` in the bench): FUSE plus the device, with no cache, no allocation and no
+//! metadata of its own.
+//!
 //! It shares no code with fatcache on purpose: whatever it measures is FUSE and the kernel.
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +68,17 @@ struct Args {
     /// Most files and directories the filesystem holds; creates beyond it get ENOSPC.
     #[arg(long, default_value_t = 10_000_000)]
     max_files: usize,
+    /// Keep file data in this file (created or truncated), one 4 GiB region per inode.
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+/// Bytes of the store reserved for each inode (its region starts at `ino << STORE_SHIFT`).
+const STORE_SHIFT: u32 = 32;
+
+thread_local! {
+    /// Each worker's read buffer, as fatcache's read handler keeps one per worker.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A directory's entries, readable from a stable cookie while entries come and go.
@@ -235,10 +253,23 @@ struct NullFs {
     read: AtomicU64,
     /// What every read returns a slice of.
     zeros: Vec<u8>,
+    /// Where data is kept with `--store`.
+    store: Option<std::fs::File>,
 }
 
 impl NullFs {
-    fn new(args: &Args) -> NullFs {
+    fn new(args: &Args) -> std::io::Result<NullFs> {
+        let store = match &args.store {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)?,
+            ),
+            None => None,
+        };
         let root = Node::new(
             0o755,
             nix::unistd::getuid().as_raw(),
@@ -254,7 +285,7 @@ impl NullFs {
         } else {
             FopenFlags::empty()
         };
-        NullFs {
+        Ok(NullFs {
             table: RwLock::new(Table {
                 nodes: HashMap::from([(ROOT, root)]),
                 next_ino: ROOT + 1,
@@ -264,6 +295,35 @@ impl NullFs {
             written: AtomicU64::new(0),
             read: AtomicU64::new(0),
             zeros: vec![0; MAX_IO as usize],
+            store,
+        })
+    }
+
+    /// Where byte `offset` of inode `ino` lives in the store; EFBIG past a file's region.
+    fn store_at(ino: u64, offset: u64, len: u64) -> Result<u64, Errno> {
+        if offset.saturating_add(len) > 1 << STORE_SHIFT {
+            return Err(Errno::EFBIG);
+        }
+        Ok((ino << STORE_SHIFT) + offset)
+    }
+
+    /// Forget the stored bytes of `ino` from `from` to `to` (a shrink or a removal), so a
+    /// later extension reads zeros as it must.
+    fn store_discard(&self, ino: u64, from: u64, to: u64) {
+        let Some(f) = &self.store else { return };
+        if to <= from {
+            return;
+        }
+        let (Ok(at), Ok(len)) = (
+            i64::try_from((ino << STORE_SHIFT) + from),
+            i64::try_from(to - from),
+        ) else {
+            return;
+        };
+        let mode = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if let Err(e) = nix::fcntl::fallocate(f, mode, at, len) {
+            log::warn!("nullfs: cannot discard bytes of inode {ino}: {e}");
         }
     }
 
@@ -304,11 +364,15 @@ impl Filesystem for NullFs {
     }
 
     fn destroy(&mut self) {
-        eprintln!(
-            "nullfs: {} bytes written and dropped, {} bytes of zeros read",
+        let (w, r) = (
             self.written.load(Ordering::Relaxed),
-            self.read.load(Ordering::Relaxed)
+            self.read.load(Ordering::Relaxed),
         );
+        if self.store.is_some() {
+            eprintln!("nullfs: {w} bytes written to the store, {r} bytes read from it");
+        } else {
+            eprintln!("nullfs: {w} bytes written and dropped, {r} bytes of zeros read");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -352,8 +416,9 @@ impl Filesystem for NullFs {
             if node.dir.is_some() {
                 return reply.error(Errno::EISDIR);
             }
-            node.size.store(size, Ordering::Relaxed);
+            let old = node.size.swap(size, Ordering::Relaxed);
             node.mtime = SystemTime::now();
+            self.store_discard(ino.0, size, old);
         }
         if let Some(mode) = mode {
             node.perm = u16::try_from(mode & 0o7777).unwrap_or(node.perm);
@@ -432,7 +497,28 @@ impl Filesystem for NullFs {
         let n = end.saturating_sub(offset).min(want);
         self.read.fetch_add(n, Ordering::Relaxed);
         // n <= MAX_IO, the length of zeros.
-        reply.data(&self.zeros[..usize::try_from(n).unwrap_or(0)]);
+        let n = usize::try_from(n).unwrap_or(0);
+        let Some(store) = &self.store else {
+            return reply.data(&self.zeros[..n]);
+        };
+        let at = match Self::store_at(ino.0, offset, n as u64) {
+            Ok(at) => at,
+            Err(e) => return reply.error(e),
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            buf.resize(n, 0);
+            match std::os::unix::fs::FileExt::read_exact_at(store, &mut buf[..n], at) {
+                Ok(()) => reply.data(&buf[..n]),
+                // A sparse tail the store file does not reach yet: zeros, as a file's hole.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    let got =
+                        std::os::unix::fs::FileExt::read_at(store, &mut buf[..n], at).unwrap_or(0);
+                    buf[got..n].fill(0);
+                    reply.data(&buf[..n]);
+                }
+                Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))),
+            }
+        });
     }
 
     fn write(
@@ -448,6 +534,15 @@ impl Filesystem for NullFs {
         reply: ReplyWrite,
     ) {
         let len = data.len() as u64;
+        if let Some(store) = &self.store {
+            let at = match Self::store_at(ino.0, offset, len) {
+                Ok(at) => at,
+                Err(e) => return reply.error(e),
+            };
+            if let Err(e) = std::os::unix::fs::FileExt::write_all_at(store, data, at) {
+                return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio())));
+            }
+        }
         {
             let table = self.table.read();
             match table.nodes.get(&ino.0) {
@@ -491,7 +586,11 @@ impl Filesystem for NullFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // What fatcache's fsync ends with on its image: the device's flush.
+        match self.store.as_ref().map(std::fs::File::sync_data) {
+            Some(Err(e)) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))),
+            _ => reply.ok(),
+        }
     }
 
     fn readdir(
@@ -534,7 +633,11 @@ impl Filesystem for NullFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // What fatcache's fsync ends with on its image: the device's flush.
+        match self.store.as_ref().map(std::fs::File::sync_data) {
+            Some(Err(e)) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))),
+            _ => reply.ok(),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -576,10 +679,21 @@ impl Filesystem for NullFs {
     }
 }
 
+/// EIO, for an I/O error without an errno.
+fn libc_eio() -> i32 {
+    nix::errno::Errno::EIO as i32
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let args = Args::parse();
-    let fs = NullFs::new(&args);
+    let fs = match NullFs::new(&args) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("nullfs: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("nullfs".to_owned()),
