@@ -184,3 +184,81 @@ fn a_writer_over_the_dirty_limit_is_throttled_and_finishes() {
     }
     fsck_clean(&img).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn readers_and_writers_on_a_cache_smaller_than_their_io_wait_instead_of_enomem() {
+    let Some((_dir, img)) = image("tiny-cache", FAT32) else {
+        return;
+    };
+    // 48 frames (192 KiB) against six threads each with up to 128 KiB in flight, on a device
+    // that takes 200 us per request: every frame is often locked for a read or under
+    // writeback at once, and an allocation must wait for one instead of failing.
+    let mut o = opts(WritebackConfig::default(), 48);
+    o.io_latency = Duration::from_micros(200);
+    let vol = Volume::mount(&img, o).expect("mount");
+    const FILE: usize = 1024 * 1024;
+    let data: Vec<Vec<u8>> = (0..6u8)
+        .map(|k| {
+            (0..FILE)
+                .map(|i| (i * 13 + usize::from(k) * 101 + i / 4096) as u8)
+                .collect()
+        })
+        .collect();
+    // Files 0-2 written first, then read back while files 3-5 are written.
+    let files: Vec<_> = (0..6)
+        .map(|k| {
+            vol.create(&vol.root(), &format!("f{k}.bin"))
+                .expect("create")
+        })
+        .collect();
+    let write = |k: usize| {
+        for (i, chunk) in data[k].chunks(128 * 1024).enumerate() {
+            let n = vol
+                .write(&files[k], (i * 128 * 1024) as u64, chunk)
+                .unwrap_or_else(|e| panic!("write of file {k} chunk {i}: {e}"));
+            assert_eq!(n, chunk.len());
+        }
+    };
+    std::thread::scope(|s| {
+        for k in 0..3 {
+            s.spawn(move || write(k));
+        }
+    });
+    vol.sync_fs().expect("sync");
+    std::thread::scope(|s| {
+        for k in 0..6 {
+            let (vol, files, data) = (&vol, &files, &data);
+            s.spawn(move || {
+                if k >= 3 {
+                    return write(k);
+                }
+                for round in 0..3 {
+                    let mut buf = vec![0u8; 128 * 1024];
+                    for at in (0..FILE).step_by(buf.len()) {
+                        let n = vol
+                            .read(&files[k], at as u64, &mut buf)
+                            .unwrap_or_else(|e| panic!("read of file {k} at {at}: {e}"));
+                        assert_eq!(n, buf.len());
+                        assert!(
+                            buf[..] == data[k][at..at + n],
+                            "file {k} at {at}, round {round}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let s = vol.cache().stats();
+    println!("cache {s:?}");
+    assert_eq!(s.alloc_failures, 0, "{s:?}");
+    drop(files);
+    vol.unmount().expect("unmount");
+    let check = Volume::open(&img, Placement::default(), 256).expect("open");
+    for (k, want) in data.iter().enumerate() {
+        let node = check.lookup_path(&format!("f{k}.bin")).expect("lookup");
+        let mut buf = vec![0u8; FILE + 1];
+        assert_eq!(check.read(&node, 0, &mut buf).expect("read"), FILE);
+        assert!(buf[..FILE] == want[..], "file {k} on disk");
+    }
+    fsck_clean(&img).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -115,7 +115,7 @@ impl<S: FatStore + 'static> FileData<S> {
             // A loop shorter than the file would otherwise hand out the same clusters again as
             // later parts of the file (the kernel's walk has the same blind spot): a cluster
             // seen before on this chain is a loop, whatever the length.
-            if cache.clusters.len() >= limit || cache.seen.contains(&next) {
+            if cache.clusters.len() >= limit || cache.contains(next) {
                 log::error!("fat: chain from cluster {first} loops at {next}");
                 return Err(FsError::Corrupted("cluster chain loops"));
             }
@@ -274,14 +274,19 @@ pub(crate) fn cluster_offset(bpb: &Bpb, cluster: u32) -> Result<u64, FsError> {
     Ok(sector * u64::from(bpb.bytes_per_sector))
 }
 
-/// The walked prefix of a file's chain, the set of its clusters for loop detection, and its
-/// contiguous runs, so the run from any cluster is found in O(log n) however long it is.
+/// The walked prefix of a file's chain and its contiguous runs, so the run from any cluster
+/// is found in O(log n) however long it is, and whether a cluster is already on the chain
+/// (loop detection) in O(log runs).
 #[derive(Debug, Default)]
 struct ChainCache {
     clusters: Vec<u32>,
-    seen: rustc_hash::FxHashSet<u32>,
     /// (first index, length) of each run of consecutive clusters, in file order.
     runs: Vec<(usize, usize)>,
+    /// The same runs by first cluster number: first cluster -> length. Membership by interval
+    /// rather than a set of every cluster: a contiguous file of any length is one entry, and
+    /// a write that allocates a cluster per page extends an entry instead of hashing an
+    /// insert (1.5% of a sequential write's CPU, and ~10 bytes per cluster, with a set).
+    spans: std::collections::BTreeMap<u32, u32>,
 }
 
 impl ChainCache {
@@ -289,11 +294,28 @@ impl ChainCache {
     fn push(&mut self, c: u32) {
         let follows = self.clusters.last().and_then(|l| l.checked_add(1)) == Some(c);
         match self.runs.last_mut() {
-            Some((_, len)) if follows => *len += 1,
-            _ => self.runs.push((self.clusters.len(), 1)),
+            Some((start, len)) if follows => {
+                *len += 1;
+                let first = self.clusters[*start];
+                *self.spans.entry(first).or_insert(0) += 1;
+            }
+            _ => {
+                self.runs.push((self.clusters.len(), 1));
+                // A run starting where an earlier one did is a loop, which `contains` turns
+                // away before any push; keep the longer span all the same.
+                let span = self.spans.entry(c).or_insert(0);
+                *span = (*span).max(1);
+            }
         }
         self.clusters.push(c);
-        self.seen.insert(c);
+    }
+
+    /// Whether cluster `c` is on the walked chain already.
+    fn contains(&self, c: u32) -> bool {
+        self.spans
+            .range(..=c)
+            .next_back()
+            .is_some_and(|(&first, &len)| u64::from(c) < u64::from(first) + u64::from(len))
     }
 
     /// Keeps the first `keep` clusters.
@@ -301,13 +323,17 @@ impl ChainCache {
         if keep >= self.clusters.len() {
             return;
         }
-        for c in self.clusters.split_off(keep) {
-            self.seen.remove(&c);
-        }
+        self.clusters.truncate(keep);
         self.runs.retain(|&(start, _)| start < keep);
         if let Some((start, len)) = self.runs.last_mut() {
             *len = (*len).min(keep - *start);
         }
+        // Rebuilt from the runs left: truncation is rare and the runs are few.
+        self.spans = self
+            .runs
+            .iter()
+            .map(|&(start, len)| (self.clusters[start], len as u32))
+            .collect();
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
@@ -808,7 +834,7 @@ mod tests {
         );
         c.truncate(12);
         assert_eq!((c.run_from(10), c.clusters.len()), (2, 12));
-        assert!(!c.seen.contains(&204) && c.seen.contains(&201));
+        assert!(!c.contains(204) && c.contains(201) && c.contains(100) && !c.contains(99));
         c.truncate(5);
         assert_eq!((c.run_from(0), c.run_from(4), c.runs.len()), (5, 1, 1));
         c.push(105);

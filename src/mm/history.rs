@@ -172,6 +172,11 @@ impl History {
         let seq = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let slot = &self.slots[(seq as usize) % HISTORY_LEN];
         slot.header.store(0, Ordering::Relaxed);
+        // Release fence: pairs with the reader's Acquire fence in `events`. A reader whose
+        // field loads see any of the stores below then sees this 0 (or a later header) on its
+        // re-read, so it cannot take new fields for the old header's event (the seqlock's
+        // write side; without the fence the field stores could become visible before the 0).
+        std::sync::atomic::fence(Ordering::Release);
         slot.t_raw.store(t_raw, Ordering::Relaxed);
         slot.flags.store(
             (rec.before & PG_BITS) | (rec.after << 32),
@@ -202,9 +207,11 @@ impl History {
             let t_raw = slot.t_raw.load(Ordering::Relaxed);
             let flags = slot.flags.load(Ordering::Relaxed);
             let ea = slot.epoch_arg.load(Ordering::Relaxed);
-            // Acquire on the re-read keeps the field loads above from moving after it: a
-            // header unchanged across the reads means the fields belong to it.
-            if slot.header.load(Ordering::Acquire) != h1 {
+            // Acquire fence: the field loads above cannot move after the re-read below, and
+            // with the writer's Release fence, a header unchanged across the two reads means
+            // no writer's field stores were seen, so the fields belong to that header.
+            std::sync::atomic::fence(Ordering::Acquire);
+            if slot.header.load(Ordering::Relaxed) != h1 {
                 continue;
             }
             let Some(op) = Op::from_u8((h1 >> 48) as u8) else {

@@ -124,7 +124,8 @@ pub struct StatsSnapshot {
     pub wb_ends: u64,
     /// Frames freed by reclaim.
     pub reclaimed: u64,
-    /// Allocations that found no frame even after reclaim.
+    /// Allocations that found no frame even after reclaim and waiting (ENOMEM); readahead's,
+    /// which never wait, are not counted.
     pub alloc_failures: u64,
     /// Allocations that had to wait for writeback or I/O to free a frame.
     pub alloc_throttled: u64,

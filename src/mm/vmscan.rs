@@ -135,8 +135,9 @@ impl PageCache {
                 }
             }
         }
-        self.stats.alloc_failures.inc();
         if gfp == Gfp::Wait {
+            // Only these reach a caller as ENOMEM; readahead giving up is routine.
+            self.stats.alloc_failures.inc();
             log::warn!(
                 "page cache: no frame free or reclaimable among {} (dirty {}, writeback {})",
                 self.nr_frames(),
