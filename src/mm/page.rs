@@ -41,6 +41,9 @@ pub(crate) struct Frame {
     pub(crate) index: AtomicU64,
     /// Bumped on every allocation; diagnostics and the reused-frame check only.
     pub(crate) generation: unchecked::AtomicU64,
+    /// Events recorded in this frame's history so far (see `History::record` for why the
+    /// count lives here and not in the ring).
+    hist_seq: unchecked::AtomicU32,
     data: unchecked::RwLock<Box<[u8]>>,
 }
 
@@ -52,6 +55,7 @@ impl Frame {
             mapping: AtomicU64::new(NO_MAPPING),
             index: AtomicU64::new(0),
             generation: unchecked::AtomicU64::new(0),
+            hist_seq: unchecked::AtomicU32::new(0),
             data: unchecked::RwLock::new(vec![0u8; PAGE_SIZE].into_boxed_slice()),
         }
     }
@@ -241,7 +245,15 @@ impl<'a> Page<'a> {
     #[inline]
     pub(crate) fn record(&self, op: Op, bit: u8, before: u64, after: u64, arg: u32) {
         if let Some(h) = self.cache.history(self.pfn) {
+            // Relaxed: the count only numbers events and spreads writers over slots; the
+            // slot header's Release store publishes the event to readers.
+            let seq = self
+                .frame()
+                .hist_seq
+                .fetch_add(1, unchecked::Ordering::Relaxed)
+                .wrapping_add(1);
             h.record(
+                seq,
                 Rec {
                     op,
                     bit,
