@@ -176,26 +176,32 @@ pub fn block_read_full_page_into(
         }
     };
     // No bio touches the gaps or the tail, so zero them now, before any completion can see
-    // the page.
-    page.with_data_mut(|d| {
-        let mut at = 0;
-        for e in &extents {
-            if e.at > at {
-                d[at..e.at].fill(0);
+    // the page. A page the extents cover whole (every page of a file but its last) skips
+    // the frame's data lock altogether.
+    let covered: usize = extents.iter().map(|e| e.len).sum();
+    if covered < PAGE_SIZE {
+        page.with_data_mut(|d| {
+            let mut at = 0;
+            for e in &extents {
+                if e.at > at {
+                    d[at..e.at].fill(0);
+                }
+                at = at.max(e.at + e.len);
             }
-            at = at.max(e.at + e.len);
-        }
-        d[at..].fill(0);
-    });
+            d[at..].fill(0);
+        });
+    }
     if extents.is_empty() {
         page.set_uptodate();
         unlock_page(page.page());
         return Ok(());
     }
-    let state = PartState::new(extents.len());
+    // A page read by one bio (every page of a file whose clusters are at least a page) needs
+    // no count of parts: its bio is the last.
+    let state = (extents.len() > 1).then(|| PartState::new(extents.len()));
     let pfn = page.pfn();
     for ext in extents {
-        let (cache, state) = (Arc::clone(cache), Arc::clone(&state));
+        let (cache, state) = (Arc::clone(cache), state.clone());
         bios.push(Bio {
             op: BioOp::ReadInto {
                 offset: ext.dev,
@@ -215,8 +221,9 @@ pub fn block_read_full_page_into(
                         ext.dev
                     );
                 }
-                if state.finish(r.is_ok()) {
-                    if state.failed() {
+                let last = state.as_ref().is_none_or(|s| s.finish(r.is_ok()));
+                if last {
+                    if state.as_ref().map_or(r.is_err(), |s| s.failed()) {
                         p.set_error();
                     } else {
                         p.set_uptodate();
