@@ -1,4 +1,4 @@
-//! An in-memory block device, with write-failure injection for tests.
+//! An in-memory block device, with read- and write-failure injection for tests.
 
 use crate::dev::BlockDevice;
 use crate::error::FsError;
@@ -10,6 +10,8 @@ pub struct MemDevice {
     bytes: RwLock<Vec<u8>>,
     /// Byte ranges `[start, end)` whose writes fail with EIO.
     failing: Mutex<Vec<(u64, u64)>>,
+    /// Byte ranges `[start, end)` whose reads fail with EIO.
+    failing_reads: Mutex<Vec<(u64, u64)>>,
     writes: AtomicU64,
     flushes: AtomicU64,
 }
@@ -20,6 +22,7 @@ impl MemDevice {
         MemDevice {
             bytes: RwLock::new(vec![0; size]),
             failing: Mutex::new(Vec::new()),
+            failing_reads: Mutex::new(Vec::new()),
             writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
         }
@@ -28,6 +31,11 @@ impl MemDevice {
     /// Make every later write touching `[start, end)` fail with EIO.
     pub fn fail_writes(&self, start: u64, end: u64) {
         self.failing.lock().push((start, end));
+    }
+
+    /// Make every later read touching `[start, end)` fail with EIO.
+    pub fn fail_reads(&self, start: u64, end: u64) {
+        self.failing_reads.lock().push((start, end));
     }
 
     /// A copy of the device contents.
@@ -62,6 +70,15 @@ impl MemDevice {
 impl BlockDevice for MemDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
         let r = self.range(offset, buf.len())?;
+        let end = offset + buf.len() as u64;
+        if self
+            .failing_reads
+            .lock()
+            .iter()
+            .any(|(s, e)| offset < *e && end > *s)
+        {
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
         buf.copy_from_slice(&self.bytes.read()[r]);
         Ok(())
     }

@@ -283,10 +283,11 @@ pub fn block_write_full_page(
             .collect()
     });
     unlock_page(page.page());
-    let state = PartState::new(parts.len());
+    // One bio (the usual case): its completion is the last, no count of parts needed.
+    let state = (parts.len() > 1).then(|| PartState::new(parts.len()));
     let (pfn, mapping_id) = (page.pfn(), mapping.id());
     for (ext, data) in parts {
-        let (cache, state) = (Arc::clone(mapping.cache()), Arc::clone(&state));
+        let (cache, state) = (Arc::clone(mapping.cache()), state.clone());
         map.queue().submit(Bio {
             op: BioOp::Write {
                 offset: ext.dev,
@@ -305,9 +306,9 @@ pub fn block_write_full_page(
                         false
                     }
                 };
-                if state.finish(ok) {
+                if state.as_ref().is_none_or(|s| s.finish(ok)) {
                     let p = cache.page(pfn);
-                    if state.failed() {
+                    if state.as_ref().map_or(!ok, |s| s.failed()) {
                         p.set_error();
                     }
                     end_page_writeback(p);
@@ -490,11 +491,13 @@ mod tests {
     use crate::mm::{AddressSpaceOps, CacheConfig, Era};
     use crate::sync::Mutex;
 
-    /// A file laid out in fixed 512-byte blocks, block `i` at device byte `base + 2 * i * 512`
-    /// (every other block, so no two are contiguous and every page splits into 8 extents).
+    /// A file laid out in fixed 512-byte blocks, block `i` at device byte
+    /// `base + stride * i * 512`: with stride 2 every other block, so no two are contiguous
+    /// and every page splits into 8 extents; with stride 1 contiguous, a page one extent.
     struct Striped {
         queue: Arc<IoQueue>,
         base: u64,
+        stride: u64,
         blocks: Mutex<u64>,
         size: crate::sync::AtomicU64,
         cap: u64,
@@ -507,8 +510,13 @@ mod tests {
                 return Ok(None);
             }
             Ok(Some((
-                self.base + 2 * b * 512 + offset % 512,
-                512 - offset % 512,
+                self.base + self.stride * b * 512 + offset % 512,
+                if self.stride == 1 {
+                    // Contiguous: the run goes to the last allocated block.
+                    (*self.blocks.lock() - b) * 512 - offset % 512
+                } else {
+                    512 - offset % 512
+                },
             )))
         }
         fn allocate(&self, allocated: &mut u64, end: u64) -> Result<(), FsError> {
@@ -555,6 +563,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(2)
+    }
+
+    fn fixture_with(stride: u64) -> Fixture {
         let dev = Arc::new(MemDevice::new(1 << 20));
         let queue = Arc::new(IoQueue::new(dev.clone(), 2, Duration::ZERO).expect("queue"));
         let cfg = CacheConfig {
@@ -565,6 +577,7 @@ mod tests {
         let map = Arc::new(Striped {
             queue,
             base: 4096,
+            stride,
             blocks: Mutex::new(0),
             size: crate::sync::AtomicU64::new(0),
             cap: 200,
@@ -664,6 +677,59 @@ mod tests {
         let mut want = data.clone();
         want[100..103].copy_from_slice(b"new");
         assert_eq!(f.on_device(5000), want);
+    }
+
+    #[test]
+    fn a_failed_write_marks_its_page_and_the_mapping_whether_one_bio_or_many() {
+        for stride in [1, 2] {
+            let f = fixture_with(stride);
+            let mut allocated = 0;
+            f.write(0, &[7; 2 * PAGE_SIZE], &mut allocated)
+                .expect("write");
+            // One block of page 0 fails: with stride 1 its only bio, with stride 2 one of 8.
+            let (dev, _) = f.map.map(1024).expect("map").expect("mapped");
+            f.dev.fail_writes(dev, dev + 512);
+            filemap_fdatawrite_range(&f.mapping, 0, u64::MAX).expect("writeback started");
+            // Waited for page by page: fdatawait would clear the PG_error it reports.
+            let p0 = find_get_page(&f.mapping, 0).expect("page 0");
+            let p1 = find_get_page(&f.mapping, 1).expect("page 1");
+            crate::mm::writeback::wait_on_page_writeback(p0.page());
+            crate::mm::writeback::wait_on_page_writeback(p1.page());
+            assert!(p0.error() && !p1.error(), "stride {stride}");
+            let e = filemap_fdatawait_range(&f.mapping, 0, u64::MAX)
+                .expect_err("the mapping's error reaches fdatawait");
+            assert_eq!(e.errno(), libc::EIO, "stride {stride}");
+        }
+    }
+
+    #[test]
+    fn a_failed_read_leaves_its_page_not_uptodate_with_pg_error_whether_one_bio_or_many() {
+        for stride in [1, 2] {
+            let f = fixture_with(stride);
+            let mut allocated = 0;
+            f.write(0, &[7; 2 * PAGE_SIZE], &mut allocated)
+                .expect("write");
+            f.sync();
+            crate::mm::truncate::truncate_pagecache(&f.mapping, 0);
+            let (dev, _) = f.map.map(3072).expect("map").expect("mapped");
+            f.dev.fail_reads(dev, dev + 512);
+            let cache = Arc::clone(f.mapping.cache());
+            let read = |i| {
+                crate::mm::filemap::read_cache_page(&f.mapping, i, |p| {
+                    block_read_full_page(&*f.map, &cache, p)
+                })
+            };
+            let e = read(0).expect_err("page 0's read fails");
+            assert_eq!(e.errno(), libc::EIO, "stride {stride}");
+            let p0 = find_get_page(&f.mapping, 0).expect("page 0 stays cached");
+            assert!(
+                p0.error() && !p0.uptodate() && !p0.locked(),
+                "stride {stride}"
+            );
+            let p1 = read(1).expect("page 1 reads");
+            assert!(p1.uptodate() && p1.with_data(|d| d.iter().all(|b| *b == 7)));
+            crate::mm::waitqueue::unlock_page(p1.page());
+        }
     }
 
     #[test]
