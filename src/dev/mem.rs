@@ -67,33 +67,26 @@ impl MemDevice {
     }
 }
 
+/// EIO if `[offset, offset + len)` touches one of the `failing` ranges.
+fn injected(failing: &Mutex<Vec<(u64, u64)>>, offset: u64, len: usize) -> Result<(), FsError> {
+    let end = offset + len as u64;
+    if failing.lock().iter().any(|(s, e)| offset < *e && end > *s) {
+        return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    Ok(())
+}
+
 impl BlockDevice for MemDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
         let r = self.range(offset, buf.len())?;
-        let end = offset + buf.len() as u64;
-        if self
-            .failing_reads
-            .lock()
-            .iter()
-            .any(|(s, e)| offset < *e && end > *s)
-        {
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
-        }
+        injected(&self.failing_reads, offset, buf.len())?;
         buf.copy_from_slice(&self.bytes.read()[r]);
         Ok(())
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
         let r = self.range(offset, buf.len())?;
-        let end = offset + buf.len() as u64;
-        if self
-            .failing
-            .lock()
-            .iter()
-            .any(|(s, e)| offset < *e && end > *s)
-        {
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
-        }
+        injected(&self.failing, offset, buf.len())?;
         self.bytes.write()[r].copy_from_slice(buf);
         // Relaxed: a statistic.
         self.writes.fetch_add(1, Ordering::Relaxed);

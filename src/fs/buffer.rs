@@ -679,13 +679,19 @@ mod tests {
         assert_eq!(f.on_device(5000), want);
     }
 
+    /// A fixture whose file is two pages of 7s, dirty in the cache.
+    fn two_pages_of_sevens(stride: u64) -> Fixture {
+        let f = fixture_with(stride);
+        let mut allocated = 0;
+        f.write(0, &[7; 2 * PAGE_SIZE], &mut allocated)
+            .expect("write");
+        f
+    }
+
     #[test]
     fn a_failed_write_marks_its_page_and_the_mapping_whether_one_bio_or_many() {
         for stride in [1, 2] {
-            let f = fixture_with(stride);
-            let mut allocated = 0;
-            f.write(0, &[7; 2 * PAGE_SIZE], &mut allocated)
-                .expect("write");
+            let f = two_pages_of_sevens(stride);
             // One block of page 0 fails: with stride 1 its only bio, with stride 2 one of 8.
             let (dev, _) = f.map.map(1024).expect("map").expect("mapped");
             f.dev.fail_writes(dev, dev + 512);
@@ -705,10 +711,7 @@ mod tests {
     #[test]
     fn a_failed_read_leaves_its_page_not_uptodate_with_pg_error_whether_one_bio_or_many() {
         for stride in [1, 2] {
-            let f = fixture_with(stride);
-            let mut allocated = 0;
-            f.write(0, &[7; 2 * PAGE_SIZE], &mut allocated)
-                .expect("write");
+            let f = two_pages_of_sevens(stride);
             f.sync();
             crate::mm::truncate::truncate_pagecache(&f.mapping, 0);
             let (dev, _) = f.map.map(3072).expect("map").expect("mapped");
