@@ -818,10 +818,10 @@ impl Volume {
         Ok(node)
     }
 
-    fn read_dir_inner(&self, dir: &Node) -> Result<Vec<DirItem>, FsError> {
+    fn read_dir_inner(&self, dir: &Node, from: usize, max: usize) -> Result<Vec<DirItem>, FsError> {
         let d = dir.dir()?;
         let mut items = Vec::new();
-        for slot in d.entries() {
+        for slot in d.entries_from(from).take(max) {
             // A node the mount has may be newer than its entry on disk (size, times).
             let live = d
                 .dev_offset(slot.offset)
@@ -1540,7 +1540,19 @@ impl Volume {
     ///
     /// Models: fs/fat/dir.c fat_readdir() (v5.10).
     pub fn read_dir(&self, dir: &Node) -> Result<Vec<DirItem>, FsError> {
-        self.fs_error(self.read_dir_inner(dir))
+        self.fs_error(self.read_dir_inner(dir, 0, usize::MAX))
+    }
+
+    /// At most `max` items of [`Volume::read_dir`], those whose short entry is at byte
+    /// `from` of `dir` or later: one page of a listing, costing the items it returns (a
+    /// listing of n entries in pages of k was O(n * n / k) when every page built them all).
+    pub fn read_dir_from(
+        &self,
+        dir: &Node,
+        from: usize,
+        max: usize,
+    ) -> Result<Vec<DirItem>, FsError> {
+        self.fs_error(self.read_dir_inner(dir, from, max))
     }
 
     /// Reads file data at `offset` into `buf`; returns the bytes read, short at end of file.
@@ -1745,6 +1757,42 @@ mod tests {
         drop(f);
         vol.unmount().expect("unmount");
         assert!(!s.dirty_on_disk(), "cleared by the clean unmount");
+    }
+
+    #[test]
+    fn read_dir_from_pages_through_the_listing_and_resumes_after_a_removed_entry() {
+        let s = Scratch::new("pages");
+        let vol = s.mount(ErrorsPolicy::default());
+        let d = vol.mkdir(&vol.root(), "big").expect("mkdir");
+        for i in 0..150 {
+            vol.create(&d, &format!("a long enough name {i}.txt"))
+                .expect("create");
+        }
+        let whole = vol.read_dir(&d).expect("read_dir");
+        assert_eq!(whole.len(), 150);
+        let mut paged = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = vol.read_dir_from(&d, from, 64).expect("page");
+            assert!(page.len() <= 64);
+            paged.extend(page.iter().cloned());
+            match page.last() {
+                Some(last) if page.len() == 64 => from = last.offset + 1,
+                _ => break,
+            }
+        }
+        assert_eq!(paged, whole, "the pages make up the listing, in order");
+        // A page that resumes at the offset of an entry removed since starts at the next.
+        vol.unlink(&d, &whole[70].name).expect("unlink");
+        let page = vol.read_dir_from(&d, whole[70].offset, 3).expect("page");
+        assert_eq!(page, whole[71..74]);
+        assert!(
+            vol.read_dir_from(&d, usize::MAX, 64)
+                .expect("past the end")
+                .is_empty()
+        );
+        drop(d);
+        vol.unmount().expect("unmount");
     }
 
     #[test]
