@@ -1228,31 +1228,34 @@ impl Volume {
             // The node's copy too, or its next write_inode would clear the bit again.
             node.meta.lock().entry.attr |= ATTR_ARCH;
         }
-        let onto_itself = same && od.lookup(new_name).map(|s| s.offset) == Some(oslot.offset);
-        let nslot = if onto_itself {
-            // A new spelling of the same name (case): the old entry must go first, or the
-            // new one would clash with it; if the add then fails, the old name comes back.
-            od.remove(&self.table, oslot.offset)?;
-            match od.add(&self.table, new_name, &entry) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    let back = od.add(&self.table, old_name, &entry)?;
-                    let pos = Pos {
-                        parent: old_dir.ino,
-                        offset: back.offset,
-                        dev: od.dev_offset(back.offset)?,
-                    };
-                    let mut nodes = self.ihash.lock();
-                    nodes.detach(node.ino);
-                    nodes.attach(&node, pos);
-                    return Err(e);
-                }
-            }
-        } else {
+        // The old entry goes first, and is on the disk before the new one is written. vfat
+        // has no journal, and the two changes are in different directory blocks (often
+        // different directories), which a kill can split. Old first, a split loses the name
+        // (the chain leaks: lost clusters for fsck); new first, it left two entries naming
+        // one chain, shared clusters, which fsck repairs by cutting one of them to nothing
+        // (the crash test, FATCACHE_CRASH_SEED=2024, round 90: both names on the image, the
+        // old one's removal lost). A new spelling of the same name (case) needs the old
+        // entry gone first anyway, or the two would clash. If the add fails, the old name
+        // comes back.
+        od.remove(&self.table, oslot.offset)?;
+        let added = self.bdev.write_ordered().and_then(|()| {
             let ndir: &mut Directory = nd.as_deref_mut().unwrap_or(&mut od);
-            let slot = ndir.add(&self.table, new_name, &entry)?;
-            od.remove(&self.table, oslot.offset)?;
-            slot
+            ndir.add(&self.table, new_name, &entry)
+        });
+        let nslot = match added {
+            Ok(slot) => slot,
+            Err(e) => {
+                let back = od.add(&self.table, old_name, &entry)?;
+                let pos = Pos {
+                    parent: old_dir.ino,
+                    offset: back.offset,
+                    dev: od.dev_offset(back.offset)?,
+                };
+                let mut nodes = self.ihash.lock();
+                nodes.detach(node.ino);
+                nodes.attach(&node, pos);
+                return Err(e);
+            }
         };
         let ndir: &Directory = nd.as_deref().unwrap_or(&od);
         let pos = Pos {
