@@ -445,6 +445,18 @@ impl Image {
     }
 }
 
+/// Copies a failing round's image, and the log of the daemon killed in it, out of the
+/// scratch directory (which goes with the test) for a post-mortem; says where.
+fn keep_failure(image: &Path, fat: Fat, seed: u64, round: usize) -> String {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crash-failures");
+    let to = dir.join(format!("{}-seed{seed}-round{round}.img", fat.name()));
+    let log = image.with_file_name("daemon.log");
+    let saved = fs::create_dir_all(&dir)
+        .and_then(|()| fs::copy(image, &to))
+        .and_then(|_| fs::copy(&log, to.with_extension("log")));
+    format!("\nthe image is kept at {} ({saved:?})", to.display())
+}
+
 /// Sends SIGKILL to `pid`.
 fn sigkill(pid: u32) {
     let sent = Command::new("kill")
@@ -499,11 +511,11 @@ fn sigkill_mid_workload_keeps_every_fsynced_file_and_fsck_finds_only_leaks() {
             "{what}: the dirty bit is clear on a volume whose daemon was killed"
         );
         if let Err(e) = judge_fsck(&image, &mut seen) {
-            panic!("{what}: {e}");
+            panic!("{what}: {e}{}", keep_failure(&image, fat, seed, round));
         }
         match check_records(&image, &records[which], &mut seen) {
             Ok(n) => checked += n,
-            Err(e) => panic!("{what}: {e}"),
+            Err(e) => panic!("{what}: {e}{}", keep_failure(&image, fat, seed, round)),
         }
         img.kept = Some(kept);
     }

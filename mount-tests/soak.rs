@@ -186,12 +186,19 @@ impl Worker {
         }
     }
 
-    fn files(&self) -> Vec<String> {
-        let files = self
-            .model
-            .iter()
-            .filter(|(_, n)| matches!(n, Node::File(_)));
-        files.map(|(p, _)| p.clone()).collect()
+    /// One of this thread's files, at random; None if it has none. The same draw as a pick
+    /// from the list of all its files in model order, without building that list: cloning
+    /// every path on every step cost the soak more CPU than the daemon did once the model
+    /// held a few thousand paths.
+    fn pick_file(&mut self) -> Option<String> {
+        let is_file = |n: &Node| matches!(n, Node::File(_));
+        let n = self.model.values().filter(|n| is_file(n)).count();
+        if n == 0 {
+            return None;
+        }
+        let i = self.rng.below(n as u64) as usize;
+        let mut files = self.model.iter().filter(|(_, n)| is_file(n));
+        files.nth(i).map(|(p, _)| p.clone())
     }
 
     /// Directories this thread may put entries in: its own and `/shared`.
@@ -280,7 +287,7 @@ impl Worker {
     }
 
     /// Opens a file and keeps it open, or closes one already held.
-    fn hold(&mut self, files: &[String]) -> Result<(), String> {
+    fn hold(&mut self) -> Result<(), String> {
         if self.held.len() >= MAX_HELD || (!self.held.is_empty() && self.rng.below(3) == 0) {
             let i = self.rng.below(self.held.len() as u64) as usize;
             let h = self.held.swap_remove(i);
@@ -295,7 +302,7 @@ impl Worker {
             }
             return Ok(());
         }
-        let Some(p) = self.pick(files) else {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         self.note(format!("hold {p}"));
@@ -377,20 +384,19 @@ impl Worker {
     /// One random operation; `Err` describes a disagreement with the model.
     fn step(&mut self) -> Result<(), String> {
         let op = self.rng.below(100);
-        let files = self.files();
         match op {
             0..=11 => self.create(),
-            12..=26 => self.write(&files),
-            27..=33 => self.append(&files),
-            34..=49 => self.read(&files),
-            50..=56 => self.truncate(&files),
-            57..=61 => self.fallocate(&files),
-            62..=65 => self.fsync(&files),
+            12..=26 => self.write(),
+            27..=33 => self.append(),
+            34..=49 => self.read(),
+            50..=56 => self.truncate(),
+            57..=61 => self.fallocate(),
+            62..=65 => self.fsync(),
             66..=73 => self.rename(),
             74..=77 => self.mkdir(),
             78..=80 => self.rmdir(),
-            81..=85 => self.unlink(&files),
-            86..=87 => self.hold(&files),
+            81..=85 => self.unlink(),
+            86..=87 => self.hold(),
             88..=93 => self.use_held(),
             _ => self.readdir(),
         }
@@ -435,8 +441,8 @@ impl Worker {
         Ok(())
     }
 
-    fn write(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn write(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let size = self.data(&p).len() as u64;
@@ -464,8 +470,8 @@ impl Worker {
         Ok(())
     }
 
-    fn append(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn append(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let size = self.data(&p).len() as u64;
@@ -487,8 +493,8 @@ impl Worker {
         Ok(())
     }
 
-    fn read(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn read(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let want = self.data(&p).clone();
@@ -523,8 +529,8 @@ impl Worker {
         compare(&p, off, &buf[..got], &want[start..end])
     }
 
-    fn truncate(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn truncate(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let size = self.data(&p).len() as u64;
@@ -554,8 +560,8 @@ impl Worker {
         Ok(())
     }
 
-    fn fallocate(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn fallocate(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let size = self.data(&p).len() as u64;
@@ -585,8 +591,8 @@ impl Worker {
         Ok(())
     }
 
-    fn fsync(&mut self, files: &[String]) -> Result<(), String> {
-        let Some(p) = self.pick(files) else {
+    fn fsync(&mut self) -> Result<(), String> {
+        let Some(p) = self.pick_file() else {
             return Ok(());
         };
         let data_only = self.rng.below(2) == 0;
@@ -712,15 +718,15 @@ impl Worker {
         Ok(())
     }
 
-    fn unlink(&mut self, files: &[String]) -> Result<(), String> {
+    fn unlink(&mut self) -> Result<(), String> {
         // Often a file held open, which must then live on without its name.
         let held: Vec<String> = self.held.iter().filter_map(|h| h.path.clone()).collect();
-        let from = if !held.is_empty() && self.rng.below(2) == 0 {
-            &held[..]
+        let p = if !held.is_empty() && self.rng.below(2) == 0 {
+            self.pick(&held)
         } else {
-            files
+            self.pick_file()
         };
-        let Some(p) = self.pick(from) else {
+        let Some(p) = p else {
             return Ok(());
         };
         self.note(format!("unlink {p}"));

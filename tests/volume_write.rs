@@ -108,6 +108,7 @@ per_fat!(
     exchange,
     link_counts,
     dir_times,
+    rename_crash_order,
 );
 
 /// Runs `body` on a fresh image of `fat`, timing it.
@@ -2133,4 +2134,36 @@ fn dir_times(img: &Image) {
     assert_eq!(lookup(&ro, "/e").entry().modify_date, now_e, "on the disk");
     drop(ro);
     fsck_clean(&img.path).unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------------------
+// rename and a crash
+
+/// A rename's two directory changes, the old entry's removal and the new entry, are not
+/// atomic on the disk, so the removal must reach it first: a crash may then lose the name
+/// (the chain leaks), but never leaves both names on one chain (shared clusters). Right
+/// after a rename, with nothing synced, the image no longer has the old name; it never has
+/// both.
+fn rename_crash_order(img: &Image) {
+    let vol = mount(img);
+    let mut t = Tree::new();
+    mkdir(&vol, &mut t, "/from");
+    mkdir(&vol, &mut t, "/to");
+    let f = put(&vol, &mut t, "/from/a file.txt", &noise(9000, 7));
+    vol.fsync(&f).expect("fsync");
+    let (from, to) = (lookup(&vol, "/from"), lookup(&vol, "/to"));
+    vol.rename(&from, "a file.txt", &to, "renamed.bin", false)
+        .expect("rename");
+    // A crash: no unmount, no sync.
+    drop((f, from, to));
+    drop(vol);
+    let other = open_ro(&img.path);
+    let old = other.lookup_path("/from/a file.txt").is_ok();
+    let new = other.lookup_path("/to/renamed.bin").is_ok();
+    assert!(!(old && new), "both names on the image: shared clusters");
+    assert!(
+        !old,
+        "the old name is still on the image after the rename returned: its removal was not \
+         written first"
+    );
 }

@@ -175,7 +175,16 @@ impl Directory {
 
     /// Files and directories in on-disk order (no `.`, `..`, labels).
     pub fn entries(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.values().filter(|s| s.kind == SlotKind::Entry)
+        self.entries_from(0)
+    }
+
+    /// [`Directory::entries`] whose short entry is at `offset` or later: a listing resumed
+    /// where it stopped costs the entries it returns, not those before them.
+    pub fn entries_from(&self, offset: usize) -> impl Iterator<Item = &Slot> {
+        self.slots
+            .range(offset..)
+            .map(|(_, s)| s)
+            .filter(|s| s.kind == SlotKind::Entry)
     }
 
     /// Volume label slots found.

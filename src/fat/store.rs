@@ -24,6 +24,14 @@ impl FatStore for Bdev {
     fn barrier(&self) -> Result<(), FsError> {
         Bdev::write_ordered(self)
     }
+
+    fn write_epoch(&self) -> u64 {
+        Bdev::write_epoch(self)
+    }
+
+    fn durable_epoch(&self) -> u64 {
+        Bdev::durable_epoch(self)
+    }
 }
 
 /// A shared store is a store: a mount shares one block-device mapping between the FAT and the
@@ -43,6 +51,14 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn barrier(&self) -> Result<(), FsError> {
         T::barrier(self)
+    }
+
+    fn write_epoch(&self) -> u64 {
+        T::write_epoch(self)
+    }
+
+    fn durable_epoch(&self) -> u64 {
+        T::durable_epoch(self)
     }
 }
 

@@ -29,6 +29,9 @@
 //!   only under `-o usefree` and otherwise recounts. Pass `free_count: None` to recount.
 //! * The next-free hint is the kernel's `prev_free`, the last cluster allocated (fatgen103 says
 //!   the first to try); the search starts after it.
+//! * A freed cluster is not handed out again until the FAT change that freed it is on the
+//!   disk (see [`Held`]); the kernel reuses it at once and relies on the buffer cache
+//!   writing the FAT sectors before a crash can matter.
 
 use std::fmt;
 use std::ops::Range;
@@ -45,6 +48,10 @@ pub const FAT32_ENTRY_MASK: u32 = 0x0FFF_FFFF;
 const SCAN_CHUNK: u32 = 4096;
 /// Entries the first read of a scan covers (then doubling up to [`SCAN_CHUNK`]).
 const FIRST_SCAN_CHUNK: u32 = 64;
+/// Most barriers one allocation waits for when only held clusters (see [`Held`]) are left:
+/// each lets go of every cluster held when it started, so a second is needed only when
+/// others freed and took clusters meanwhile.
+const MAX_ALLOC_BARRIERS: usize = 4;
 
 /// Byte access to the volume's FAT region(s).
 pub trait FatStore: Send + Sync {
@@ -61,6 +68,17 @@ pub trait FatStore: Send + Sync {
     /// says they are free. Nothing to do for a store without a write-back cache.
     fn barrier(&self) -> Result<(), FsError> {
         Ok(())
+    }
+    /// How many crash-safe metadata writes have started so far; every change written before
+    /// this call is on the disk once [`FatStore::durable_epoch`] exceeds the value. A store
+    /// without a write-back cache puts every change on the disk as it is written: 0.
+    fn write_epoch(&self) -> u64 {
+        0
+    }
+    /// The number of the latest crash-safe metadata write that finished (see
+    /// [`FatStore::write_epoch`]); `u64::MAX` for a store without a write-back cache.
+    fn durable_epoch(&self) -> u64 {
+        u64::MAX
     }
 }
 
@@ -120,10 +138,70 @@ impl FatEntry {
 /// What `fat_lock` protects.
 #[derive(Debug)]
 struct AllocState {
-    /// Free data clusters, exact.
+    /// Free data clusters, exact (held ones included).
     free_count: u32,
     /// The last cluster allocated, where the next search starts after.
     prev_free: Option<u32>,
+    /// Clusters freed in the FAT whose freeing may not be on the disk yet.
+    held: Held,
+}
+
+/// Clusters freed in the cached FAT and not yet handed out again: the change that freed one
+/// may still be only in the cache, and a cluster reused before it reaches the disk can end
+/// up in two chains after a crash (the old chain, its end never written, still runs into
+/// it; the new owner's links, written by a later metadata write, run into it too). A
+/// cluster stays held until an ordered metadata write that started after it was freed has
+/// finished ([`FatStore::durable_epoch`]), as jbd2 keeps blocks freed in a running
+/// transaction from being reused before that transaction commits.
+///
+/// Runs of clusters, each with the write epoch read after its freeing: in `order` as freed
+/// (epochs never decrease), and in `by_start` for the allocator's lookups.
+#[derive(Debug, Default)]
+struct Held {
+    /// (epoch, first cluster, length), oldest first.
+    order: std::collections::VecDeque<(u64, u32, u32)>,
+    /// First cluster -> length, the same runs.
+    by_start: std::collections::BTreeMap<u32, u32>,
+    /// Clusters held, over all runs.
+    count: u32,
+}
+
+impl Held {
+    /// Holds cluster `c`, freed before the store's write epoch was `epoch`.
+    fn hold(&mut self, c: u32, epoch: u64) {
+        if let Some((e, start, len)) = self.order.back_mut()
+            && *e == epoch
+            && start.checked_add(*len) == Some(c)
+        {
+            *len += 1;
+            *self.by_start.get_mut(start).expect("a run in both views") += 1;
+        } else {
+            self.order.push_back((epoch, c, 1));
+            self.by_start.insert(c, 1);
+        }
+        self.count += 1;
+    }
+
+    /// Lets go of every run whose freeing is on the disk: an ordered write numbered above
+    /// its epoch has finished (`durable`).
+    fn release_durable(&mut self, durable: u64) {
+        while let Some(&(epoch, start, len)) = self.order.front() {
+            if durable <= epoch {
+                break;
+            }
+            self.order.pop_front();
+            self.by_start.remove(&start);
+            self.count -= len;
+        }
+    }
+
+    /// Whether cluster `c` is held.
+    fn contains(&self, c: u32) -> bool {
+        self.by_start
+            .range(..=c)
+            .next_back()
+            .is_some_and(|(&start, &len)| c - start < len)
+    }
 }
 
 impl AllocState {
@@ -219,6 +297,7 @@ impl<S: FatStore> FatTable<S> {
         let state = AllocState {
             free_count: 0,
             prev_free: hints.and_then(|h| h.next_free),
+            held: Held::default(),
         };
         let table = FatTable {
             store,
@@ -343,9 +422,13 @@ impl<S: FatStore> FatTable<S> {
     /// `fat_lock` held (`st` is its guarded state).
     fn put_entry(&self, st: &mut AllocState, c: u32, value: u32) -> Result<(), FsError> {
         let old = self.write_raw(self.primary, c, value)?;
-        if c >= FAT_START_ENT {
-            st.account(self.decode(old), self.decode(value));
-        }
+        let freed = if c >= FAT_START_ENT {
+            let (old, new) = (self.decode(old), self.decode(value));
+            st.account(old, new);
+            old != FatEntry::Free && new == FatEntry::Free
+        } else {
+            false
+        };
         // Keep trying the other copies after a failure: the fewer that differ, the better.
         let mut result = Ok(());
         for &base in &self.mirrors {
@@ -353,6 +436,11 @@ impl<S: FatStore> FatTable<S> {
                 log::error!("fat: cannot mirror entry {c} to the fat at byte {base}: {e}");
                 result = result.and(Err(e));
             }
+        }
+        if freed {
+            // The epoch is read after every copy is written: each ordered write numbered
+            // above it sees them all.
+            st.held.hold(c, self.store.write_epoch());
         }
         result
     }
@@ -468,16 +556,37 @@ impl<S: FatStore> FatTable<S> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let mut st = self.fat_lock.lock();
-        self.alloc_locked(&mut st, count, hint_after)
+        self.with_barriers(&mut |st| self.alloc_locked(st, count, hint_after))
     }
 
+    /// Runs `f` under `fat_lock` until it answers; `None` means only held clusters would do
+    /// (see [`Held`]), and then the store's barrier puts their freeing on the disk before
+    /// `f` runs again. `NoSpace` if they are still not enough after [`MAX_ALLOC_BARRIERS`]
+    /// barriers (others kept freeing and taking clusters meanwhile).
+    fn with_barriers<T>(
+        &self,
+        f: &mut dyn FnMut(&mut AllocState) -> Result<Option<T>, FsError>,
+    ) -> Result<T, FsError> {
+        for _ in 0..MAX_ALLOC_BARRIERS {
+            if let Some(v) = f(&mut self.fat_lock.lock())? {
+                return Ok(v);
+            }
+            // Outside fat_lock: the ordered write waits for I/O, and every allocation and
+            // free would wait behind it.
+            self.store.barrier()?;
+        }
+        f(&mut self.fat_lock.lock())?.ok_or(FsError::NoSpace)
+    }
+
+    /// The search of [`FatTable::alloc`]; `None` when there are enough free clusters only
+    /// counting the held ones.
     fn alloc_locked(
         &self,
         st: &mut AllocState,
         count: u32,
         after: Option<u32>,
-    ) -> Result<Vec<u32>, FsError> {
+    ) -> Result<Option<Vec<u32>>, FsError> {
+        st.held.release_durable(self.store.durable_epoch());
         if st.free_count < count {
             return Err(FsError::NoSpace);
         }
@@ -495,7 +604,16 @@ impl<S: FatStore> FatTable<S> {
             run_len,
             first,
         };
-        let mut visit = |c: u32, e: FatEntry| search.visit(c, e);
+        let held = &st.held;
+        let mut visit = |c: u32, e: FatEntry| {
+            // A held cluster is not free yet, as far as allocation goes.
+            let e = if e == FatEntry::Free && held.contains(c) {
+                FatEntry::Eoc
+            } else {
+                e
+            };
+            search.visit(c, e)
+        };
         if !self.scan(start, self.max_cluster, &mut visit)? {
             // A run cannot wrap from max_cluster to cluster 2.
             visit(0, FatEntry::Eoc);
@@ -504,7 +622,12 @@ impl<S: FatStore> FatTable<S> {
         let clusters = match search.result() {
             Ok(clusters) => clusters,
             Err(found) => {
+                let held = st.held.count as usize;
+                if held > 0 && found + held >= want {
+                    return Ok(None);
+                }
                 let counted = st.free_count;
+                let found = found + held;
                 log::warn!("fat: free count {counted} was wrong, the fat has {found} free");
                 st.free_count = u32::try_from(found).unwrap_or(counted);
                 return Err(FsError::NoSpace);
@@ -512,7 +635,7 @@ impl<S: FatStore> FatTable<S> {
         };
         self.link_new(st, &clusters)?;
         st.prev_free = clusters.last().copied();
-        Ok(clusters)
+        Ok(Some(clusters))
     }
 
     /// Writes free `clusters` as one chain from its end backwards, so each entry written
@@ -547,20 +670,24 @@ impl<S: FatStore> FatTable<S> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let mut st = self.fat_lock.lock();
-        let tail = self.get(last)?;
-        if tail != FatEntry::Eoc {
-            return corrupt("extending a chain from its middle", last, tail);
-        }
-        let new = self.alloc_locked(&mut st, count, Some(last))?;
-        if let Err(e) = self.put_entry(&mut st, last, new[0]) {
-            // Only a failed mirror leaves the primary FAT linked; then the clusters are used.
-            if self.get(last).ok() != Some(FatEntry::Next(new[0])) {
-                self.release(&mut st, &new);
+        self.with_barriers(&mut |st| {
+            let tail = self.get(last)?;
+            if tail != FatEntry::Eoc {
+                return corrupt("extending a chain from its middle", last, tail);
             }
-            return Err(e);
-        }
-        Ok(new)
+            let Some(new) = self.alloc_locked(st, count, Some(last))? else {
+                return Ok(None);
+            };
+            if let Err(e) = self.put_entry(st, last, new[0]) {
+                // Only a failed mirror leaves the primary FAT linked; then the clusters are
+                // used.
+                if self.get(last).ok() != Some(FatEntry::Next(new[0])) {
+                    self.release(st, &new);
+                }
+                return Err(e);
+            }
+            Ok(Some(new))
+        })
     }
 
     /// Frees the whole chain from `start`, checked first; returns how many were freed.

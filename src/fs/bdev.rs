@@ -68,6 +68,25 @@ pub struct BdevAops {
     /// Held by the one ordered metadata write running (see
     /// [`BdevAops::write_blocks_ordered`]).
     ordered_lock: Mutex<()>,
+    /// The count of ordered metadata writes (see [`OrderedEpochs`]).
+    epochs: Mutex<OrderedEpochs>,
+}
+
+/// The count of ordered metadata writes, for callers that must know when a change they made
+/// is on the disk (the FAT's freed clusters, see [`Bdev::write_epoch`]).
+///
+/// Under its own lock, not `ordered_lock` (held over a whole write's I/O): a write takes a
+/// number under this lock before its first look for dirty pages, so a change made before a
+/// caller reads `started` is seen by every write numbered above the value read.
+#[derive(Debug, Default)]
+struct OrderedEpochs {
+    /// Ordered writes started so far; the number of the latest.
+    started: u64,
+    /// The number of the latest ordered write that finished with every block on the disk.
+    done: u64,
+    /// An ordered write failed: the blocks it took are not on the disk and will not be
+    /// written again (their dirty records are gone), so no later write proves anything.
+    failed: bool,
 }
 
 /// The order in which a metadata write sends dirty blocks, each group waited for before the
@@ -101,6 +120,7 @@ impl BdevAops {
             order_boundary: AtomicU64::new(0),
             ordered: false,
             ordered_lock: Mutex::new(()),
+            epochs: Mutex::new(OrderedEpochs::default()),
         }
     }
 
@@ -206,6 +226,11 @@ impl BdevAops {
         // which is safe only because every other locker of these pages holds one page at a
         // time.
         let _one = self.ordered_lock.lock();
+        let number = {
+            let mut e = self.epochs.lock();
+            e.started += 1;
+            e.started
+        };
         let mut locked: Vec<PageRef<'_>> = Vec::new();
         let mut held = rustc_hash::FxHashSet::default();
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -300,6 +325,14 @@ impl BdevAops {
                     log::error!("bdev: metadata write at {at} failed: {e}");
                     first = first.and(Err(e));
                 }
+            }
+        }
+        {
+            let mut e = self.epochs.lock();
+            if first.is_ok() && !e.failed {
+                e.done = number;
+            } else {
+                e.failed = true;
             }
         }
         for page in &locked {
@@ -621,6 +654,20 @@ impl Bdev {
     /// the flush as well.
     pub fn write_ordered(&self) -> Result<(), FsError> {
         self.aops.write_blocks_ordered(&self.mapping)
+    }
+
+    /// The number of ordered metadata writes started so far ([`Bdev::write_ordered`], or
+    /// the flusher's and sync's writeback of this mapping). Every block written through
+    /// [`Bdev::write`] before this call is on the disk once [`Bdev::durable_epoch`] exceeds
+    /// the value returned.
+    pub fn write_epoch(&self) -> u64 {
+        self.aops.epochs.lock().started
+    }
+
+    /// The number of the latest ordered metadata write that put all its blocks on the disk;
+    /// it stops advancing for good once one fails (see [`OrderedEpochs`]).
+    pub fn durable_epoch(&self) -> u64 {
+        self.aops.epochs.lock().done
     }
 
     /// Device bytes below `offset` (boot sector, FSInfo, the FATs) are written before those

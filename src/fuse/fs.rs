@@ -362,6 +362,34 @@ fn cookie(item: &DirItem) -> u64 {
     item.offset as u64 + 3
 }
 
+/// Items a readdir request builds at a time: about what one reply holds, so a request
+/// builds few items it does not send, whatever the directory's size.
+const READDIR_BATCH: usize = 64;
+
+/// Calls `f` on each item of `dir` listed after readdir offset `offset` (see [`cookie`]), a
+/// batch at a time, until `f` says the reply is full or the directory ends.
+fn for_each_item_after(
+    vol: &Volume,
+    dir: &Node,
+    offset: u64,
+    f: &mut dyn FnMut(&DirItem) -> Result<bool, FsError>,
+) -> Result<(), FsError> {
+    // The items after `offset` are those at byte offset - 2 and later (cookie is + 3).
+    let mut from = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+    loop {
+        let items = vol.read_dir_from(dir, from, READDIR_BATCH)?;
+        for item in &items {
+            if f(item)? {
+                return Ok(());
+            }
+        }
+        match items.last() {
+            Some(last) if items.len() == READDIR_BATCH => from = last.offset + 1,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// The inode number readdir shows for a child whose node cannot be built: from the top of
 /// the range, far above the volume's counted node numbers, and different per directory
 /// and slot.
@@ -756,7 +784,6 @@ impl Filesystem for FatFuse {
     ) {
         let r = (|| {
             let dir = self.node(ino)?;
-            let items = self.vol.read_dir(&dir)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
             let dots = [(ino.0, "."), (ino.0, "..")];
             for (i, (n, name)) in dots.iter().enumerate().skip(skip) {
@@ -764,7 +791,7 @@ impl Filesystem for FatFuse {
                     return Ok(());
                 }
             }
-            for item in items.iter().filter(|item| cookie(item) > offset) {
+            for_each_item_after(&self.vol, &dir, offset, &mut |item| {
                 let kind = if item.entry.is_dir() {
                     FileType::Directory
                 } else {
@@ -781,11 +808,8 @@ impl Filesystem for FatFuse {
                         unbuilt_ino(ino.0, item)
                     }
                 };
-                if reply.add(INodeNo(ino), cookie(item), kind, &item.name) {
-                    return Ok(());
-                }
-            }
-            Ok(())
+                Ok(reply.add(INodeNo(ino), cookie(item), kind, &item.name))
+            })
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -803,7 +827,6 @@ impl Filesystem for FatFuse {
     ) {
         let r = (|| {
             let dir = self.node(ino)?;
-            let items = self.vol.read_dir(&dir)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
             let dir_attr = self.attr(&dir);
             for (i, name) in [".", ".."].iter().enumerate().skip(skip) {
@@ -811,7 +834,7 @@ impl Filesystem for FatFuse {
                     return Ok(());
                 }
             }
-            for item in items.iter().filter(|item| cookie(item) > offset) {
+            for_each_item_after(&self.vol, &dir, offset, &mut |item| {
                 let child = self.vol.child_at(&dir, item.offset)?;
                 let attr = self.attr(&child);
                 let full = reply.add(
@@ -822,13 +845,12 @@ impl Filesystem for FatFuse {
                     &attr,
                     Generation(0),
                 );
-                if full {
-                    return Ok(());
+                if !full {
+                    // An entry that went into the reply counts as a lookup.
+                    self.remember(&child, false);
                 }
-                // An entry that went into the reply counts as a lookup.
-                self.remember(&child, false);
-            }
-            Ok(())
+                Ok(full)
+            })
         })();
         match r {
             Ok(()) => reply.ok(),
