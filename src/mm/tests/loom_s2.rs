@@ -40,9 +40,15 @@ fn s2(era: Era) {
     };
     let c1 = Arc::clone(&cache);
     let cpu1 = loom::thread::spawn(move || end_page_writeback(c1.page(pfn)));
-    let a2 = Arc::clone(&a);
-    let cpu2 = loom::thread::spawn(move || truncate_pagecache(&a2, 0));
     let (tx, rx) = mpsc::channel::<Option<Pfn>>();
+    let (a2, c2) = (Arc::clone(&a), Arc::clone(&cache));
+    let cpu2 = loom::thread::spawn(move || {
+        truncate_pagecache(&a2, 0);
+        // The same thread then completes WB's I/O, once it has started.
+        if let Some(p) = rx.recv().expect("recv") {
+            end_page_writeback(c2.page(p));
+        }
+    });
     let b3 = Arc::clone(&b);
     let cpu34 = loom::thread::spawn(move || {
         let page = match find_or_create_page(&b3, 0) {
@@ -68,13 +74,7 @@ fn s2(era: Era) {
             Ok(())
         });
     });
-    let c4 = Arc::clone(&cache);
-    let io = loom::thread::spawn(move || {
-        if let Some(p) = rx.recv().expect("recv") {
-            end_page_writeback(c4.page(p)); // WB's I/O completes
-        }
-    });
-    for t in [cpu1, cpu2, cpu34, io] {
+    for t in [cpu1, cpu2, cpu34] {
         t.join().expect("model thread");
     }
 }
