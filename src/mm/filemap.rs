@@ -267,7 +267,7 @@ fn add_to_page_cache_lru(mapping: &AddressSpace, page: &PageRef<'_>, index: u64)
     // The page cache's own reference.
     let cache_ref = page.get();
     let _ = cache_ref.into_raw();
-    let w = page.flags();
+    let w = page.flags_for_record();
     page.record(Op::AddToCache, 0, w, w, index as u32);
     cache.lru_add(page.page());
     Ok(())
@@ -291,7 +291,7 @@ pub fn delete_from_page_cache(mapping: &AddressSpace, page: Page<'_>) {
     {
         cache.stats.nr_dirty.dec();
     }
-    let w = page.flags();
+    let w = page.flags_for_record();
     page.record(Op::DeleteFromCache, 0, w, w, index as u32);
     cache.lru_del(page);
     drop(PageRef::from_raw(page));
