@@ -547,7 +547,6 @@ pub fn end_page_writeback(page: Page<'_>) {
             }
         }
         EndWriteback::ClearUnderLock => {
-            let epoch = page.wb_epoch();
             let old = clear_writeback_bookkeeping(page, || {
                 let (old, done) = page.frame().flags.clear_unless(wb, waiters);
                 if done || old & wb == 0 {
@@ -556,7 +555,9 @@ pub fn end_page_writeback(page: Page<'_>) {
                 // Waiters: clear and wake in one bucket-locked section, so no waiter for a
                 // newer writeback can be queued between the clear and the wake.
                 let mut cleared = old;
-                wake_up_page_bit_with(page, PG::Writeback, epoch, || {
+                // The epoch of the writeback that ends comes from the word the CAS loop read
+                // (W still set), like the other shapes take it from their clearing RMW.
+                wake_up_page_bit_with(page, PG::Writeback, epoch_of(old), || {
                     cleared = page.frame().flags.clear(wb);
                 });
                 cleared
