@@ -72,7 +72,7 @@ fn s1(era: Era) {
 #[test]
 fn s1_all_eras() {
     for era in eras() {
-        let bound = scenario_bound(era.has_s1_bug());
+        let bound = scenario_bound(era.has_s1_bug(), 2);
         let found = explore(&format!("S1 {era}"), bound, move || s1(era));
         check_era("S1", era, era.has_s1_bug(), &found);
     }
