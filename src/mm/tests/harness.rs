@@ -87,6 +87,16 @@ where
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(bound);
     b.max_branches = 20_000;
+    // loom stops early, silently and without a failure, when LOOM_MAX_PERMUTATIONS or
+    // LOOM_MAX_DURATION runs out, and a run that starts from an existing LOOM_CHECKPOINT_FILE
+    // counts only the iterations after it: say so, so neither passes for a complete proof.
+    let partial = if b.max_permutations.is_some() || b.max_duration.is_some() {
+        " (capped by LOOM_MAX_PERMUTATIONS/LOOM_MAX_DURATION: not a complete exploration)"
+    } else if b.checkpoint_file.as_ref().is_some_and(|f| f.exists()) {
+        " (resumed from LOOM_CHECKPOINT_FILE: iterations since the checkpoint)"
+    } else {
+        ""
+    };
     let start = Instant::now();
     let r = catch_unwind(AssertUnwindSafe(move || {
         if std::env::var("FATCACHE_LOOM_MODEL").is_ok() {
@@ -113,7 +123,7 @@ where
     };
     // The figures the issue notes ask for: interleavings and time per era and scenario.
     println!(
-        "RESULT {name} bound={} iterations={} time={:.2}s {}",
+        "RESULT {name} bound={} iterations={} time={:.2}s {}{partial}",
         bound,
         found.iterations,
         start.elapsed().as_secs_f64(),
