@@ -270,7 +270,7 @@ fn add_to_page_cache_lru(mapping: &AddressSpace, page: &PageRef<'_>, index: u64)
     // The page cache's own reference.
     let cache_ref = page.get();
     let _ = cache_ref.into_raw();
-    let w = page.flags();
+    let w = page.flags_for_record();
     page.record(Op::AddToCache, 0, w, w, index as u32);
     cache.lru_add(page.page());
     Ok(())
@@ -294,7 +294,7 @@ pub fn delete_from_page_cache(mapping: &AddressSpace, page: Page<'_>) {
     {
         cache.stats.nr_dirty.dec();
     }
-    let w = page.flags();
+    let w = page.flags_for_record();
     page.record(Op::DeleteFromCache, 0, w, w, index as u32);
     cache.lru_del(page);
     drop(PageRef::from_raw(page));
@@ -552,7 +552,6 @@ pub fn end_page_writeback(page: Page<'_>) {
             }
         }
         EndWriteback::ClearUnderLock => {
-            let epoch = page.wb_epoch();
             let old = clear_writeback_bookkeeping(page, || {
                 let (old, done) = page.frame().flags.clear_unless(wb, waiters);
                 if done || old & wb == 0 {
@@ -561,7 +560,9 @@ pub fn end_page_writeback(page: Page<'_>) {
                 // Waiters: clear and wake in one bucket-locked section, so no waiter for a
                 // newer writeback can be queued between the clear and the wake.
                 let mut cleared = old;
-                wake_up_page_bit_with(page, PG::Writeback, epoch, || {
+                // The epoch of the writeback that ends comes from the word the CAS loop read
+                // (W still set), like the other shapes take it from their clearing RMW.
+                wake_up_page_bit_with(page, PG::Writeback, epoch_of(old), || {
                     cleared = page.frame().flags.clear(wb);
                 });
                 cleared

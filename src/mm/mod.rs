@@ -204,8 +204,11 @@ impl PageCache {
         // is what lets a just-freed frame go to another mapping at once (SEMANTICS S2).
         let free: Vec<u32> = (0..cfg.frames as u32).rev().collect();
         // A TSC-based clock: reading it costs a few ns where clock_gettime costs 20+, and every
-        // flag change records a timestamp.
-        let clock = quanta::Clock::new();
+        // flag change records a timestamp. Calibrating one costs far more than a small cache
+        // (a loom model builds a cache per interleaving), so the process calibrates once and
+        // every cache gets a copy.
+        static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+        let clock = CLOCK.get_or_init(quanta::Clock::new).clone();
         Ok(Arc::new(PageCache {
             era: cfg.era,
             sw,

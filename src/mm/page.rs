@@ -101,6 +101,21 @@ impl<'a> Page<'a> {
         self.frame().flags.load()
     }
 
+    /// The flags word for a history record, or 0 when the cache keeps no histories.
+    ///
+    /// Without a history nothing reads the value, so the load is skipped: it steers nothing,
+    /// and under loom every load of the flags word is one more step to interleave (and one more
+    /// choice of which store it reads). Dropping an unused Acquire load only removes
+    /// happens-before edges, so a model without it explores every behaviour of the code with it.
+    #[inline]
+    pub(crate) fn flags_for_record(&self) -> u64 {
+        if self.cache.history(self.pfn).is_some() {
+            self.flags()
+        } else {
+            0
+        }
+    }
+
     /// Test one flag.
     #[inline]
     pub fn test(&self, f: PG) -> bool {

@@ -296,7 +296,7 @@ pub(crate) fn wake_up_page_bit_with(
             q.remove(start);
         }
     }
-    let before = page.flags();
+    let before = page.flags_for_record();
     // PG_waiters is cleared only by a waker, under the bucket lock, when no entry of this frame
     // was visited (or none is left at all). A waiter that queues later sets it again under the
     // same lock, so it cannot be lost (SEMANTICS 1.8).
@@ -416,7 +416,13 @@ fn wait_woken(
         if queued {
             out.slept = true;
             if behavior != Behavior::Drop {
-                page.record(Op::WaitStart, bitno, page.flags(), page.flags(), 0);
+                page.record(
+                    Op::WaitStart,
+                    bitno,
+                    page.flags_for_record(),
+                    page.flags_for_record(),
+                    0,
+                );
             }
             cache.hook(HookPoint::WaitSleep, page.pfn);
         }
@@ -515,12 +521,18 @@ fn note_wake(page: Page<'_>, entry: &WaitEntry, bit: PG, bitno: u8, wait_epoch: 
     // Relaxed: written by the waker before its Release store of WOKEN, which we acquired.
     let waker = entry.waker_tag.load(unchecked::Ordering::Relaxed);
     let waker_epoch = entry.waker_epoch.load(unchecked::Ordering::Relaxed);
-    let word = page.flags();
     // Stale: the wake came from an older writeback while the one this thread waits for is
     // still in flight. A late wake that finds the bit clear (E0's re-test loop meeting an
-    // old wake after its own writeback ended) did no harm and is not counted.
-    let still_set = word & page.cache.mask(PG::Writeback) != 0;
-    let stale = bit == PG::Writeback && waker != 0 && waker_epoch < wait_epoch && still_set;
+    // old wake after its own writeback ended) did no harm and is not counted. The flags word
+    // is read only when the epochs say the wake may be stale (or for the history): a load
+    // nothing depends on is one more step for loom to interleave.
+    let maybe_stale = bit == PG::Writeback && waker != 0 && waker_epoch < wait_epoch;
+    let word = if maybe_stale {
+        page.flags()
+    } else {
+        page.flags_for_record()
+    };
+    let stale = maybe_stale && word & page.cache.mask(PG::Writeback) != 0;
     if stale {
         page.cache.stats.stale_wakes.inc();
         page.record(Op::StaleWake, bitno, word, word, waker_epoch);
@@ -565,7 +577,7 @@ pub fn lock_page(page: Page<'_>) {
         return;
     }
     wait_on_page_bit_common(page, PG::Locked, Behavior::Exclusive, None);
-    let now = page.flags();
+    let now = page.flags_for_record();
     page.record(Op::Lock, 0, now, now, 1);
 }
 
