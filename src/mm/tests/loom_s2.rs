@@ -35,7 +35,16 @@ use crate::mm::writeback::{
 use crate::mm::{Era, Pfn};
 use crate::sync::Arc;
 
-fn s2(era: Era) {
+/// The precondition of S2: a one-frame cache, mappings A and B, and A's page 0 under
+/// writeback WA with the page cache's reference the only one.
+fn precondition(
+    era: Era,
+) -> (
+    Arc<crate::mm::PageCache>,
+    Arc<AddressSpace>,
+    Arc<AddressSpace>,
+    Pfn,
+) {
     let cache = model_cache(era, 1);
     let a = Arc::new(AddressSpace::new(&cache, Arc::new(StartOnly)));
     let b = Arc::new(AddressSpace::new(&cache, Arc::new(StartOnly)));
@@ -47,6 +56,39 @@ fn s2(era: Era) {
         unlock_page(p.page());
         p.pfn()
     };
+    (cache, a, b, pfn)
+}
+
+/// B's side (CPU4 then CPU3): take a frame for page 0, start WB on it and redirty it, tell
+/// the completion side which frame WB is on (`None`: no frame to reuse in this interleaving),
+/// then write_cache_pages(WB_SYNC_ALL), whose BUG_ON is S2's.
+fn new_owner_writes(b: &AddressSpace, tx: &mpsc::Sender<Option<Pfn>>) {
+    let page = match find_or_create_page(b, 0) {
+        Ok(p) => p,
+        Err(FsError::NoMemory) => {
+            // The frame is still A's (or pinned by WA's end): nothing to reuse.
+            tx.send(None).expect("send");
+            return;
+        }
+        Err(e) => panic!("unexpected {e}"),
+    };
+    set_page_dirty(b, page.page());
+    clear_page_dirty_for_io(page.page());
+    set_page_writeback(page.page()); // WB on the (maybe reused) frame
+    unlock_page(page.page());
+    set_page_dirty(b, page.page());
+    tx.send(Some(page.pfn())).expect("send");
+    let mut wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
+    // Past the BUG_ON the outcome is decided; a writepage that only unlocks keeps the model
+    // small.
+    write_cache_page(b, &page, &mut wbc, &mut |_, p, _| {
+        unlock_page(p.page());
+        Ok(())
+    });
+}
+
+fn s2(era: Era) {
+    let (cache, a, b, pfn) = precondition(era);
     let c1 = Arc::clone(&cache);
     let cpu1 = loom::thread::spawn(move || end_page_writeback(c1.page(pfn)));
     let (tx, rx) = mpsc::channel::<Option<Pfn>>();
@@ -59,30 +101,7 @@ fn s2(era: Era) {
         }
     });
     let b3 = Arc::clone(&b);
-    let cpu34 = loom::thread::spawn(move || {
-        let page = match find_or_create_page(&b3, 0) {
-            Ok(p) => p,
-            Err(FsError::NoMemory) => {
-                // The frame is still A's (or pinned): nothing to reuse in this interleaving.
-                tx.send(None).expect("send");
-                return;
-            }
-            Err(e) => panic!("unexpected {e}"),
-        };
-        set_page_dirty(&b3, page.page());
-        clear_page_dirty_for_io(page.page());
-        set_page_writeback(page.page()); // WB on the (maybe reused) frame
-        unlock_page(page.page());
-        set_page_dirty(&b3, page.page());
-        tx.send(Some(page.pfn())).expect("send");
-        let mut wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
-        // Past the BUG_ON the outcome is decided; a writepage that only unlocks keeps the
-        // model small.
-        write_cache_page(&b3, &page, &mut wbc, &mut |_, p, _| {
-            unlock_page(p.page());
-            Ok(())
-        });
-    });
+    let cpu34 = loom::thread::spawn(move || new_owner_writes(&b3, &tx));
     for t in [cpu1, cpu2, cpu34] {
         t.join().expect("model thread");
     }
@@ -98,17 +117,7 @@ fn s2(era: Era) {
 /// [`s2`] still models), and WB ending while WA's end is still running (WB's end is a legitimate
 /// wake; it can only shorten the window in which a stale one finds WB set).
 fn s2_min(era: Era) {
-    let cache = model_cache(era, 1);
-    let a = Arc::new(AddressSpace::new(&cache, Arc::new(StartOnly)));
-    let b = Arc::new(AddressSpace::new(&cache, Arc::new(StartOnly)));
-    let pfn: Pfn = {
-        let p = find_or_create_page(&a, 0).expect("page");
-        set_page_dirty(&a, p.page());
-        clear_page_dirty_for_io(p.page());
-        set_page_writeback(p.page()); // WA; the page cache holds the only reference
-        unlock_page(p.page());
-        p.pfn()
-    };
+    let (cache, a, b, pfn) = precondition(era);
     let (tx, rx) = mpsc::channel::<Option<Pfn>>();
     let c1 = Arc::clone(&cache);
     let cpu1 = loom::thread::spawn(move || {
@@ -120,26 +129,7 @@ fn s2_min(era: Era) {
     let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
     let cpu234 = loom::thread::spawn(move || {
         truncate_pagecache(&a2, 0);
-        let page = match find_or_create_page(&b2, 0) {
-            Ok(p) => p,
-            Err(FsError::NoMemory) => {
-                // Still pinned by WA's end: nothing to reuse in this interleaving.
-                tx.send(None).expect("send");
-                return;
-            }
-            Err(e) => panic!("unexpected {e}"),
-        };
-        set_page_dirty(&b2, page.page());
-        clear_page_dirty_for_io(page.page());
-        set_page_writeback(page.page()); // WB on the (maybe reused) frame
-        unlock_page(page.page());
-        set_page_dirty(&b2, page.page());
-        tx.send(Some(page.pfn())).expect("send");
-        let mut wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
-        write_cache_page(&b2, &page, &mut wbc, &mut |_, p, _| {
-            unlock_page(p.page());
-            Ok(())
-        });
+        new_owner_writes(&b2, &tx);
     });
     for t in [cpu1, cpu234] {
         t.join().expect("model thread");
