@@ -1160,6 +1160,26 @@ impl Volume {
         Ok(())
     }
 
+    /// Files `node` in the node table under its entry's new place: the short entry at byte
+    /// `offset` of `dir`, directory `parent`.
+    fn rehome(
+        &self,
+        node: &Arc<Node>,
+        parent: u64,
+        dir: &Directory,
+        offset: usize,
+    ) -> Result<(), FsError> {
+        let pos = Pos {
+            parent,
+            offset,
+            dev: dir.dev_offset(offset)?,
+        };
+        let mut nodes = self.ihash.lock();
+        nodes.detach(node.ino);
+        nodes.attach(node, pos);
+        Ok(())
+    }
+
     fn rename_inner(
         &self,
         old_dir: &Node,
@@ -1246,28 +1266,12 @@ impl Volume {
             Ok(slot) => slot,
             Err(e) => {
                 let back = od.add(&self.table, old_name, &entry)?;
-                let pos = Pos {
-                    parent: old_dir.ino,
-                    offset: back.offset,
-                    dev: od.dev_offset(back.offset)?,
-                };
-                let mut nodes = self.ihash.lock();
-                nodes.detach(node.ino);
-                nodes.attach(&node, pos);
+                self.rehome(&node, old_dir.ino, &od, back.offset)?;
                 return Err(e);
             }
         };
         let ndir: &Directory = nd.as_deref().unwrap_or(&od);
-        let pos = Pos {
-            parent: new_dir.ino,
-            offset: nslot.offset,
-            dev: ndir.dev_offset(nslot.offset)?,
-        };
-        {
-            let mut nodes = self.ihash.lock();
-            nodes.detach(node.ino);
-            nodes.attach(&node, pos);
-        }
+        self.rehome(&node, new_dir.ino, ndir, nslot.offset)?;
         // A writer of the file may have changed its size after the write_inode above, and
         // an fsync or the flusher may have written that change at the old position and
         // called the node clean: write the node again, now at its new position.
