@@ -112,8 +112,6 @@ struct Shared {
     bytes_written: AtomicU64,
     /// Requests carried out on the device: a merged run counts once.
     dispatched: AtomicU64,
-    /// Spare write buffers of [`SPARE_BYTES`] (see [`IoQueue::write_buffer`]).
-    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Longest merged request (the order of the block layer's max_sectors_kb).
@@ -134,13 +132,6 @@ const PLUG_MAX: usize = 256;
 /// (the dirty limit allows a fifth of the cache). Four full merged requests: enough for each
 /// completion thread to find a whole one waiting while the submitter fills the next.
 const MAX_WRITES: usize = 4 * MAX_MERGE_BIOS;
-
-/// Capacity of a recycled write buffer: a page, what nearly every write carries.
-const SPARE_BYTES: usize = 4096;
-
-/// Spare write buffers kept at most: as many as [`MAX_WRITES`] lets be in flight, so a steady
-/// writer allocates nothing once the queue has filled once.
-const MAX_SPARE: usize = MAX_WRITES;
 
 /// Source of queue identities for plugs.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
@@ -280,7 +271,6 @@ impl IoQueue {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
-            spare: Mutex::new(Vec::new()),
         });
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -328,23 +318,6 @@ impl IoQueue {
             self.shared.lock_with_room(writes).queue.push_back(bio);
             self.shared.work.notify_one();
         }
-    }
-
-    /// A copy of `bytes` for a [`BioOp::Write`], in a buffer a completed write gave back when
-    /// one is spare (up to a page; larger copies are allocated).
-    ///
-    /// Why recycle: the submitters of writes (FUSE workers, the flusher, fsync callers) are
-    /// not the threads that free them (completion threads), so with malloc each submitter's
-    /// arena kept its own high-water mark of copies, several times the bound [`MAX_WRITES`]
-    /// puts on them, and every page written paid an allocation and a free.
-    pub fn write_buffer(&self, bytes: &[u8]) -> Vec<u8> {
-        if bytes.len() > SPARE_BYTES {
-            return bytes.to_vec();
-        }
-        let spare = self.shared.spare.lock().pop();
-        let mut buf = spare.unwrap_or_else(|| Vec::with_capacity(SPARE_BYTES));
-        buf.extend_from_slice(bytes);
-        buf
     }
 
     /// Queue `bios` at once, in order, so that neighbours can be merged (a readahead window).
@@ -482,23 +455,9 @@ fn completion_thread(s: &Shared) {
         } else {
             carry_out_merged(s, &batch)
         };
-        let mut spare = Vec::new();
         for (bio, result) in batch.into_iter().zip(results) {
-            let Bio { op, end_io } = bio;
-            end_io(result);
+            (bio.end_io)(result);
             s.completed.fetch_add(1, Ordering::Relaxed);
-            if let BioOp::Write { mut data, .. } = op {
-                if data.capacity() == SPARE_BYTES {
-                    data.clear();
-                    spare.push(data);
-                }
-            }
-        }
-        if !spare.is_empty() {
-            // One lock for the whole batch; buffers past the cap go back to malloc.
-            let mut pool = s.spare.lock();
-            let room = MAX_SPARE.saturating_sub(pool.len());
-            pool.extend(spare.into_iter().take(room));
         }
         let mut st = s.state.lock();
         st.in_flight -= n;
@@ -683,55 +642,6 @@ mod tests {
         q.drain();
         assert_eq!(q.completed(), 8);
         assert_eq!(dev.snapshot()[7 * 4096], 7);
-    }
-
-    #[test]
-    fn completed_writes_give_their_page_buffers_back() {
-        let dev = Arc::new(MemDevice::new(1 << 16));
-        let q = IoQueue::new(dev.clone(), 1, Duration::ZERO).expect("queue");
-        let first = q.write_buffer(&[5; 4096]);
-        let at = first.as_ptr();
-        q.submit(Bio {
-            op: BioOp::Write {
-                offset: 0,
-                data: first,
-            },
-            end_io: Box::new(|r| assert!(r.is_ok())),
-        });
-        q.drain();
-        // The completion put the buffer back (before it let drain return); the next copy,
-        // shorter, reuses it and holds exactly its own bytes.
-        let second = q.write_buffer(&[6; 512]);
-        assert_eq!(second.as_ptr(), at, "the spare buffer was not reused");
-        assert_eq!(second, vec![6u8; 512]);
-        q.submit(Bio {
-            op: BioOp::Write {
-                offset: 4096,
-                data: second,
-            },
-            end_io: Box::new(|r| assert!(r.is_ok())),
-        });
-        // A copy larger than a page is its own allocation and is never kept.
-        let big = q.write_buffer(&[7; 8192]);
-        assert_eq!(big.len(), 8192);
-        q.submit(Bio {
-            op: BioOp::Write {
-                offset: 8192,
-                data: big,
-            },
-            end_io: Box::new(|r| assert!(r.is_ok())),
-        });
-        q.drain();
-        let bytes = dev.snapshot();
-        assert!(bytes[..4096].iter().all(|&b| b == 5));
-        assert!(bytes[4096..4608].iter().all(|&b| b == 6));
-        assert!(bytes[4608..8192].iter().all(|&b| b == 0));
-        assert!(bytes[8192..16384].iter().all(|&b| b == 7));
-        assert_eq!(
-            q.shared.spare.lock().len(),
-            1,
-            "only the page buffer is kept"
-        );
     }
 
     #[test]

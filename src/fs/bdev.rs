@@ -422,7 +422,7 @@ impl AddressSpaceOps for BdevAops {
         }
         let parts: Vec<(u64, Vec<u8>)> = page.with_data(|d| {
             runs.iter()
-                .map(|&(at, n)| (offset + at as u64, self.queue.write_buffer(&d[at..at + n])))
+                .map(|&(at, n)| (offset + at as u64, d[at..at + n].to_vec()))
                 .collect()
         });
         unlock_page(page.page());

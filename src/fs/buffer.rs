@@ -276,11 +276,10 @@ pub fn block_write_full_page(
     set_page_writeback(page.page());
     // The bios carry a copy taken under the page lock; a later redirty (write_begin does not
     // wait for writeback) changes the page, not this I/O, and is written by the next pass.
-    let queue = map.queue();
     let parts: Vec<(Extent, Vec<u8>)> = page.with_data(|d| {
         extents
             .iter()
-            .map(|e| (*e, queue.write_buffer(&d[e.at..e.at + e.len])))
+            .map(|e| (*e, d[e.at..e.at + e.len].to_vec()))
             .collect()
     });
     unlock_page(page.page());
