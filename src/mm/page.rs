@@ -278,6 +278,7 @@ impl<'a> Page<'a> {
                 },
                 thread_tag(),
                 self.cache.now_raw(),
+                self.cache.layout(),
             );
         }
     }
@@ -286,8 +287,16 @@ impl<'a> Page<'a> {
     pub fn history(&self) -> Vec<crate::mm::history::Event> {
         self.cache
             .history(self.pfn)
-            .map(|h| h.events())
+            .map(|h| self.events(h))
             .unwrap_or_default()
+    }
+
+    /// The events of `h`, this frame's ring, read against the frame's event counter and the
+    /// cache's clock (both read after the ring, as `History::events` needs).
+    fn events(&self, h: &crate::mm::history::History) -> Vec<crate::mm::history::Event> {
+        h.events(self.cache.layout(), &self.frame().hist_seq, &|| {
+            self.cache.now_raw()
+        })
     }
 }
 
@@ -315,9 +324,13 @@ impl Dump for Page<'_> {
             layout.name,
         );
         if let Some(h) = self.cache.history(self.pfn) {
-            let _ = writeln!(s, "history of frame {} (oldest first):", self.pfn.0);
+            let _ = writeln!(
+                s,
+                "history of frame {} (oldest first; epochs modulo 2^16):",
+                self.pfn.0
+            );
             let to_ns = |raw| self.cache.raw_to_ns(raw);
-            let events = h.events();
+            let events = self.events(h);
             s.push_str(&render_events(&events, layout, &to_ns));
             let wb = layout.bit(PG::Writeback);
             if let Some(why) = explain_stale_wake(&events, thread_tag(), wb, &to_ns) {
