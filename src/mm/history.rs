@@ -696,13 +696,18 @@ mod tests {
             if n % 7 != 0 && n < 90 * HISTORY_LEN as u32 {
                 continue;
             }
-            let ev = events_at(&h, &count, NOW);
-            let kept = n.min(HISTORY_LEN as u32);
-            assert_eq!(ev.len() as u32, kept, "after {n}");
-            for (k, e) in ev.iter().enumerate() {
-                let want = seq.wrapping_sub(kept - 1 - k as u32);
-                assert_eq!(e.seq, want, "after {n}: {ev:?}");
-                assert_eq!(e.arg, want & 0xff_ffff, "after {n}");
+            // Read with the count where the last writer left it, and as other writers would
+            // leave it, having taken the next numbers without storing their events yet.
+            for ahead in [0, 1, n % HISTORY_LEN as u32, HISTORY_LEN as u32] {
+                count.store(seq.wrapping_add(ahead), Ordering::Relaxed);
+                let ev = events_at(&h, &count, NOW);
+                let kept = n.min(HISTORY_LEN as u32);
+                assert_eq!(ev.len() as u32, kept, "after {n}, {ahead} ahead");
+                for (k, e) in ev.iter().enumerate() {
+                    let want = seq.wrapping_sub(kept - 1 - k as u32);
+                    assert_eq!(e.seq, want, "after {n}, {ahead} ahead: {ev:?}");
+                    assert_eq!(e.arg, want & 0xff_ffff, "after {n}");
+                }
             }
         }
     }
