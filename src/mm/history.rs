@@ -10,8 +10,8 @@
 //! header word doubles as a sequence lock (0 while being written), so a reader racing a writer
 //! sees a slot either whole or not at all.
 //!
-//! A slot is small because every frame has a ring (16,384 of them at 64 MiB of cache), so most
-//! fields are kept narrower than the values they record, and read back as follows:
+//! A slot is small because every frame has a ring (16,384 rings, 8 MiB, at 64 MiB of cache), so
+//! most fields are kept narrower than the values they record, and read back as follows:
 //!
 //! * seq: only the lap (seq / 32, low [`LAP_BITS`] bits) is stored; the slot number gives
 //!   seq % 32, and the frame's event counter, read after the slots, gives the rest. An event
@@ -23,14 +23,16 @@
 //!   takes a layout mask; debug builds check it here).
 //! * epoch: modulo 2^16, and so is every epoch an event carries as its argument (the waker's
 //!   epoch of a StaleWake, the new epoch of a SetWriteback): consumers compare them as such.
-//! * thread: the low 16 bits of the tag (as before); so is a thread tag carried as argument.
-//! * arg: 24 bits; page indexes are exact up to 2^24 pages (64 GiB into a mapping; FAT files
-//!   stay below 2^20), generations and wake counts are shown modulo 2^24.
+//! * thread: the low 16 bits of the tag; so is a thread tag carried as argument.
+//! * arg: 24 bits; page indexes are exact up to 2^24 pages (64 GiB into a mapping: every FAT
+//!   file, and the block-device mapping of volumes up to 64 GiB), generations and wake counts
+//!   are shown modulo 2^24.
 //! * time: the raw clock in units of 2^[`TIME_SHIFT`] ticks (16 TSC ticks, about 5-8 ns; 16 ns
 //!   where quanta falls back to the OS clock), [`TIME_BITS`] bits of it. Absolute values are
-//!   rebuilt against a clock reading taken after the slots: events within 2^44 ticks before it
-//!   (1.6 to 2.4 hours at a 2-3 GHz TSC, 4.9 hours at 1 ns a tick) get their true time, and
-//!   times of events further apart are shown modulo that span.
+//!   rebuilt against a clock reading taken after the slots: events less than 2^44 - 2^36 ticks
+//!   before it, or 2^36 after (skew between cores), get their true time; the times of events
+//!   further apart are shown modulo 2^44 ticks (1.6 to 2.4 hours at a 2-3 GHz TSC, 4.9 hours at
+//!   1 ns a tick).
 
 use std::fmt::Write as _;
 
