@@ -18,8 +18,9 @@
 //!   is placed right if it lies within 16 laps (512 events) of that count: a writer that stalls
 //!   between numbering its event and storing it while 512 later events land on the same frame
 //!   would have its event shown 512 * k events too late.
-//! * flags before/after: the 9 modelled flags, in [`ALL_FLAGS`] order, turned back into a flags
-//!   word through the era's layout. Nothing sets any other bit of the word (every flag operation
+//! * flags before/after: the 9 modelled flags in 9 bits ([`FlagPack`]: those below bit 9 stay,
+//!   the few above are shifted down into bits the era's layout leaves unused), turned back into
+//!   a flags word at read time. Nothing sets any other bit of the word (every flag operation
 //!   takes a layout mask; debug builds check it here).
 //! * epoch: modulo 2^16, and so is every epoch an event carries as its argument (the waker's
 //!   epoch of a StaleWake, the new epoch of a SetWriteback): consumers compare them as such.
@@ -249,30 +250,72 @@ pub struct Rec {
     pub arg: u32,
 }
 
-/// The modelled flags of `word`, one bit each in [`ALL_FLAGS`] order.
-#[inline]
-fn pack_flags(layout: &FlagLayout, word: u64) -> u64 {
-    let mut packed = 0;
-    for (i, f) in ALL_FLAGS.iter().enumerate() {
-        packed |= ((word >> layout.bit(*f)) & 1) << i;
-    }
-    packed
+/// How one layout's 9 modelled flags fit in 9 bits, and back: the flags at bits 0..9 keep their
+/// places, and each one above is shifted down into a bit below 9 that the layout does not use
+/// (two per layout today: writeback and reclaim, or error and reclaim). A few shifts and masks,
+/// where gathering the flags one by one cost the recording path some 40 instructions a word.
+#[derive(Clone, Copy, Debug)]
+pub struct FlagPack {
+    /// The layout the flags words are in.
+    pub layout: &'static FlagLayout,
+    /// Every modelled flag's bit.
+    modelled: u64,
+    /// The modelled flags that stay where they are.
+    keep: u64,
+    /// (shift, mask in the packed form) of each flag moved down.
+    moves: [(u32, u64); FLAG_BITS as usize],
+    /// Entries of `moves` in use.
+    len: usize,
 }
 
-/// The flags word of a [`pack_flags`] value.
-fn unpack_flags(layout: &FlagLayout, packed: u64) -> u32 {
-    let mut word = 0;
-    for (i, f) in ALL_FLAGS.iter().enumerate() {
-        if packed >> i & 1 != 0 {
-            word |= layout.mask(*f);
+impl FlagPack {
+    /// The packing of `layout`.
+    pub fn new(layout: &'static FlagLayout) -> Self {
+        let modelled: u64 = ALL_FLAGS.iter().map(|f| layout.mask(*f)).sum();
+        let keep = modelled & FLAG_MASK;
+        let mut free = (0..FLAG_BITS).filter(|b| keep & (1 << b) == 0);
+        let mut moves = [(0, 0); FLAG_BITS as usize];
+        let mut len = 0;
+        for bit in FLAG_BITS..64 {
+            if modelled & (1 << bit) != 0 {
+                // 9 flags and 9 places: a flag above has a free place below.
+                let to = free.next().expect("a free bit below FLAG_BITS");
+                moves[len] = (bit - to, 1 << to);
+                len += 1;
+            }
+        }
+        FlagPack {
+            layout,
+            modelled,
+            keep,
+            moves,
+            len,
         }
     }
-    word as u32
+
+    /// The modelled flags of `word` in 9 bits.
+    #[inline]
+    fn pack(&self, word: u64) -> u64 {
+        let mut packed = word & self.keep;
+        for &(shift, mask) in &self.moves[..self.len] {
+            packed |= (word >> shift) & mask;
+        }
+        packed
+    }
+
+    /// The flags word of a [`FlagPack::pack`]ed value.
+    fn unpack(&self, packed: u64) -> u32 {
+        let mut word = packed & self.keep;
+        for &(shift, mask) in &self.moves[..self.len] {
+            word |= (packed & mask) << shift;
+        }
+        word as u32
+    }
 }
 
 impl History {
-    /// Append event number `seq` of this frame (overwriting the one 32 events older), in the
-    /// flag positions of `layout`.
+    /// Append event number `seq` of this frame (overwriting the one 32 events older); `pack` is
+    /// the packing of the layout the flags words are in.
     ///
     /// The caller numbers events from a counter kept in the frame, not here: the frame's cache
     /// line was just written by the flag operation being recorded, while a ring is usually
@@ -281,10 +324,10 @@ impl History {
     /// was a quarter of the user CPU of a sequential read. The same counter, read back by
     /// [`History::events`], gives the seq bits the slot does not keep.
     #[inline]
-    pub fn record(&self, seq: u32, rec: Rec, thread: u32, t_raw: u64, layout: &FlagLayout) {
+    pub fn record(&self, seq: u32, rec: Rec, thread: u32, t_raw: u64, pack: &FlagPack) {
         debug_assert!(u32::from(rec.bit) < 1 << (H_LAP - H_BIT), "bit {}", rec.bit);
         debug_assert_eq!(
-            (rec.before | rec.after) & PG_BITS & !u64::from(unpack_flags(layout, FLAG_MASK)),
+            (rec.before | rec.after) & PG_BITS & !pack.modelled,
             0,
             "a flag the history does not keep"
         );
@@ -294,8 +337,8 @@ impl History {
             | (u64::from((seq >> SLOT_BITS) & (LAPS - 1)) << H_LAP)
             | (u64::from(thread & 0xffff) << H_THREAD)
             | (u64::from(epoch & 0xffff) << H_EPOCH)
-            | (pack_flags(layout, rec.before) << H_BEFORE)
-            | (pack_flags(layout, rec.after) << H_AFTER);
+            | (pack.pack(rec.before) << H_BEFORE)
+            | (pack.pack(rec.after) << H_AFTER);
         let data =
             (u64::from(rec.arg) & ARG_MASK) | (((t_raw >> TIME_SHIFT) & TIME_MASK) << ARG_BITS);
         let slot = &self.slots[(seq as usize) % HISTORY_LEN];
@@ -316,10 +359,10 @@ impl History {
     /// `count` is the frame's event counter (the one the recorder's `seq` comes from), and
     /// `now_raw` reads the clock the timestamps come from; both are read after the slots, so
     /// every event read is numbered at most `count` and (up to clock skew) stamped before the
-    /// reading. `layout` is the one the events were recorded in.
+    /// reading. `pack` is the one the events were recorded with.
     pub fn events(
         &self,
-        layout: &FlagLayout,
+        pack: &FlagPack,
         count: &AtomicU32,
         now_raw: &dyn Fn() -> u64,
     ) -> Vec<Event> {
@@ -356,7 +399,7 @@ impl History {
         let mut out: Vec<Event> = raw
             .iter()
             .enumerate()
-            .filter_map(|(i, &(h, d))| decode(layout, i, h, d, last, now))
+            .filter_map(|(i, &(h, d))| decode(pack, i, h, d, last, now))
             .collect();
         // Oldest first: by distance from the count, so numbers that wrapped past 2^32 sort too.
         out.sort_by_key(|e| std::cmp::Reverse(last.wrapping_sub(e.seq)));
@@ -367,18 +410,18 @@ impl History {
     /// arguments as for [`History::events`]).
     pub fn render(
         &self,
-        layout: &FlagLayout,
+        pack: &FlagPack,
         count: &AtomicU32,
         now_raw: &dyn Fn() -> u64,
         to_ns: &dyn Fn(u64) -> u64,
     ) -> String {
-        render_events(&self.events(layout, count, now_raw), layout, to_ns)
+        render_events(&self.events(pack, count, now_raw), pack.layout, to_ns)
     }
 }
 
 /// The event in slot `slot` from its two words (None for an empty slot), with `count` the
 /// frame's event counter and `now` the clock in stored units, both read after the slot.
-fn decode(layout: &FlagLayout, slot: usize, h: u64, d: u64, count: u32, now: u64) -> Option<Event> {
+fn decode(pack: &FlagPack, slot: usize, h: u64, d: u64, count: u32, now: u64) -> Option<Event> {
     let op = Op::from_u8(((h >> H_OP) & ((1 << H_BIT) - 1)) as u8)?;
     // The newest number at most `count` that lands in this slot, then back by as many laps as
     // its lap is ahead of the stored one.
@@ -401,8 +444,8 @@ fn decode(layout: &FlagLayout, slot: usize, h: u64, d: u64, count: u32, now: u64
         op,
         bit: ((h >> H_BIT) & ((1 << (H_LAP - H_BIT)) - 1)) as u8,
         t_raw: t << TIME_SHIFT,
-        before: unpack_flags(layout, (h >> H_BEFORE) & FLAG_MASK),
-        after: unpack_flags(layout, (h >> H_AFTER) & FLAG_MASK),
+        before: pack.unpack((h >> H_BEFORE) & FLAG_MASK),
+        after: pack.unpack((h >> H_AFTER) & FLAG_MASK),
         epoch: (h >> H_EPOCH) as u16,
         arg: (d & ARG_MASK) as u32 & op.arg_mask(),
     })
@@ -553,14 +596,18 @@ mod tests {
     /// A clock reading for tests: far from 0, so times before and after it both exist.
     const NOW: u64 = 0x7_1234_5678_9abc;
 
+    fn classic() -> FlagPack {
+        FlagPack::new(&LAYOUT_CLASSIC)
+    }
+
     /// `rec` as event number `seq` of `h`, with the frame's counter moved to it first.
     fn put(h: &History, count: &AtomicU32, seq: u32, rec: Rec, thread: u32, t_raw: u64) {
         count.store(seq, Ordering::Relaxed);
-        h.record(seq, rec, thread, t_raw, &LAYOUT_CLASSIC);
+        h.record(seq, rec, thread, t_raw, &classic());
     }
 
     fn events_at(h: &History, count: &AtomicU32, now: u64) -> Vec<Event> {
-        h.events(&LAYOUT_CLASSIC, count, &|| now)
+        h.events(&classic(), count, &|| now)
     }
 
     fn lock_rec(arg: u32) -> Rec {
@@ -570,6 +617,22 @@ mod tests {
             before: 0,
             after: LAYOUT_CLASSIC.mask(PG::Locked),
             arg,
+        }
+    }
+
+    #[test]
+    fn every_set_of_flags_packs_into_9_bits_and_back() {
+        for layout in [&LAYOUT_CLASSIC, &LAYOUT_MODERN] {
+            let pack = FlagPack::new(layout);
+            for set in 0u32..1 << ALL_FLAGS.len() {
+                let word: u64 = (0..ALL_FLAGS.len())
+                    .filter(|i| set >> i & 1 != 0)
+                    .map(|i| layout.mask(ALL_FLAGS[i]))
+                    .sum();
+                let packed = pack.pack(word | (0xdead_beef << 32));
+                assert!(packed <= FLAG_MASK, "{}: {set:#b}", layout.name);
+                assert_eq!(u64::from(pack.unpack(packed)), word, "{}", layout.name);
+            }
         }
     }
 
@@ -616,7 +679,7 @@ mod tests {
             1,
             10,
         );
-        let text = h.render(l, &count, &|| NOW, &|r| r);
+        let text = h.render(&classic(), &count, &|| NOW, &|r| r);
         assert!(text.contains("set_page_writeback"), "{text}");
         assert!(text.contains("epoch=2"), "{text}");
         assert!(text.contains("none -> writeback"), "{text}");
@@ -641,6 +704,7 @@ mod tests {
             ];
             let h = History::default();
             let count = AtomicU32::new(0);
+            let pack = FlagPack::new(layout);
             for (i, &(op, bit, before, after, arg, thread)) in cases.iter().enumerate() {
                 let rec = Rec {
                     op,
@@ -651,9 +715,9 @@ mod tests {
                 };
                 let seq = i as u32 + 1;
                 count.store(seq, Ordering::Relaxed);
-                h.record(seq, rec, thread, NOW - 1000 + seq as u64 * 16, layout);
+                h.record(seq, rec, thread, NOW - 1000 + seq as u64 * 16, &pack);
             }
-            let ev = h.events(layout, &count, &|| NOW);
+            let ev = h.events(&pack, &count, &|| NOW);
             assert_eq!(ev.len(), cases.len(), "{}", layout.name);
             let want_arg = [
                 (1 << 24) - 1,
@@ -868,6 +932,7 @@ mod tests {
         };
         let h = History::default();
         let count = AtomicU32::new(0);
+        let pack = classic();
         let done = std::sync::atomic::AtomicBool::new(false);
         let reads = std::thread::scope(|sc| {
             let readers: Vec<_> = (0..2)
@@ -878,7 +943,7 @@ mod tests {
                             let finished = done.load(Ordering::Acquire);
                             let before = count.load(Ordering::Acquire);
                             let now = || u64::from(count.load(Ordering::Relaxed)) * 1000 + 123;
-                            let ev = h.events(l, &count, &now);
+                            let ev = h.events(&pack, &count, &now);
                             let after = count.load(Ordering::Relaxed);
                             assert!(ev.len() <= HISTORY_LEN);
                             assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq), "{ev:?}");
@@ -923,7 +988,7 @@ mod tests {
                 // lower bound on the numbers it reads holds on any memory model.
                 let s = count.fetch_add(1, Ordering::AcqRel) + 1;
                 let (rec, thread, t) = rec_of(s);
-                h.record(s, rec, thread, t, l);
+                h.record(s, rec, thread, t, &pack);
             }
             done.store(true, Ordering::Release);
             readers

@@ -278,7 +278,7 @@ impl<'a> Page<'a> {
                 },
                 thread_tag(),
                 self.cache.now_raw(),
-                self.cache.layout(),
+                self.cache.hist_pack(),
             );
         }
     }
@@ -294,7 +294,7 @@ impl<'a> Page<'a> {
     /// The events of `h`, this frame's ring, read against the frame's event counter and the
     /// cache's clock (both read after the ring, as `History::events` needs).
     fn events(&self, h: &crate::mm::history::History) -> Vec<crate::mm::history::Event> {
-        h.events(self.cache.layout(), &self.frame().hist_seq, &|| {
+        h.events(self.cache.hist_pack(), &self.frame().hist_seq, &|| {
             self.cache.now_raw()
         })
     }
