@@ -250,63 +250,72 @@ pub struct Rec {
     pub arg: u32,
 }
 
+/// Flags a layout may have above bit 8: each costs `pack_pair` one shift and mask.
+const MOVES: usize = 2;
+
 /// How one layout's 9 modelled flags fit in 9 bits, and back: the flags at bits 0..9 keep their
 /// places, and each one above is shifted down into a bit below 9 that the layout does not use
-/// (two per layout today: writeback and reclaim, or error and reclaim). A few shifts and masks,
-/// where gathering the flags one by one cost the recording path some 40 instructions a word.
+/// (writeback and reclaim in the classic layout, error and reclaim in the modern one). Both
+/// words of an event are packed at once, one in each half of a u64: a few shifts and masks on
+/// the recording path, where gathering the flags one by one was some 40 instructions a word.
 #[derive(Clone, Copy, Debug)]
 pub struct FlagPack {
     /// The layout the flags words are in.
     pub layout: &'static FlagLayout,
     /// Every modelled flag's bit.
     modelled: u64,
-    /// The modelled flags that stay where they are.
+    /// The modelled flags that stay where they are, in both halves.
     keep: u64,
-    /// (shift, mask in the packed form) of each flag moved down.
-    moves: [(u32, u64); FLAG_BITS as usize],
-    /// Entries of `moves` in use.
-    len: usize,
+    /// (shift, destination bit in both halves) of each flag moved down; (0, 0) when unused.
+    moves: [(u32, u64); MOVES],
 }
 
 impl FlagPack {
-    /// The packing of `layout`.
+    /// The packing of `layout`. Panics if the layout has more than [`MOVES`] modelled flags
+    /// above bit 8 (no era's has; the tests build every era's).
     pub fn new(layout: &'static FlagLayout) -> Self {
         let modelled: u64 = ALL_FLAGS.iter().map(|f| layout.mask(*f)).sum();
+        assert_eq!(
+            modelled & !PG_BITS,
+            0,
+            "{}: a flag above bit 31",
+            layout.name
+        );
         let keep = modelled & FLAG_MASK;
         let mut free = (0..FLAG_BITS).filter(|b| keep & (1 << b) == 0);
-        let mut moves = [(0, 0); FLAG_BITS as usize];
+        let mut moves = [(0, 0); MOVES];
         let mut len = 0;
-        for bit in FLAG_BITS..64 {
+        for bit in FLAG_BITS..32 {
             if modelled & (1 << bit) != 0 {
+                assert!(len < MOVES, "{}: too many flags above bit 8", layout.name);
                 // 9 flags and 9 places: a flag above has a free place below.
                 let to = free.next().expect("a free bit below FLAG_BITS");
-                moves[len] = (bit - to, 1 << to);
+                moves[len] = (bit - to, (1 << to) | (1 << (to + 32)));
                 len += 1;
             }
         }
         FlagPack {
             layout,
             modelled,
-            keep,
+            keep: keep | (keep << 32),
             moves,
-            len,
         }
     }
 
-    /// The modelled flags of `word` in 9 bits.
+    /// The modelled flags of `before` in bits 0..9 and those of `after` in bits 32..41. A bit
+    /// moved down in one half lands only in that half: every flag lies below bit 32.
     #[inline]
-    fn pack(&self, word: u64) -> u64 {
-        let mut packed = word & self.keep;
-        for &(shift, mask) in &self.moves[..self.len] {
-            packed |= (word >> shift) & mask;
-        }
-        packed
+    fn pack_pair(&self, before: u64, after: u64) -> u64 {
+        let both = (before & PG_BITS) | (after << 32);
+        let [(s0, m0), (s1, m1)] = self.moves;
+        (both & self.keep) | ((both >> s0) & m0) | ((both >> s1) & m1)
     }
 
-    /// The flags word of a [`FlagPack::pack`]ed value.
+    /// The flags word of 9 packed bits (one half of a [`FlagPack::pack_pair`]).
     fn unpack(&self, packed: u64) -> u32 {
+        let packed = packed & FLAG_MASK;
         let mut word = packed & self.keep;
-        for &(shift, mask) in &self.moves[..self.len] {
+        for &(shift, mask) in &self.moves {
             word |= (packed & mask) << shift;
         }
         word as u32
@@ -323,7 +332,6 @@ impl History {
     /// for the whole miss where the plain stores below retire through the store buffer. That
     /// was a quarter of the user CPU of a sequential read. The same counter, read back by
     /// [`History::events`], gives the seq bits the slot does not keep.
-    #[inline]
     pub fn record(&self, seq: u32, rec: Rec, thread: u32, t_raw: u64, pack: &FlagPack) {
         debug_assert!(u32::from(rec.bit) < 1 << (H_LAP - H_BIT), "bit {}", rec.bit);
         debug_assert_eq!(
@@ -332,15 +340,16 @@ impl History {
             "a flag the history does not keep"
         );
         let epoch = epoch_of(rec.after).max(epoch_of(rec.before));
+        let flags = pack.pack_pair(rec.before, rec.after);
         let header = ((rec.op as u64) << H_OP)
             | (u64::from(rec.bit) << H_BIT)
             | (u64::from((seq >> SLOT_BITS) & (LAPS - 1)) << H_LAP)
             | (u64::from(thread & 0xffff) << H_THREAD)
             | (u64::from(epoch & 0xffff) << H_EPOCH)
-            | (pack.pack(rec.before) << H_BEFORE)
-            | (pack.pack(rec.after) << H_AFTER);
-        let data =
-            (u64::from(rec.arg) & ARG_MASK) | (((t_raw >> TIME_SHIFT) & TIME_MASK) << ARG_BITS);
+            | ((flags & FLAG_MASK) << H_BEFORE)
+            | ((flags >> 32) << H_AFTER);
+        // The shift left drops the time's bits above TIME_BITS.
+        let data = (u64::from(rec.arg) & ARG_MASK) | ((t_raw >> TIME_SHIFT) << ARG_BITS);
         let slot = &self.slots[(seq as usize) % HISTORY_LEN];
         slot.header.store(0, Ordering::Relaxed);
         // Release fence: pairs with the reader's Acquire fence in `events`. A reader whose
@@ -624,14 +633,23 @@ mod tests {
     fn every_set_of_flags_packs_into_9_bits_and_back() {
         for layout in [&LAYOUT_CLASSIC, &LAYOUT_MODERN] {
             let pack = FlagPack::new(layout);
+            let all: u64 = ALL_FLAGS.iter().map(|f| layout.mask(*f)).sum();
             for set in 0u32..1 << ALL_FLAGS.len() {
                 let word: u64 = (0..ALL_FLAGS.len())
                     .filter(|i| set >> i & 1 != 0)
                     .map(|i| layout.mask(ALL_FLAGS[i]))
                     .sum();
-                let packed = pack.pack(word | (0xdead_beef << 32));
-                assert!(packed <= FLAG_MASK, "{}: {set:#b}", layout.name);
-                assert_eq!(u64::from(pack.unpack(packed)), word, "{}", layout.name);
+                // The other word of the pair: its complement, so both halves are busy.
+                let other: u64 = all & !word;
+                let both = pack.pack_pair(word | (0xdead_beef << 32), other | (7 << 32));
+                let (lo, hi) = (both & 0xffff_ffff, both >> 32);
+                assert!(
+                    lo <= FLAG_MASK && hi <= FLAG_MASK,
+                    "{}: {set:#b}",
+                    layout.name
+                );
+                assert_eq!(u64::from(pack.unpack(lo)), word, "{}", layout.name);
+                assert_eq!(u64::from(pack.unpack(hi)), other, "{}", layout.name);
             }
         }
     }
