@@ -55,6 +55,11 @@ const LAPS: u32 = 1 << LAP_BITS;
 /// A reader whose count moved more than this while it read the slots reads them again: then
 /// every slot it keeps holds an event within `LAPS` laps of the later count (a slot can be
 /// one lap behind the earlier count, plus the lap being written), which the lap bits place.
+///
+/// The same check keeps the sequence lock sound now that a header no longer holds the whole
+/// seq: every rewrite of a slot changes its lap bits, so a header can come back only after
+/// `LAPS` rewrites of the slot, and a read that straddled those saw the count move by more
+/// than this.
 const MAX_TURN: u32 = (LAPS - 2) * HISTORY_LEN as u32;
 /// Reads of the ring before `events` decodes what it has even if the ring kept turning.
 const READ_TRIES: usize = 4;
@@ -391,13 +396,16 @@ impl History {
                 let data = slot.data.load(Ordering::Relaxed);
                 // Acquire fence: the data load above cannot move after the re-read below, and
                 // with the writer's Release fence, a header unchanged across the two reads
-                // means no writer's data store was seen, so the data belongs to that header.
+                // means no writer's data store was seen, so the data belongs to that header
+                // (or the same header came back, which the count check below rules out).
                 std::sync::atomic::fence(Ordering::Acquire);
-                if slot.header.load(Ordering::Relaxed) == h1 {
+                // Acquire: if this reads a later writer's header, the count read below sees
+                // that writer's number, so the check below sees the slot was rewritten.
+                if slot.header.load(Ordering::Acquire) == h1 {
                     *out = (h1, data);
                 }
             }
-            // Every header kept above was read with Acquire from a writer that had already
+            // Every header read above was read with Acquire from a writer that had already
             // taken its number from `count`, so this load sees at least that number.
             last = count.load(Ordering::Relaxed);
             if last.wrapping_sub(first) <= MAX_TURN {
