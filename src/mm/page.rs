@@ -42,7 +42,8 @@ pub(crate) struct Frame {
     /// Bumped on every allocation; diagnostics and the reused-frame check only.
     pub(crate) generation: unchecked::AtomicU64,
     /// Events recorded in this frame's history so far (see `History::record` for why the
-    /// count lives here and not in the ring).
+    /// count lives here and not in the ring; `History::events` reads it back for the bits of
+    /// each event's number that a slot does not keep).
     hist_seq: unchecked::AtomicU32,
     data: unchecked::RwLock<Box<[u8]>>,
 }
