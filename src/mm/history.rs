@@ -18,10 +18,11 @@
 //!   is placed right if it lies within 16 laps (512 events) of that count: a writer that stalls
 //!   between numbering its event and storing it while 512 later events land on the same frame
 //!   would have its event shown 512 * k events too late.
-//! * flags before/after: the 9 modelled flags in 9 bits ([`FlagPack`]: those below bit 9 stay,
-//!   the few above are shifted down into bits the era's layout leaves unused), turned back into
-//!   a flags word at read time. Nothing sets any other bit of the word (every flag operation
-//!   takes a layout mask; debug builds check it here).
+//! * flags before/after: the 9 modelled flags in 9 bits (those below bit 9 stay, the three that
+//!   either layout has above are shifted down into bits that layout leaves unused, see
+//!   `PACK_MOVES`), turned back into a flags word at read time through the era's layout
+//!   ([`FlagPack`]). This relies on nothing setting any other bit of the word (every flag
+//!   operation takes a layout mask; debug builds check part of it here).
 //! * epoch: modulo 2^16, and so is every epoch an event carries as its argument (the waker's
 //!   epoch of a StaleWake, the new epoch of a SetWriteback): consumers compare them as such.
 //! * thread: the low 16 bits of the tag; so is a thread tag carried as argument.
@@ -255,81 +256,90 @@ pub struct Rec {
     pub arg: u32,
 }
 
-/// Flags a layout may have above bit 8: each costs `pack_pair` one shift and mask.
-const MOVES: usize = 2;
+/// Flag bits that keep their place in the packed form: the layouts' flags below bit 9.
+const PACK_KEEP: u64 = 0x1bf;
+/// (shift, destination) of each flag bit moved down into the packed form, one map for every
+/// layout: 18 (reclaim in both) to 6, 15 (classic writeback) to 5, 10 (modern error) to 8.
+/// A destination may also be a kept bit or another move's, but only one of the sources that
+/// reach it is a flag in any one layout, and nothing sets a bit that is not (every flag
+/// operation takes a layout mask), so nothing collides: [`FlagPack::new`] checks that for
+/// its layout.
+const PACK_MOVES: [(u32, u64); 3] = [(12, 1 << 6), (10, 1 << 5), (2, 1 << 8)];
+/// Every bit the packed form keeps.
+const PACK_SOURCES: u64 = PACK_KEEP | (1 << 18) | (1 << 15) | (1 << 10);
 
-/// How one layout's 9 modelled flags fit in 9 bits, and back: the flags at bits 0..9 keep their
-/// places, and each one above is shifted down into a bit below 9 that the layout does not use
-/// (writeback and reclaim in the classic layout, error and reclaim in the modern one). Both
-/// words of an event are packed at once, one in each half of a u64: a few shifts and masks on
-/// the recording path, where gathering the flags one by one was some 40 instructions a word.
+/// The flags of `before` in bits 0..9 and those of `after` in bits 32..41 (constants only, so
+/// the recording path needs no layout: a mask and three shift-and-masks a word, where gathering
+/// the flags one by one was some 40 instructions a word).
+#[inline]
+fn pack_pair(before: u64, after: u64) -> u64 {
+    // Every flag lies below bit 19, so the low halves are enough; u32 keeps the masks short.
+    let pack = |w: u64| {
+        let w = w as u32;
+        let [(s0, m0), (s1, m1), (s2, m2)] = PACK_MOVES;
+        (w & PACK_KEEP as u32)
+            | ((w >> s0) & m0 as u32)
+            | ((w >> s1) & m1 as u32)
+            | ((w >> s2) & m2 as u32)
+    };
+    u64::from(pack(before)) | (u64::from(pack(after)) << 32)
+}
+
+/// Where one layout's flags are in the packed form, for reading them back.
 #[derive(Clone, Copy, Debug)]
 pub struct FlagPack {
     /// The layout the flags words are in.
     pub layout: &'static FlagLayout,
-    /// Every modelled flag's bit.
-    modelled: u64,
-    /// The modelled flags that stay where they are, in both halves.
-    keep: u64,
-    /// (shift, destination bit in both halves) of each flag moved down; (0, 0) when unused.
-    moves: [(u32, u64); MOVES],
+    /// The packed bit of each flag, in [`ALL_FLAGS`] order.
+    dest: [u32; ALL_FLAGS.len()],
 }
 
 impl FlagPack {
-    /// The packing of `layout`. Panics if the layout has more than [`MOVES`] modelled flags
-    /// above bit 8 (no era's has; the tests build every era's).
+    /// The places of `layout`'s flags. Panics if the packed form has no place for one of them
+    /// or two of them could land on one bit (no era's layout does; the tests build both).
     pub fn new(layout: &'static FlagLayout) -> Self {
         let modelled: u64 = ALL_FLAGS.iter().map(|f| layout.mask(*f)).sum();
-        assert_eq!(
-            modelled & !PG_BITS,
-            0,
-            "{}: a flag above bit 31",
-            layout.name
-        );
-        let keep = modelled & FLAG_MASK;
-        let mut free = (0..FLAG_BITS).filter(|b| keep & (1 << b) == 0);
-        let mut moves = [(0, 0); MOVES];
-        let mut len = 0;
-        for bit in FLAG_BITS..32 {
-            if modelled & (1 << bit) != 0 {
-                assert!(len < MOVES, "{}: too many flags above bit 8", layout.name);
-                // 9 flags and 9 places: a flag above has a free place below.
-                let to = free.next().expect("a free bit below FLAG_BITS");
-                moves[len] = (bit - to, (1 << to) | (1 << (to + 32)));
-                len += 1;
-            }
+        let mut dest = [0; ALL_FLAGS.len()];
+        for (d, f) in dest.iter_mut().zip(ALL_FLAGS) {
+            let bit = u32::from(layout.bit(f));
+            *d = if PACK_KEEP & (1 << bit) != 0 {
+                bit
+            } else {
+                PACK_MOVES
+                    .iter()
+                    .find(|(s, m)| bit >= *s && *m == 1 << (bit - s))
+                    .map(|(s, _)| bit - s)
+                    .unwrap_or_else(|| panic!("{}: no packed place for bit {bit}", layout.name))
+            };
         }
-        FlagPack {
-            layout,
-            modelled,
-            keep: keep | (keep << 32),
-            moves,
+        for to in 0..FLAG_BITS {
+            // The bits that pack_pair can put on `to`: at most one may be a flag here.
+            let kept = PACK_KEEP & (1 << to) != 0;
+            let moved = PACK_MOVES.iter().filter(|(_, m)| *m == 1 << to);
+            let sources = kept
+                .then_some(to)
+                .into_iter()
+                .chain(moved.map(|(s, _)| to + s));
+            let flags = sources.filter(|b| modelled & (1 << b) != 0).count();
+            assert!(flags <= 1, "{}: two flags packed on bit {to}", layout.name);
         }
+        FlagPack { layout, dest }
     }
 
-    /// The modelled flags of `before` in bits 0..9 and those of `after` in bits 32..41. A bit
-    /// moved down in one half lands only in that half: every flag lies below bit 32.
-    #[inline]
-    fn pack_pair(&self, before: u64, after: u64) -> u64 {
-        let both = (before & PG_BITS) | (after << 32);
-        let [(s0, m0), (s1, m1)] = self.moves;
-        (both & self.keep) | ((both >> s0) & m0) | ((both >> s1) & m1)
-    }
-
-    /// The flags word of 9 packed bits (one half of a [`FlagPack::pack_pair`]).
+    /// The flags word of 9 packed bits (one half of a [`pack_pair`]).
     fn unpack(&self, packed: u64) -> u32 {
-        let packed = packed & FLAG_MASK;
-        let mut word = packed & self.keep;
-        for &(shift, mask) in &self.moves {
-            word |= (packed & mask) << shift;
+        let mut word = 0;
+        for (d, f) in self.dest.iter().zip(ALL_FLAGS) {
+            if packed & (1 << d) != 0 {
+                word |= self.layout.mask(f);
+            }
         }
         word as u32
     }
 }
 
 impl History {
-    /// Append event number `seq` of this frame (overwriting the one 32 events older); `pack` is
-    /// the packing of the layout the flags words are in.
+    /// Append event number `seq` of this frame (overwriting the one 32 events older).
     ///
     /// The caller numbers events from a counter kept in the frame, not here: the frame's cache
     /// line was just written by the flag operation being recorded, while a ring is usually
@@ -337,15 +347,15 @@ impl History {
     /// for the whole miss where the plain stores below retire through the store buffer. That
     /// was a quarter of the user CPU of a sequential read. The same counter, read back by
     /// [`History::events`], gives the seq bits the slot does not keep.
-    pub fn record(&self, seq: u32, rec: Rec, thread: u32, t_raw: u64, pack: &FlagPack) {
+    pub fn record(&self, seq: u32, rec: Rec, thread: u32, t_raw: u64) {
         debug_assert!(u32::from(rec.bit) < 1 << (H_LAP - H_BIT), "bit {}", rec.bit);
         debug_assert_eq!(
-            (rec.before | rec.after) & PG_BITS & !pack.modelled,
+            (rec.before | rec.after) & PG_BITS & !PACK_SOURCES,
             0,
-            "a flag the history does not keep"
+            "a bit the history does not keep"
         );
         let epoch = epoch_of(rec.after).max(epoch_of(rec.before));
-        let flags = pack.pack_pair(rec.before, rec.after);
+        let flags = pack_pair(rec.before, rec.after);
         let header = ((rec.op as u64) << H_OP)
             | (u64::from(rec.bit) << H_BIT)
             | (u64::from((seq >> SLOT_BITS) & (LAPS - 1)) << H_LAP)
@@ -620,7 +630,7 @@ mod tests {
     /// `rec` as event number `seq` of `h`, with the frame's counter moved to it first.
     fn put(h: &History, count: &AtomicU32, seq: u32, rec: Rec, thread: u32, t_raw: u64) {
         count.store(seq, Ordering::Relaxed);
-        h.record(seq, rec, thread, t_raw, &classic());
+        h.record(seq, rec, thread, t_raw);
     }
 
     fn events_at(h: &History, count: &AtomicU32, now: u64) -> Vec<Event> {
@@ -649,7 +659,7 @@ mod tests {
                     .sum();
                 // The other word of the pair: its complement, so both halves are busy.
                 let other: u64 = all & !word;
-                let both = pack.pack_pair(word | (0xdead_beef << 32), other | (7 << 32));
+                let both = pack_pair(word | (0xdead_beef << 32), other | (7 << 32));
                 let (lo, hi) = (both & 0xffff_ffff, both >> 32);
                 assert!(
                     lo <= FLAG_MASK && hi <= FLAG_MASK,
@@ -741,7 +751,7 @@ mod tests {
                 };
                 let seq = i as u32 + 1;
                 count.store(seq, Ordering::Relaxed);
-                h.record(seq, rec, thread, NOW - 1000 + seq as u64 * 16, &pack);
+                h.record(seq, rec, thread, NOW - 1000 + seq as u64 * 16);
             }
             let ev = h.events(&pack, &count, &|| NOW);
             assert_eq!(ev.len(), cases.len(), "{}", layout.name);
@@ -1014,7 +1024,7 @@ mod tests {
                 // lower bound on the numbers it reads holds on any memory model.
                 let s = count.fetch_add(1, Ordering::AcqRel) + 1;
                 let (rec, thread, t) = rec_of(s);
-                h.record(s, rec, thread, t, &pack);
+                h.record(s, rec, thread, t);
             }
             done.store(true, Ordering::Release);
             readers

@@ -279,7 +279,6 @@ impl<'a> Page<'a> {
                 },
                 thread_tag(),
                 self.cache.now_raw(),
-                self.cache.hist_pack(),
             );
         }
     }
