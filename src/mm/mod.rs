@@ -59,7 +59,7 @@ pub use writeback::{BackgroundWriteback, SyncMode, WritebackControl};
 use crate::bug::{BugReporter, OnBug};
 use crate::mm::filemap::MappingCore;
 use crate::mm::flags::FlagLayout;
-use crate::mm::history::History;
+use crate::mm::history::{FlagPack, History};
 use crate::mm::page::Frame;
 use crate::mm::stats::Stats;
 use crate::mm::vmscan::{Lru, Throttle};
@@ -168,6 +168,8 @@ pub struct PageCache {
     flusher: unchecked::RwLock<Option<std::sync::Weak<dyn BackgroundWriteback>>>,
     /// Per-frame event rings, apart from the frames so that a frame stays a few cache lines.
     histories: Option<Box<[History]>>,
+    /// How the histories keep this era's flags.
+    hist_pack: FlagPack,
     clock: quanta::Clock,
     start_raw: u64,
 }
@@ -234,6 +236,7 @@ impl PageCache {
             histories: cfg
                 .history
                 .then(|| (0..cfg.frames).map(|_| History::default()).collect()),
+            hist_pack: FlagPack::new(sw.layout),
             start_raw: clock.raw(),
             clock,
         }))
@@ -333,6 +336,12 @@ impl PageCache {
     #[inline]
     pub(crate) fn history(&self, pfn: Pfn) -> Option<&History> {
         self.histories.as_ref().map(|h| &h[pfn.0 as usize])
+    }
+
+    /// How the histories keep this era's flags.
+    #[inline]
+    pub(crate) fn hist_pack(&self) -> &FlagPack {
+        &self.hist_pack
     }
 
     /// A raw timestamp for the history (convert with [`PageCache::raw_to_ns`]).

@@ -42,7 +42,8 @@ pub(crate) struct Frame {
     /// Bumped on every allocation; diagnostics and the reused-frame check only.
     pub(crate) generation: unchecked::AtomicU64,
     /// Events recorded in this frame's history so far (see `History::record` for why the
-    /// count lives here and not in the ring).
+    /// count lives here and not in the ring; `History::events` reads it back for the bits of
+    /// each event's number that a slot does not keep).
     hist_seq: unchecked::AtomicU32,
     data: unchecked::RwLock<Box<[u8]>>,
 }
@@ -286,8 +287,16 @@ impl<'a> Page<'a> {
     pub fn history(&self) -> Vec<crate::mm::history::Event> {
         self.cache
             .history(self.pfn)
-            .map(|h| h.events())
+            .map(|h| self.events(h))
             .unwrap_or_default()
+    }
+
+    /// The events of `h`, this frame's ring, read against the frame's event counter and the
+    /// cache's clock (both read after the ring, as `History::events` needs).
+    fn events(&self, h: &crate::mm::history::History) -> Vec<crate::mm::history::Event> {
+        h.events(self.cache.hist_pack(), &self.frame().hist_seq, &|| {
+            self.cache.now_raw()
+        })
     }
 }
 
@@ -315,9 +324,13 @@ impl Dump for Page<'_> {
             layout.name,
         );
         if let Some(h) = self.cache.history(self.pfn) {
-            let _ = writeln!(s, "history of frame {} (oldest first):", self.pfn.0);
+            let _ = writeln!(
+                s,
+                "history of frame {} (oldest first; epochs modulo 2^16):",
+                self.pfn.0
+            );
             let to_ns = |raw| self.cache.raw_to_ns(raw);
-            let events = h.events();
+            let events = self.events(h);
             s.push_str(&render_events(&events, layout, &to_ns));
             let wb = layout.bit(PG::Writeback);
             if let Some(why) = explain_stale_wake(&events, thread_tag(), wb, &to_ns) {
