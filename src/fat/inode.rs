@@ -867,6 +867,32 @@ mod tests {
     }
 
     #[test]
+    fn a_write_failing_before_its_first_page_gives_back_its_reservation() {
+        let f = fixture();
+        f.link(&[2]);
+        // A size that ends on a cluster boundary: a write from there does not round
+        // mmu_private up to a block before its first page, which would free the clusters
+        // by the other condition of write_failed.
+        let ino = f.inode(2, 512);
+        let free = f.table.count_free().expect("count");
+        // Every frame pinned: the first page of the write cannot be had (ENOMEM after the
+        // allocator's throttled wait), so block_write_begin never runs and mmu_private stays
+        // at the size; only the chain shows the clusters the request linked up front.
+        let no_wait = || f.cache.alloc_page_gfp(crate::mm::vmscan::Gfp::NoRetry).ok();
+        let pinned: Vec<_> = std::iter::from_fn(no_wait).collect();
+        assert!(!pinned.is_empty());
+        let mut io = ino.lock();
+        let e = ino
+            .write(&mut io, 512, &[1; 64 * 1024])
+            .expect_err("ENOMEM");
+        assert_eq!(e.errno(), libc::ENOMEM);
+        assert_eq!(f.table.count_free().expect("count"), free, "nothing leaked");
+        assert_eq!(f.table.chain(2).expect("walk"), vec![2]);
+        assert_eq!((ino.size(), io.allocated()), (512, 512));
+        drop(pinned);
+    }
+
+    #[test]
     fn chain_cache_runs_follow_pushes_and_truncation() {
         let mut c = ChainCache::default();
         for cl in (100..110).chain(200..205) {
