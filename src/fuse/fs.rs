@@ -677,24 +677,27 @@ impl Filesystem for FatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        thread_local! {
-            /// This worker's read buffer, kept between requests: allocating and zeroing a
-            /// fresh MiB per request cost as much as the copy out of the page cache.
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// Read buffers, kept between requests (allocating and zeroing a fresh MiB per
+        /// request cost as much as the copy out of the page cache) and shared by the workers:
+        /// one per read in progress, not one per worker. A lone sequential reader has one or
+        /// two requests in flight (the kernel splits a direct read), so it reuses one or two
+        /// buffers, where per-worker buffers left a MiB touched in every worker that ever
+        /// served a read (4 MiB at threads=4). Last in, first out: a reused buffer is the one
+        /// most likely still in cache.
+        static READ_BUFS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+        let mut buf = READ_BUFS.lock().pop().unwrap_or_default();
+        let size = size as usize;
+        if buf.len() < size {
+            buf.resize(size, 0);
         }
-        BUF.with_borrow_mut(|buf| {
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            let r = self
-                .node(ino)
-                .and_then(|node| self.vol.read(&node, offset, &mut buf[..size]));
-            match r {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        let r = self
+            .node(ino)
+            .and_then(|node| self.vol.read(&node, offset, &mut buf[..size]));
+        match r {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(&e)),
+        }
+        READ_BUFS.lock().push(buf);
     }
 
     fn write(
