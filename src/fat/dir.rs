@@ -165,7 +165,8 @@ impl Directory {
 
     /// The live file/dir entry named `name` (long or short, case-insensitive); None if absent.
     pub fn lookup(&self, name: &str) -> Option<&Slot> {
-        self.slots.get(&self.index.lookup(name)?)
+        self.slots
+            .get(&self.index.lookup(name, |o| self.slots.get(&o))?)
     }
 
     /// The live slot whose short entry is at `offset`.
@@ -242,11 +243,11 @@ impl Directory {
         name: &str,
         template: &DirEntry,
     ) -> Result<Slot, FsError> {
-        if self.index.lookup(name).is_some() {
+        if self.lookup(name).is_some() {
             return Err(FsError::Exists);
         }
-        let index = &self.index;
-        let exists = |short: &_| index.short_exists(short);
+        let (index, slots) = (&self.index, &self.slots);
+        let exists = |short: &_| index.short_exists(short, |o| slots.get(&o));
         let run = build_entries(name, self.mode, exists, template, self.fat32)?.concat();
         // Decoded before anything is written, so the slot is what a reload would find.
         let mut slot = self.decode_run(&run)?;
@@ -265,7 +266,7 @@ impl Directory {
         self.note_used(at, count);
         slot.offset += at;
         slot.lfn_offset += at;
-        self.index.insert(&slot.name, slot.entry.name, slot.offset);
+        self.index.insert(&slot);
         self.slots.insert(slot.offset, slot.clone());
         if slot.entry.is_dir() {
             self.subdirs += 1;
@@ -294,7 +295,7 @@ impl Directory {
         let store = table.store();
         self.write_bytes(store, offset, &[DIR_ENTRY_DELETED])?;
         let slot = self.slots.remove(&offset).ok_or(FsError::NotFound)?;
-        self.index.remove(offset);
+        self.index.remove(&slot);
         if slot.entry.is_dir() {
             self.subdirs = self.subdirs.saturating_sub(1);
         }
@@ -696,7 +697,9 @@ mod tests {
         for slot in dir.entries() {
             assert_eq!(again.lookup(&slot.name), Some(slot), "{}", slot.name);
             assert_eq!(
-                again.index.lookup(&slot.entry.name.to_string()),
+                again
+                    .index
+                    .lookup(&slot.entry.name.to_string(), |o| again.slots.get(&o)),
                 Some(slot.offset)
             );
         }

@@ -16,14 +16,16 @@
 //! tests the position past the entry against `FAT_MAX_DIR_SIZE` and so never hands out the
 //! last one, although growing the directory can fill it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::hash::Hasher;
 use std::ops::Range;
+
+use hashbrown::HashTable;
 
 use crate::error::FsError;
 use crate::fat::name::{
     ATTR_LONG_NAME, DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, LFN_LAST_SLOT,
-    LFN_MAX_SLOTS, LfnAssembler, NameForm, SHORT_NAME_LEN, ShortName, ShortnameMode, fold_name,
-    lfn_slots, vfat_create_shortname, vfat_valid_longname,
+    LFN_MAX_SLOTS, LfnAssembler, NameForm, SHORT_NAME_LEN, ShortName, ShortnameMode, folded_chars,
+    lfn_slots, names_equal, vfat_create_shortname, vfat_valid_longname,
 };
 
 /// Attribute: read-only.
@@ -461,14 +463,65 @@ pub fn dot_entries(
 /// Each entry is found by its long name and by its short name, case-insensitively, as vfat's
 /// lookup compares both. When a damaged directory has two entries answering one name, the
 /// first on disk wins, as the kernel's linear search finds it first.
+///
+/// The index keeps no names: only (hash of a key, short-entry offset) pairs, 8 bytes each,
+/// three per entry. The names themselves are in the directory's slots, which the caller lends
+/// to [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a match from a hash
+/// collision. Keeping the folded keys as strings (twice, for the ordered sets and for removal)
+/// cost ~250 bytes per entry, more than the slot that holds the name.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    /// (folded name, short-entry offset); ordered so the lowest offset of a name comes first.
-    names: BTreeSet<(String, usize)>,
-    /// (raw 8.3 name, short-entry offset), for alias generation.
-    shorts: BTreeSet<([u8; SHORT_NAME_LEN], usize)>,
-    /// The keys each offset was entered under, so removal needs the offset only.
-    by_offset: HashMap<usize, (String, String, ShortName)>,
+    /// The folded long (or shown) name and the folded shown short name of every entry.
+    names: HashTable<(u32, u32)>,
+    /// The raw 8.3 name of every entry, for alias generation.
+    shorts: HashTable<(u32, u32)>,
+}
+
+/// The 32-bit key hash of a name under [`crate::fat::name::fold_name`]'s folding.
+fn name_hash(name: &str) -> u32 {
+    let mut h = rustc_hash::FxHasher::default();
+    for c in folded_chars(name) {
+        h.write_u32(u32::from(c));
+    }
+    // Fx mixes best into its high bits.
+    (h.finish() >> 32) as u32
+}
+
+/// The 32-bit key hash of a raw 8.3 name.
+fn short_hash(short: &ShortName) -> u32 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(&short.0);
+    (h.finish() >> 32) as u32
+}
+
+/// The table hash of a stored key hash: spread over all 64 bits, as the table takes its bucket
+/// from the low bits and its tag from the top seven.
+fn spread(key: u32) -> u64 {
+    u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// A short-entry offset as stored (a directory is at most 2 MiB, so it fits 32 bits).
+fn offset32(offset: usize) -> u32 {
+    u32::try_from(offset).expect("a directory offset fits 32 bits (FAT_MAX_DIR_SIZE)")
+}
+
+/// Enters `(key, offset)` unless present (a long name that folds to its own short name).
+fn enter(table: &mut HashTable<(u32, u32)>, key: u32, offset: u32) {
+    let hash = spread(key);
+    if table.find(hash, |&e| e == (key, offset)).is_none() {
+        table.insert_unique(hash, (key, offset), |&(k, _)| spread(k));
+    }
+}
+
+/// Takes `(key, offset)` out; whether it was there.
+fn take(table: &mut HashTable<(u32, u32)>, key: u32, offset: u32) -> bool {
+    match table.find_entry(spread(key), |&e| e == (key, offset)) {
+        Ok(entry) => {
+            entry.remove();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 impl NameIndex {
@@ -482,51 +535,82 @@ impl NameIndex {
     pub fn build(entries: &[Slot]) -> Self {
         let mut index = Self::new();
         for slot in entries.iter().filter(|s| s.kind == SlotKind::Entry) {
-            index.insert(&slot.name, slot.entry.name, slot.offset);
+            index.insert(slot);
         }
         index
     }
 
-    /// Enters the entry at `offset` under `name` (its long or shown name) and `short`,
-    /// replacing whatever was entered for `offset` before.
-    pub fn insert(&mut self, name: &str, short: ShortName, offset: usize) {
-        self.remove(offset);
-        let (long_key, short_key) = (fold_name(name), fold_name(&short.to_string()));
-        self.names.insert((long_key.clone(), offset));
-        self.names.insert((short_key.clone(), offset));
-        self.shorts.insert((short.0, offset));
-        self.by_offset.insert(offset, (long_key, short_key, short));
+    /// Enters `slot` under its name (long or shown) and its short name.
+    pub fn insert(&mut self, slot: &Slot) {
+        let offset = offset32(slot.offset);
+        let short = slot.entry.name;
+        enter(&mut self.names, name_hash(&slot.name), offset);
+        enter(&mut self.names, name_hash(&short.to_string()), offset);
+        enter(&mut self.shorts, short_hash(&short), offset);
     }
 
-    /// Forgets the entry at `offset`; returns whether it was indexed.
-    pub fn remove(&mut self, offset: usize) -> bool {
-        let Some((long_key, short_key, short)) = self.by_offset.remove(&offset) else {
-            return false;
-        };
-        self.names.remove(&(long_key, offset));
-        self.names.remove(&(short_key, offset));
-        self.shorts.remove(&(short.0, offset));
-        true
+    /// Forgets `slot` (as it was entered); returns whether it was indexed.
+    pub fn remove(&mut self, slot: &Slot) -> bool {
+        let offset = offset32(slot.offset);
+        let short = slot.entry.name;
+        let long = take(&mut self.names, name_hash(&slot.name), offset);
+        // A long name folding to the short one was entered once, under one key.
+        let shown = take(&mut self.names, name_hash(&short.to_string()), offset);
+        let raw = take(&mut self.shorts, short_hash(&short), offset);
+        long | shown | raw
     }
 
-    /// The short-entry offset of the entry `name` denotes, by long or short name.
-    pub fn lookup(&self, name: &str) -> Option<usize> {
-        let key = fold_name(name);
-        let (found, offset) = self.names.range((key.clone(), 0)..).next()?;
-        (*found == key).then_some(*offset)
+    /// The short-entry offset of the entry `name` denotes, by long or short name; `slot_at`
+    /// gives the indexed slot at an offset.
+    pub fn lookup<'s>(
+        &self,
+        name: &str,
+        slot_at: impl Fn(usize) -> Option<&'s Slot>,
+    ) -> Option<usize> {
+        let key = name_hash(name);
+        let mut best: Option<usize> = None;
+        for &(k, offset) in self.names.iter_hash(spread(key)) {
+            let offset = offset as usize;
+            if k != key || best.is_some_and(|b| b <= offset) {
+                continue;
+            }
+            let Some(slot) = slot_at(offset) else {
+                continue;
+            };
+            if names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string()) {
+                best = Some(offset);
+            }
+        }
+        best
     }
 
-    /// Whether some entry has exactly this 8.3 name.
-    pub fn short_exists(&self, short: &ShortName) -> bool {
-        let first = self.shorts.range((short.0, 0)..).next();
-        first.is_some_and(|(raw, _)| *raw == short.0)
+    /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
+    pub fn short_exists<'s>(
+        &self,
+        short: &ShortName,
+        slot_at: impl Fn(usize) -> Option<&'s Slot>,
+    ) -> bool {
+        let key = short_hash(short);
+        self.shorts.iter_hash(spread(key)).any(|&(k, offset)| {
+            k == key && slot_at(offset as usize).is_some_and(|s| s.entry.name == *short)
+        })
+    }
+
+    /// Keys held (an entry whose long name folds to its short one holds two, else three).
+    pub fn len(&self) -> usize {
+        self.names.len() + self.shorts.len()
+    }
+
+    /// True when no entry is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::fat::name::{CASE_LOWER_BASE, CASE_LOWER_EXT, names_equal};
+    use crate::fat::name::{CASE_LOWER_BASE, CASE_LOWER_EXT, fold_name};
     use crate::fat::time::{dos_date, dos_time};
     use ShortnameMode::*;
 
@@ -662,7 +746,8 @@ mod tests {
             ("deleted", "gone for good", None), ("past the end marker", "GHOST.TXT", None),
         ];
         for (what, name, want) in lookups {
-            assert_eq!(index.lookup(name), want.map(|i| i * E), "{what}");
+            let slot_at = |o| scan.entries.iter().find(|s: &&Slot| s.offset == o);
+            assert_eq!(index.lookup(name, slot_at), want.map(|i| i * E), "{what}");
         }
     }
 
@@ -790,14 +875,26 @@ mod tests {
     #[test]
     fn name_index_two_thousand_names() {
         let template = DirEntry::stamped(ATTR_ARCH, STAMP);
-        let add = |index: &mut NameIndex, name: &str, offset: usize| {
-            let exists = |s: &ShortName| index.short_exists(s);
+        // The slots the index points into, as a directory keeps them.
+        type Slots = std::collections::BTreeMap<usize, Slot>;
+        let add = |index: &mut NameIndex, slots: &mut Slots, name: &str, offset: usize| {
+            let exists = |s: &ShortName| index.short_exists(s, |o| slots.get(&o));
             let raw = build_entries(name, Mixed, exists, &template, true).expect(name);
-            let short = DirEntry::parse(raw.last().expect("short entry"), true).name;
-            index.insert(name, short, offset);
-            short
+            let entry = DirEntry::parse(raw.last().expect("short entry"), true);
+            let kind = SlotKind::Entry;
+            let name = name.to_string();
+            let slot = Slot {
+                name,
+                entry,
+                offset,
+                lfn_offset: offset,
+                kind,
+            };
+            index.insert(&slot);
+            slots.insert(offset, slot);
+            entry.name
         };
-        let mut index = NameIndex::new();
+        let (mut index, mut slots) = (NameIndex::new(), Slots::new());
         let mut aliases = Vec::new();
         for i in 0..2000 {
             // Every tenth name shares one alias basis: ~1..~4, then the hash form.
@@ -805,9 +902,13 @@ mod tests {
                 0 => format!("Shared prefix {i}.txt"),
                 _ => format!("{i:04} unique report.txt"),
             };
-            aliases.push(add(&mut index, &name, i * E));
+            aliases.push(add(&mut index, &mut slots, &name, i * E));
         }
-        assert_eq!(index.by_offset.len(), 2000);
+        assert_eq!(
+            index.len(),
+            3 * 2000,
+            "long, shown short and raw short keys"
+        );
         let want = ["SHARED~1TXT", "SHARED~2TXT", "SHF12D~1TXT"].map(sn);
         let got = [aliases[0], aliases[10], aliases[100]];
         assert_eq!(got, want, "~2, then a hash form after ~4");
@@ -820,16 +921,30 @@ mod tests {
             ("missing", "0042 unique report.txt2", None),
         ];
         for (what, name, want) in lookups {
-            assert_eq!(index.lookup(name), want.map(|i| i * E), "{what}");
+            let got = index.lookup(name, |o| slots.get(&o));
+            assert_eq!(got, want.map(|i| i * E), "{what}");
         }
-        assert!(index.remove(10 * E) && !index.remove(10 * E));
-        assert_eq!(index.lookup("SHARED~2.TXT"), None);
-        assert!(!index.short_exists(&sn("SHARED~2TXT")));
-        let reused = add(&mut index, "Shared prefix again.txt", 5000 * E);
+        let gone = slots.remove(&(10 * E)).expect("slot 10");
+        assert!(index.remove(&gone) && !index.remove(&gone));
+        assert_eq!(index.lookup("SHARED~2.TXT", |o| slots.get(&o)), None);
+        assert!(!index.short_exists(&sn("SHARED~2TXT"), |o| slots.get(&o)));
+        let reused = add(&mut index, &mut slots, "Shared prefix again.txt", 5000 * E);
         assert_eq!(reused, sn("SHARED~2TXT"), "a freed alias is taken again");
-        add(&mut index, "\u{e9}t\u{e9}.txt", 5001 * E);
-        let folded = index.lookup("\u{c9}T\u{c9}.TXT");
-        assert_eq!((folded, index.by_offset.len()), (Some(5001 * E), 2001));
+        add(&mut index, &mut slots, "\u{e9}t\u{e9}.txt", 5001 * E);
+        let folded = index.lookup("\u{c9}T\u{c9}.TXT", |o| slots.get(&o));
+        assert_eq!((folded, index.len()), (Some(5001 * E), 3 * 2001));
+        // Two entries answering one name (a damaged directory): the first on disk wins,
+        // whichever was entered first.
+        let mut twin = slots[&(42 * E)].clone();
+        twin.offset = 7000 * E;
+        index.insert(&twin);
+        slots.insert(twin.offset, twin.clone());
+        twin.offset = 41 * E + 1;
+        let earlier = twin.clone();
+        index.insert(&earlier);
+        slots.insert(earlier.offset, earlier);
+        let got = index.lookup("0042 UNIQUE REPORT.TXT", |o| slots.get(&o));
+        assert_eq!(got, Some(41 * E + 1));
         #[rustfmt::skip]
         let names = [
             "readme.txt", "README.TXT", "foo.", "FOO", "\u{e9}t\u{e9}", "\u{c9}T\u{c9}",

@@ -666,11 +666,22 @@ pub fn names_equal(a: &str, b: &str) -> bool {
 /// The key under which a name is found: two names have the same key exactly when
 /// [`names_equal`] holds (trailing dots dropped, simple upper case).
 pub fn fold_name(name: &str) -> String {
+    folded_chars(name).collect()
+}
+
+/// The characters of [`fold_name`]'s key, without building it: for hashing a name where the
+/// key itself is not kept.
+pub fn folded_chars(name: &str) -> impl Iterator<Item = char> + '_ {
     let stripped = vfat_striptail(name);
-    if stripped.is_empty() {
-        return name.to_string();
-    }
-    stripped.chars().map(simple_upper).collect()
+    // All dots: compared exactly, so the key is the name itself.
+    let (chars, fold) = if stripped.is_empty() {
+        (name, false)
+    } else {
+        (stripped, true)
+    };
+    chars
+        .chars()
+        .map(move |c| if fold { simple_upper(c) } else { c })
 }
 
 /// Upper case of one char where Unicode has a one-char form, the folding FAT lookups use.
