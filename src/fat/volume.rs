@@ -367,7 +367,8 @@ pub struct Volume {
     bdev: Arc<Bdev>,
     table: Arc<FatTable<Arc<Bdev>>>,
     queue: Arc<IoQueue>,
-    bpb: Bpb,
+    /// Shared with every file's data side.
+    bpb: Arc<Bpb>,
     opts: MountOptions,
     read_only: bool,
     /// Unlinked files whose last holder has not let go yet: their clusters are still used.
@@ -540,7 +541,7 @@ impl Volume {
             bdev,
             table,
             queue,
-            bpb,
+            bpb: Arc::new(bpb),
             opts,
             read_only,
             orphans,
