@@ -317,6 +317,9 @@ impl Run {
 /// Runs past which membership goes through [`ChainCache::spans`] instead of a scan of the runs.
 const SCAN_RUNS: usize = 8;
 
+/// Runs by first cluster: first cluster -> length.
+type Spans = std::collections::BTreeMap<u32, u32>;
+
 /// The walked prefix of a file's chain as its contiguous runs, so the cluster at any index and
 /// the run from it are found in O(log runs) however long the chain is, and whether a cluster is
 /// already on the chain (loop detection) in O(log runs) too.
@@ -331,7 +334,8 @@ struct ChainCache {
     /// The runs by first cluster (first cluster -> length), once there are more than
     /// [`SCAN_RUNS`]; empty before. Membership by interval rather than a set of every cluster:
     /// a write that allocates a cluster per page extends an entry instead of hashing an insert.
-    spans: std::collections::BTreeMap<u32, u32>,
+    /// Boxed: most files never need it, and an empty map inline is three words.
+    spans: Option<Box<Spans>>,
 }
 
 impl ChainCache {
@@ -370,7 +374,7 @@ impl ChainCache {
         match self.runs.last_mut() {
             Some(r) if follows => {
                 r.len += 1;
-                if let Some(span) = self.spans.get_mut(&r.first) {
+                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
                     *span += 1;
                 }
             }
@@ -383,11 +387,11 @@ impl ChainCache {
                     len: 1,
                 });
                 if self.runs.len() == SCAN_RUNS + 1 {
-                    self.spans = self.span_map();
-                } else if self.runs.len() > SCAN_RUNS + 1 {
+                    self.spans = Some(Box::new(self.span_map()));
+                } else if let Some(spans) = self.spans.as_mut() {
                     // A run starting where an earlier one did is a loop, which `contains`
                     // turns away before any push; keep the longer span all the same.
-                    let span = self.spans.entry(c).or_insert(0);
+                    let span = spans.entry(c).or_insert(0);
                     *span = (*span).max(1);
                 }
             }
@@ -395,8 +399,8 @@ impl ChainCache {
     }
 
     /// The runs by first cluster; of two starting at one cluster, the longer.
-    fn span_map(&self) -> std::collections::BTreeMap<u32, u32> {
-        let mut spans = std::collections::BTreeMap::new();
+    fn span_map(&self) -> Spans {
+        let mut spans = Spans::new();
         for r in &self.runs {
             let span = spans.entry(r.first).or_insert(0);
             *span = (*span).max(r.len);
@@ -406,10 +410,10 @@ impl ChainCache {
 
     /// Whether cluster `c` is on the walked chain already.
     fn contains(&self, c: u32) -> bool {
-        if self.runs.len() <= SCAN_RUNS {
+        let Some(spans) = self.spans.as_ref() else {
             return self.runs.iter().any(|r| r.holds(c));
-        }
-        self.spans
+        };
+        spans
             .range(..=c)
             .next_back()
             .is_some_and(|(&first, &len)| u64::from(c) < u64::from(first) + u64::from(len))
@@ -426,11 +430,7 @@ impl ChainCache {
             r.len = r.len.min(keep as u32 - r.start);
         }
         // Rebuilt from the runs left: truncation is rare and the runs are few.
-        self.spans = if self.runs.len() > SCAN_RUNS {
-            self.span_map()
-        } else {
-            std::collections::BTreeMap::new()
-        };
+        self.spans = (self.runs.len() > SCAN_RUNS).then(|| Box::new(self.span_map()));
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
@@ -977,13 +977,16 @@ mod tests {
             f.push(cl);
             assert_eq!((f.len(), f.get(i), f.run_from(i)), (i + 1, Some(cl), 1));
         }
-        assert_eq!((f.runs.len(), f.spans.len()), (20, 20));
+        assert_eq!(
+            (f.runs.len(), f.spans.as_ref().map(|s| s.len())),
+            (20, Some(20))
+        );
         for probe in 0..215u32 {
             let want = frag.contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} with spans");
         }
         f.truncate(9);
-        assert_eq!((f.runs.len(), f.spans.len(), f.len()), (5, 0, 9));
+        assert_eq!((f.runs.len(), f.spans.is_none(), f.len()), (5, true, 9));
         for probe in 0..215u32 {
             let want = frag[..9].contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} by scan");
