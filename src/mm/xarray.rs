@@ -312,13 +312,12 @@ impl Inner {
             return false;
         }
         node.present &= !bit;
+        // The marks whose last entry in this node this was: the node leaves their sets.
         let mut to_unmark = [false; 3];
-        for m in 0..3 {
-            if node.marks[m] & bit != 0 {
-                node.marks[m] &= !bit;
-                if node.marks[m] == 0 {
-                    to_unmark[m] = true;
-                }
+        for (marks, unmark) in node.marks.iter_mut().zip(&mut to_unmark) {
+            if *marks & bit != 0 {
+                *marks &= !bit;
+                *unmark = *marks == 0;
             }
         }
         self.len -= 1;
