@@ -70,7 +70,9 @@ fn pure(dir: &[u8], fat32: bool, mode: ShortnameMode, name: &str) {
     // `.` and `..` are left out of the index by design: lookups never match them.
     for slot in scan.entries.iter().filter(|s| s.kind == SlotKind::Entry) {
         assert!(
-            index.lookup(&slot.name).is_some(),
+            index
+                .lookup(&slot.name, |o| scan.entries.iter().find(|s| s.offset == o))
+                .is_some(),
             "{:?} listed but not found",
             slot.name
         );
