@@ -501,10 +501,18 @@ pub struct FatInode<S: FatStore + 'static> {
     io: Mutex<InodeIo>,
     /// The page after the last one read (file_ra_state's idea of where a sequential reader
     /// goes next); a hint, so racing readers only change how much is read ahead.
-    ra_next: crate::sync::unchecked::AtomicU64,
+    ///
+    /// Both hints are page numbers of a file below 4 GiB, so below 2^20: 32 bits hold them,
+    /// and the node of every known file is 8 bytes (one malloc size class) smaller.
+    ra_next: crate::sync::unchecked::AtomicU32,
     /// The page after the last one readahead has started (the end of file_ra_state's window);
     /// a hint like `ra_next`.
-    ra_issued: crate::sync::unchecked::AtomicU64,
+    ra_issued: crate::sync::unchecked::AtomicU32,
+}
+
+/// A page number as a readahead hint holds it (exact below 2^32 pages, which every FAT file is).
+fn page_hint(page: u64) -> u32 {
+    u32::try_from(page).unwrap_or(u32::MAX)
 }
 
 /// Pages read ahead of a sequential reader beyond its request (read_ahead_kb's default of
@@ -542,8 +550,8 @@ impl<S: FatStore + 'static> FatInode<S> {
             data,
             mapping,
             io,
-            ra_next: crate::sync::unchecked::AtomicU64::new(0),
-            ra_issued: crate::sync::unchecked::AtomicU64::new(0),
+            ra_next: crate::sync::unchecked::AtomicU32::new(0),
+            ra_issued: crate::sync::unchecked::AtomicU32::new(0),
         }
     }
 
@@ -600,7 +608,8 @@ impl<S: FatStore + 'static> FatInode<S> {
         let end = (offset + want as u64).div_ceil(PAGE_SIZE as u64);
         let eof = size.div_ceil(PAGE_SIZE as u64);
         // Relaxed: a hint (see `ra_next`).
-        let sequential = first == 0 || first == self.ra_next.swap(end, Hint::Relaxed);
+        let sequential =
+            first == 0 || first == u64::from(self.ra_next.swap(page_hint(end), Hint::Relaxed));
         // The window: the request, at least RA_PAGES, at most a quarter of the cache.
         let cap = (self.mapping.cache().nr_frames() as u64 / 4).max(1);
         let window = (end - first).max(RA_PAGES).min(cap);
@@ -639,7 +648,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         let target = (end + window).min(eof);
         // Relaxed: a hint (see `ra_issued`); racing readers at worst read a window twice,
         // which the page cache turns into no I/O.
-        let issued = self.ra_issued.load(Hint::Relaxed);
+        let issued = u64::from(self.ra_issued.load(Hint::Relaxed));
         let from = if restart || issued < end || issued > target {
             end
         } else {
@@ -648,7 +657,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         if from >= target || (from > end && from > end + window / 2) {
             return;
         }
-        self.ra_issued.store(target, Hint::Relaxed);
+        self.ra_issued.store(page_hint(target), Hint::Relaxed);
         self.readahead(from, target);
     }
 
