@@ -169,7 +169,10 @@ fn one_directory(
     name: &str,
 ) {
     let mut dir = Directory::load(table, bpb, loc, mode).expect("a well-linked directory loads");
-    let listed: Vec<(String, usize)> = dir.entries().map(|s| (s.name.clone(), s.offset)).collect();
+    let listed: Vec<(String, usize)> = dir
+        .entries()
+        .map(|s| (s.name.to_string(), s.offset))
+        .collect();
     for (n, offset) in &listed {
         assert!(dir.lookup(n).is_some(), "{n:?} listed but not found");
         assert!(dir.slot_at(*offset).is_some());

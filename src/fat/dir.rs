@@ -747,7 +747,7 @@ mod tests {
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
         let e = dir.add(&table, "label", &DirEntry::stamped(ATTR_VOLUME, STAMP));
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
-        let shown: Vec<_> = dir.entries().map(|s| s.name.as_str()).collect();
+        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
         assert_eq!(shown, ["README.TXT", long]);
         assert!(!dir.is_empty());
         assert_eq!(dir.slot_at(6 * E), Some(&q));
@@ -978,7 +978,7 @@ mod tests {
             "new marker, whole entry"
         );
         assert_eq!(&bytes[3 * E..3 * E + 6], b"GHOST2", "only the next entry");
-        let shown: Vec<_> = dir.entries().map(|s| s.name.clone()).collect();
+        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
         assert_eq!(shown, ["A.TXT", "B.TXT"]);
         assert_round_trip(&dir, &bpb, &table);
         let c = add(&mut dir, &table, "Long c.txt");
@@ -1000,7 +1000,7 @@ mod tests {
         (want.name, want.nt_case, want.first_cluster) = (s.entry.name, s.entry.nt_case, 9);
         let got = dir.slot_at(s.offset).expect("slot");
         assert_eq!(
-            (got.entry, got.name.as_str()),
+            (got.entry, &*got.name),
             (want, "Mixed Case.txt"),
             "FAT16: low word"
         );

@@ -16,6 +16,7 @@
 //! tests the position past the entry against `FAT_MAX_DIR_SIZE` and so never hands out the
 //! last one, although growing the directory can fill it.
 
+use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::ops::Range;
 
@@ -203,7 +204,7 @@ pub enum SlotKind {
 pub struct Slot {
     /// The long name if a valid LFN chain precedes the entry, else the short name as shown
     /// under the mount's `shortname=` mode; for a label, the label without its padding.
-    pub name: String,
+    pub name: Box<str>,
     /// The decoded short entry.
     pub entry: DirEntry,
     /// Byte offset of the short entry in the directory.
@@ -281,7 +282,8 @@ fn live_slot(
         _ => (short, offset),
     };
     Some(Slot {
-        name,
+        // Boxed to its length: a directory keeps a slot per entry for as long as it is known.
+        name: name.into_boxed_str(),
         entry,
         offset,
         lfn_offset,
@@ -464,17 +466,88 @@ pub fn dot_entries(
 /// lookup compares both. When a damaged directory has two entries answering one name, the
 /// first on disk wins, as the kernel's linear search finds it first.
 ///
-/// The index keeps no names: only (hash of a key, short-entry offset) pairs, 8 bytes each,
-/// three per entry. The names themselves are in the directory's slots, which the caller lends
-/// to [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a match from a hash
+/// The index keeps no names: only (hash of a key, short-entry offset) pairs, three per entry.
+/// The names themselves are in the directory's slots, which the caller lends to
+/// [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a match from a hash
 /// collision. Keeping the folded keys as strings (twice, for the ordered sets and for removal)
 /// cost ~250 bytes per entry, more than the slot that holds the name.
 #[derive(Debug, Default)]
 pub struct NameIndex {
     /// The folded long (or shown) name and the folded shown short name of every entry.
-    names: HashTable<(u32, u32)>,
+    names: Keys,
     /// The raw 8.3 name of every entry, for alias generation.
-    shorts: HashTable<(u32, u32)>,
+    shorts: Keys,
+}
+
+/// (key hash, offset) pairs, found by key in offset order.
+///
+/// The lowest offset of each key sits in a hash table, 8 bytes a pair; the others of the same
+/// key, in an ordered set beside it. Distinct keys are the rule, so the set is normally empty;
+/// a damaged directory can hold thousands of entries of one name, and one table slot per key
+/// keeps its load O(n log n) where a table of them all probes through every twin (quadratic).
+#[derive(Debug, Default)]
+struct Keys {
+    first: HashTable<(u32, u32)>,
+    more: BTreeSet<(u32, u32)>,
+}
+
+impl Keys {
+    /// Enters `(key, offset)` unless present (a long name that folds to its own short name).
+    fn enter(&mut self, key: u32, offset: u32) {
+        let hash = spread(key);
+        match self.first.find_mut(hash, |e| e.0 == key) {
+            None => {
+                self.first
+                    .insert_unique(hash, (key, offset), |&(k, _)| spread(k));
+            }
+            Some(e) if e.1 == offset => {}
+            Some(e) if offset < e.1 => {
+                // The new lowest: the old one moves to the others.
+                let old = std::mem::replace(&mut e.1, offset);
+                self.more.insert((key, old));
+            }
+            Some(_) => {
+                self.more.insert((key, offset));
+            }
+        }
+    }
+
+    /// Takes `(key, offset)` out; whether it was there.
+    fn take(&mut self, key: u32, offset: u32) -> bool {
+        if self.more.remove(&(key, offset)) {
+            return true;
+        }
+        let Ok(entry) = self.first.find_entry(spread(key), |&e| e == (key, offset)) else {
+            return false;
+        };
+        // The next lowest of the key, if any, takes its place.
+        match self.more.range((key, 0)..=(key, u32::MAX)).next().copied() {
+            Some(next) => {
+                self.more.remove(&next);
+                *entry.into_mut() = next;
+            }
+            None => {
+                entry.remove();
+            }
+        }
+        true
+    }
+
+    /// The offsets entered under `key`, lowest first.
+    fn offsets(&self, key: u32) -> impl Iterator<Item = usize> + '_ {
+        let first = self.first.find(spread(key), |e| e.0 == key);
+        let more = first
+            .is_some()
+            .then(|| self.more.range((key, 0)..=(key, u32::MAX)))
+            .into_iter()
+            .flatten();
+        first.into_iter().chain(more).map(|&(_, o)| o as usize)
+    }
+
+    /// Pairs held.
+    fn len(&self) -> usize {
+        self.first.len() + self.more.len()
+    }
 }
 
 /// The 32-bit key hash of a name under [`crate::fat::name::fold_name`]'s folding.
@@ -483,45 +556,31 @@ fn name_hash(name: &str) -> u32 {
     for c in folded_chars(name) {
         h.write_u32(u32::from(c));
     }
-    // Fx mixes best into its high bits.
-    (h.finish() >> 32) as u32
+    fold64(h.finish())
 }
 
 /// The 32-bit key hash of a raw 8.3 name.
 fn short_hash(short: &ShortName) -> u32 {
     let mut h = rustc_hash::FxHasher::default();
     h.write(&short.0);
-    (h.finish() >> 32) as u32
+    fold64(h.finish())
+}
+
+/// A 64-bit hash folded to the 32 bits stored, every bit of it counting.
+fn fold64(h: u64) -> u32 {
+    (h ^ (h >> 32)) as u32
 }
 
 /// The table hash of a stored key hash: spread over all 64 bits, as the table takes its bucket
 /// from the low bits and its tag from the top seven.
 fn spread(key: u32) -> u64 {
-    u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
 }
 
 /// A short-entry offset as stored (a directory is at most 2 MiB, so it fits 32 bits).
 fn offset32(offset: usize) -> u32 {
     u32::try_from(offset).expect("a directory offset fits 32 bits (FAT_MAX_DIR_SIZE)")
-}
-
-/// Enters `(key, offset)` unless present (a long name that folds to its own short name).
-fn enter(table: &mut HashTable<(u32, u32)>, key: u32, offset: u32) {
-    let hash = spread(key);
-    if table.find(hash, |&e| e == (key, offset)).is_none() {
-        table.insert_unique(hash, (key, offset), |&(k, _)| spread(k));
-    }
-}
-
-/// Takes `(key, offset)` out; whether it was there.
-fn take(table: &mut HashTable<(u32, u32)>, key: u32, offset: u32) -> bool {
-    match table.find_entry(spread(key), |&e| e == (key, offset)) {
-        Ok(entry) => {
-            entry.remove();
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 impl NameIndex {
@@ -544,19 +603,19 @@ impl NameIndex {
     pub fn insert(&mut self, slot: &Slot) {
         let offset = offset32(slot.offset);
         let short = slot.entry.name;
-        enter(&mut self.names, name_hash(&slot.name), offset);
-        enter(&mut self.names, name_hash(&short.to_string()), offset);
-        enter(&mut self.shorts, short_hash(&short), offset);
+        self.names.enter(name_hash(&slot.name), offset);
+        self.names.enter(name_hash(&short.to_string()), offset);
+        self.shorts.enter(short_hash(&short), offset);
     }
 
     /// Forgets `slot` (as it was entered); returns whether it was indexed.
     pub fn remove(&mut self, slot: &Slot) -> bool {
         let offset = offset32(slot.offset);
         let short = slot.entry.name;
-        let long = take(&mut self.names, name_hash(&slot.name), offset);
+        let long = self.names.take(name_hash(&slot.name), offset);
         // A long name folding to the short one was entered once, under one key.
-        let shown = take(&mut self.names, name_hash(&short.to_string()), offset);
-        let raw = take(&mut self.shorts, short_hash(&short), offset);
+        let shown = self.names.take(name_hash(&short.to_string()), offset);
+        let raw = self.shorts.take(short_hash(&short), offset);
         long | shown | raw
     }
 
@@ -567,21 +626,12 @@ impl NameIndex {
         name: &str,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> Option<usize> {
-        let key = name_hash(name);
-        let mut best: Option<usize> = None;
-        for &(k, offset) in self.names.iter_hash(spread(key)) {
-            let offset = offset as usize;
-            if k != key || best.is_some_and(|b| b <= offset) {
-                continue;
-            }
-            let Some(slot) = slot_at(offset) else {
-                continue;
-            };
-            if names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string()) {
-                best = Some(offset);
-            }
-        }
-        best
+        // Lowest offset first, so the first match is the one on disk first.
+        self.names.offsets(name_hash(name)).find(|&offset| {
+            slot_at(offset).is_some_and(|slot| {
+                names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string())
+            })
+        })
     }
 
     /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
@@ -590,10 +640,9 @@ impl NameIndex {
         short: &ShortName,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> bool {
-        let key = short_hash(short);
-        self.shorts.iter_hash(spread(key)).any(|&(k, offset)| {
-            k == key && slot_at(offset as usize).is_some_and(|s| s.entry.name == *short)
-        })
+        self.shorts
+            .offsets(short_hash(short))
+            .any(|offset| slot_at(offset).is_some_and(|s| s.entry.name == *short))
     }
 
     /// Keys held (an entry whose long name folds to its short one holds two, else three).
@@ -636,7 +685,7 @@ mod tests {
 
     /// (name, kind, entry index, first slot index) of each slot.
     fn listing<'a>(slots: &'a [Slot]) -> Vec<(&'a str, SlotKind, usize, usize)> {
-        let row = |s: &'a Slot| (s.name.as_str(), s.kind, s.offset / E, s.lfn_offset / E);
+        let row = |s: &'a Slot| (&*s.name, s.kind, s.offset / E, s.lfn_offset / E);
         slots.iter().map(row).collect()
     }
 
@@ -732,7 +781,7 @@ mod tests {
         );
         let fat16 = iterate(&dir, false, Win95);
         assert_eq!(
-            fat16.entries[2].name, "README.TXT",
+            &*fat16.entries[2].name, "README.TXT",
             "win95 ignores case bits"
         );
 
@@ -882,7 +931,7 @@ mod tests {
             let raw = build_entries(name, Mixed, exists, &template, true).expect(name);
             let entry = DirEntry::parse(raw.last().expect("short entry"), true);
             let kind = SlotKind::Entry;
-            let name = name.to_string();
+            let name = name.into();
             let slot = Slot {
                 name,
                 entry,
@@ -945,6 +994,20 @@ mod tests {
         slots.insert(earlier.offset, earlier);
         let got = index.lookup("0042 UNIQUE REPORT.TXT", |o| slots.get(&o));
         assert_eq!(got, Some(41 * E + 1));
+        // Removing the first of the twins hands the name to the next on disk, and so on.
+        for (gone, next) in [
+            (41 * E + 1, Some(42 * E)),
+            (42 * E, Some(7000 * E)),
+            (7000 * E, None),
+        ] {
+            let slot = slots.remove(&gone).expect("indexed twin");
+            assert!(index.remove(&slot));
+            let got = index.lookup("0042 unique report.txt", |o| slots.get(&o));
+            assert_eq!(got, next, "after removing {gone}");
+            let alias = index.short_exists(&slot.entry.name, |o| slots.get(&o));
+            assert_eq!(alias, next.is_some(), "alias after removing {gone}");
+        }
+        assert_eq!(index.len(), 3 * 2000, "twins leave no keys behind");
         #[rustfmt::skip]
         let names = [
             "readme.txt", "README.TXT", "foo.", "FOO", "\u{e9}t\u{e9}", "\u{c9}T\u{c9}",
