@@ -619,16 +619,16 @@ impl NameIndex {
         long | shown | raw
     }
 
-    /// The short-entry offset of the entry `name` denotes, by long or short name; `slot_at`
-    /// gives the indexed slot at an offset.
+    /// The slot of the entry `name` denotes, by long or short name; `slot_at` gives the
+    /// indexed slot at an offset.
     pub fn lookup<'s>(
         &self,
         name: &str,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
-    ) -> Option<usize> {
+    ) -> Option<&'s Slot> {
         // Lowest offset first, so the first match is the one on disk first.
-        self.names.offsets(name_hash(name)).find(|&offset| {
-            slot_at(offset).is_some_and(|slot| {
+        self.names.offsets(name_hash(name)).find_map(|offset| {
+            slot_at(offset).filter(|slot| {
                 names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string())
             })
         })
@@ -796,7 +796,8 @@ mod tests {
         ];
         for (what, name, want) in lookups {
             let slot_at = |o| scan.entries.iter().find(|s: &&Slot| s.offset == o);
-            assert_eq!(index.lookup(name, slot_at), want.map(|i| i * E), "{what}");
+            let got = index.lookup(name, slot_at).map(|s| s.offset);
+            assert_eq!(got, want.map(|i| i * E), "{what}");
         }
     }
 
@@ -970,7 +971,7 @@ mod tests {
             ("missing", "0042 unique report.txt2", None),
         ];
         for (what, name, want) in lookups {
-            let got = index.lookup(name, |o| slots.get(&o));
+            let got = index.lookup(name, |o| slots.get(&o)).map(|s| s.offset);
             assert_eq!(got, want.map(|i| i * E), "{what}");
         }
         let gone = slots.remove(&(10 * E)).expect("slot 10");
@@ -980,7 +981,9 @@ mod tests {
         let reused = add(&mut index, &mut slots, "Shared prefix again.txt", 5000 * E);
         assert_eq!(reused, sn("SHARED~2TXT"), "a freed alias is taken again");
         add(&mut index, &mut slots, "\u{e9}t\u{e9}.txt", 5001 * E);
-        let folded = index.lookup("\u{c9}T\u{c9}.TXT", |o| slots.get(&o));
+        let folded = index
+            .lookup("\u{c9}T\u{c9}.TXT", |o| slots.get(&o))
+            .map(|s| s.offset);
         assert_eq!((folded, index.len()), (Some(5001 * E), 3 * 2001));
         // Two entries answering one name (a damaged directory): the first on disk wins,
         // whichever was entered first.
@@ -992,7 +995,9 @@ mod tests {
         let earlier = twin.clone();
         index.insert(&earlier);
         slots.insert(earlier.offset, earlier);
-        let got = index.lookup("0042 UNIQUE REPORT.TXT", |o| slots.get(&o));
+        let got = index
+            .lookup("0042 UNIQUE REPORT.TXT", |o| slots.get(&o))
+            .map(|s| s.offset);
         assert_eq!(got, Some(41 * E + 1));
         // Removing the first of the twins hands the name to the next on disk, and so on.
         for (gone, next) in [
@@ -1002,7 +1007,9 @@ mod tests {
         ] {
             let slot = slots.remove(&gone).expect("indexed twin");
             assert!(index.remove(&slot));
-            let got = index.lookup("0042 unique report.txt", |o| slots.get(&o));
+            let got = index
+                .lookup("0042 unique report.txt", |o| slots.get(&o))
+                .map(|s| s.offset);
             assert_eq!(got, next, "after removing {gone}");
             let alias = index.short_exists(&slot.entry.name, |o| slots.get(&o));
             assert_eq!(alias, next.is_some(), "alias after removing {gone}");
@@ -1012,11 +1019,14 @@ mod tests {
         let names = [
             "readme.txt", "README.TXT", "foo.", "FOO", "\u{e9}t\u{e9}", "\u{c9}T\u{c9}",
             "\u{10428}x", "\u{10400}X", ".", "..", "...", "\u{df}", "SS", "ab", "abc", "",
+            "\u{131}", "I", "i", "\u{17f}", "s",
         ];
         for (a, b) in names.iter().flat_map(|a| names.iter().map(move |b| (a, b))) {
             let same = fold_name(a) == fold_name(b);
             assert_eq!(same, names_equal(a, b), "{a:?}, {b:?}");
         }
+        // Non-ASCII letters whose upper case is ASCII: no ASCII-only shortcut may miss them.
+        assert!(names_equal("\u{131}.TXT", "i.txt") && names_equal("\u{17f}", "S"));
     }
 
     #[test]

@@ -93,10 +93,7 @@ impl<S: FatStore + 'static> FileData<S> {
         if !self.walk_to(&mut cache, index)? {
             return self.past_chain(offset, cache.len());
         }
-        let run = self.extend_run(&mut cache, index)?;
-        let cluster = cache
-            .get(index)
-            .ok_or(FsError::Corrupted("cluster cache lost a run"))?;
+        let (cluster, run) = self.extend_run(&mut cache, index)?;
         let within = offset % cb;
         let dev = cluster_offset(&self.bpb, cluster)? + within;
         Ok(Some((dev, run as u64 * cb - within)))
@@ -129,20 +126,23 @@ impl<S: FatStore + 'static> FileData<S> {
         Ok(true)
     }
 
-    /// The length in clusters of the contiguous run from cluster number `index` (held), walking
-    /// on while it stays contiguous and inside the size: those entries are needed anyway.
-    fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<usize, FsError> {
+    /// Cluster number `index` (held) and the length in clusters of the contiguous run from
+    /// it, walking on while the run stays contiguous and inside the size: those entries are
+    /// needed anyway.
+    fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<(u32, usize), FsError> {
         let size = self.size.load(Ordering::Acquire);
         loop {
             let held = cache.len();
-            let run = cache.run_from(index);
+            let (cluster, run) = cache
+                .locate(index)
+                .ok_or(FsError::Corrupted("cluster cache lost a run"))?;
             let walked = held as u64 * self.cluster_bytes();
             if index + run < held || walked >= size {
-                return Ok(run);
+                return Ok((cluster, run));
             }
             // A chain ending short is reported when an offset past its end is asked for.
             if !self.walk_to(cache, held)? {
-                return Ok(run);
+                return Ok((cluster, run));
             }
         }
     }
@@ -356,16 +356,32 @@ impl ChainCache {
 
     /// The run holding cluster number `index`, by position in `runs`.
     fn run_at(&self, index: usize) -> Option<usize> {
-        let i = self.runs.partition_point(|r| r.start as usize <= index);
+        // The last run first: the only one of a contiguous file, and where a sequential
+        // reader or writer is.
+        let last = self.runs.len().checked_sub(1)?;
+        if self.runs[last].start as usize <= index {
+            return (index < self.runs[last].end()).then_some(last);
+        }
+        let i = self.runs[..last].partition_point(|r| r.start as usize <= index);
         let i = i.checked_sub(1)?;
         (index < self.runs[i].end()).then_some(i)
     }
 
-    /// The volume cluster that is cluster number `index` of the file, if held.
-    fn get(&self, index: usize) -> Option<u32> {
+    /// The volume cluster that is cluster number `index` of the file, and how many clusters
+    /// from it on are consecutive on disk; `None` if not held. One search for both: this is
+    /// every warm get_block.
+    #[inline]
+    fn locate(&self, index: usize) -> Option<(u32, usize)> {
         let r = self.runs[self.run_at(index)?];
         // In the run, so the difference is below its u32 length.
-        Some(r.first + (index - r.start as usize) as u32)
+        let into = index - r.start as usize;
+        Some((r.first + into as u32, r.len as usize - into))
+    }
+
+    /// The volume cluster that is cluster number `index` of the file, if held.
+    #[cfg(test)]
+    fn get(&self, index: usize) -> Option<u32> {
+        self.locate(index).map(|(c, _)| c)
     }
 
     /// Appends the next cluster of the chain.
@@ -434,6 +450,7 @@ impl ChainCache {
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
+    #[cfg(test)]
     fn run_from(&self, index: usize) -> usize {
         match self.run_at(index) {
             Some(i) => self.runs[i].end() - index,
