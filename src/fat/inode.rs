@@ -102,6 +102,10 @@ impl<S: FatStore + 'static> FileData<S> {
     /// Extend the cached chain prefix until it holds cluster number `index`; false if the
     /// chain ends first.
     fn walk_to(&self, cache: &mut ChainCache, index: usize) -> Result<bool, FsError> {
+        // Held already: every warm get_block.
+        if cache.len() > index {
+            return Ok(true);
+        }
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
         let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
         let first = self.first_cluster();
@@ -354,17 +358,20 @@ impl ChainCache {
         self.runs.last().map(|r| r.first + (r.len - 1))
     }
 
-    /// The run holding cluster number `index`, by position in `runs`.
-    fn run_at(&self, index: usize) -> Option<usize> {
+    /// The run holding cluster number `index`, if held.
+    #[inline]
+    fn run_at(&self, index: usize) -> Option<&Run> {
+        // One look at where the runs are (inline or on the heap) for the whole search.
+        let runs: &[Run] = &self.runs;
         // The last run first: the only one of a contiguous file, and where a sequential
         // reader or writer is.
-        let last = self.runs.len().checked_sub(1)?;
-        if self.runs[last].start as usize <= index {
-            return (index < self.runs[last].end()).then_some(last);
+        let (last, before) = runs.split_last()?;
+        if last.start as usize <= index {
+            return (index < last.end()).then_some(last);
         }
-        let i = self.runs[..last].partition_point(|r| r.start as usize <= index);
-        let i = i.checked_sub(1)?;
-        (index < self.runs[i].end()).then_some(i)
+        let i = before.partition_point(|r| r.start as usize <= index);
+        let r = &before[i.checked_sub(1)?];
+        (index < r.end()).then_some(r)
     }
 
     /// The volume cluster that is cluster number `index` of the file, and how many clusters
@@ -372,7 +379,7 @@ impl ChainCache {
     /// every warm get_block.
     #[inline]
     fn locate(&self, index: usize) -> Option<(u32, usize)> {
-        let r = self.runs[self.run_at(index)?];
+        let r = self.run_at(index)?;
         // In the run, so the difference is below its u32 length.
         let into = index - r.start as usize;
         Some((r.first + into as u32, r.len as usize - into))
@@ -452,10 +459,7 @@ impl ChainCache {
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
     #[cfg(test)]
     fn run_from(&self, index: usize) -> usize {
-        match self.run_at(index) {
-            Some(i) => self.runs[i].end() - index,
-            None => 1,
-        }
+        self.locate(index).map_or(1, |(_, run)| run)
     }
 }
 
