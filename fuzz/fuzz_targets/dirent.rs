@@ -70,7 +70,9 @@ fn pure(dir: &[u8], fat32: bool, mode: ShortnameMode, name: &str) {
     // `.` and `..` are left out of the index by design: lookups never match them.
     for slot in scan.entries.iter().filter(|s| s.kind == SlotKind::Entry) {
         assert!(
-            index.lookup(&slot.name).is_some(),
+            index
+                .lookup(&slot.name, |o| scan.entries.iter().find(|s| s.offset == o))
+                .is_some(),
             "{:?} listed but not found",
             slot.name
         );
@@ -167,7 +169,10 @@ fn one_directory(
     name: &str,
 ) {
     let mut dir = Directory::load(table, bpb, loc, mode).expect("a well-linked directory loads");
-    let listed: Vec<(String, usize)> = dir.entries().map(|s| (s.name.clone(), s.offset)).collect();
+    let listed: Vec<(String, usize)> = dir
+        .entries()
+        .map(|s| (s.name.to_string(), s.offset))
+        .collect();
     for (n, offset) in &listed {
         assert!(dir.lookup(n).is_some(), "{n:?} listed but not found");
         assert!(dir.slot_at(*offset).is_some());

@@ -165,7 +165,7 @@ impl Directory {
 
     /// The live file/dir entry named `name` (long or short, case-insensitive); None if absent.
     pub fn lookup(&self, name: &str) -> Option<&Slot> {
-        self.slots.get(&self.index.lookup(name)?)
+        self.index.lookup(name, |o| self.slots.get(&o))
     }
 
     /// The live slot whose short entry is at `offset`.
@@ -242,11 +242,11 @@ impl Directory {
         name: &str,
         template: &DirEntry,
     ) -> Result<Slot, FsError> {
-        if self.index.lookup(name).is_some() {
+        if self.lookup(name).is_some() {
             return Err(FsError::Exists);
         }
-        let index = &self.index;
-        let exists = |short: &_| index.short_exists(short);
+        let (index, slots) = (&self.index, &self.slots);
+        let exists = |short: &_| index.short_exists(short, |o| slots.get(&o));
         let run = build_entries(name, self.mode, exists, template, self.fat32)?.concat();
         // Decoded before anything is written, so the slot is what a reload would find.
         let mut slot = self.decode_run(&run)?;
@@ -265,7 +265,7 @@ impl Directory {
         self.note_used(at, count);
         slot.offset += at;
         slot.lfn_offset += at;
-        self.index.insert(&slot.name, slot.entry.name, slot.offset);
+        self.index.insert(&slot);
         self.slots.insert(slot.offset, slot.clone());
         if slot.entry.is_dir() {
             self.subdirs += 1;
@@ -294,7 +294,7 @@ impl Directory {
         let store = table.store();
         self.write_bytes(store, offset, &[DIR_ENTRY_DELETED])?;
         let slot = self.slots.remove(&offset).ok_or(FsError::NotFound)?;
-        self.index.remove(offset);
+        self.index.remove(&slot);
         if slot.entry.is_dir() {
             self.subdirs = self.subdirs.saturating_sub(1);
         }
@@ -696,7 +696,10 @@ mod tests {
         for slot in dir.entries() {
             assert_eq!(again.lookup(&slot.name), Some(slot), "{}", slot.name);
             assert_eq!(
-                again.index.lookup(&slot.entry.name.to_string()),
+                again
+                    .index
+                    .lookup(&slot.entry.name.to_string(), |o| again.slots.get(&o))
+                    .map(|s| s.offset),
                 Some(slot.offset)
             );
         }
@@ -744,7 +747,7 @@ mod tests {
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
         let e = dir.add(&table, "label", &DirEntry::stamped(ATTR_VOLUME, STAMP));
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
-        let shown: Vec<_> = dir.entries().map(|s| s.name.as_str()).collect();
+        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
         assert_eq!(shown, ["README.TXT", long]);
         assert!(!dir.is_empty());
         assert_eq!(dir.slot_at(6 * E), Some(&q));
@@ -975,7 +978,7 @@ mod tests {
             "new marker, whole entry"
         );
         assert_eq!(&bytes[3 * E..3 * E + 6], b"GHOST2", "only the next entry");
-        let shown: Vec<_> = dir.entries().map(|s| s.name.clone()).collect();
+        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
         assert_eq!(shown, ["A.TXT", "B.TXT"]);
         assert_round_trip(&dir, &bpb, &table);
         let c = add(&mut dir, &table, "Long c.txt");
@@ -997,7 +1000,7 @@ mod tests {
         (want.name, want.nt_case, want.first_cluster) = (s.entry.name, s.entry.nt_case, 9);
         let got = dir.slot_at(s.offset).expect("slot");
         assert_eq!(
-            (got.entry, got.name.as_str()),
+            (got.entry, &*got.name),
             (want, "Mixed Case.txt"),
             "FAT16: low word"
         );

@@ -16,14 +16,17 @@
 //! tests the position past the entry against `FAT_MAX_DIR_SIZE` and so never hands out the
 //! last one, although growing the directory can fill it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::hash::Hasher;
 use std::ops::Range;
+
+use hashbrown::HashTable;
 
 use crate::error::FsError;
 use crate::fat::name::{
     ATTR_LONG_NAME, DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, LFN_LAST_SLOT,
-    LFN_MAX_SLOTS, LfnAssembler, NameForm, SHORT_NAME_LEN, ShortName, ShortnameMode, fold_name,
-    lfn_slots, vfat_create_shortname, vfat_valid_longname,
+    LFN_MAX_SLOTS, LfnAssembler, NameForm, SHORT_NAME_LEN, ShortName, ShortnameMode, folded_chars,
+    lfn_slots, names_equal, vfat_create_shortname, vfat_valid_longname,
 };
 
 /// Attribute: read-only.
@@ -201,7 +204,7 @@ pub enum SlotKind {
 pub struct Slot {
     /// The long name if a valid LFN chain precedes the entry, else the short name as shown
     /// under the mount's `shortname=` mode; for a label, the label without its padding.
-    pub name: String,
+    pub name: Box<str>,
     /// The decoded short entry.
     pub entry: DirEntry,
     /// Byte offset of the short entry in the directory.
@@ -279,7 +282,8 @@ fn live_slot(
         _ => (short, offset),
     };
     Some(Slot {
-        name,
+        // Boxed to its length: a directory keeps a slot per entry for as long as it is known.
+        name: name.into_boxed_str(),
         entry,
         offset,
         lfn_offset,
@@ -461,14 +465,122 @@ pub fn dot_entries(
 /// Each entry is found by its long name and by its short name, case-insensitively, as vfat's
 /// lookup compares both. When a damaged directory has two entries answering one name, the
 /// first on disk wins, as the kernel's linear search finds it first.
+///
+/// The index keeps no names: only (hash of a key, short-entry offset) pairs, three per entry.
+/// The names themselves are in the directory's slots, which the caller lends to
+/// [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a match from a hash
+/// collision. Keeping the folded keys as strings (twice, for the ordered sets and for removal)
+/// cost ~250 bytes per entry, more than the slot that holds the name.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    /// (folded name, short-entry offset); ordered so the lowest offset of a name comes first.
-    names: BTreeSet<(String, usize)>,
-    /// (raw 8.3 name, short-entry offset), for alias generation.
-    shorts: BTreeSet<([u8; SHORT_NAME_LEN], usize)>,
-    /// The keys each offset was entered under, so removal needs the offset only.
-    by_offset: HashMap<usize, (String, String, ShortName)>,
+    /// The folded long (or shown) name and the folded shown short name of every entry.
+    names: Keys,
+    /// The raw 8.3 name of every entry, for alias generation.
+    shorts: Keys,
+}
+
+/// (key hash, offset) pairs, found by key in offset order.
+///
+/// The lowest offset of each key sits in a hash table, 8 bytes a pair; the others of the same
+/// key, in an ordered set beside it. Distinct keys are the rule, so the set is normally empty;
+/// a damaged directory can hold thousands of entries of one name, and one table slot per key
+/// keeps its load O(n log n) where a table of them all probes through every twin (quadratic).
+#[derive(Debug, Default)]
+struct Keys {
+    first: HashTable<(u32, u32)>,
+    more: BTreeSet<(u32, u32)>,
+}
+
+impl Keys {
+    /// Enters `(key, offset)` unless present (a long name that folds to its own short name).
+    fn enter(&mut self, key: u32, offset: u32) {
+        let hash = spread(key);
+        match self.first.find_mut(hash, |e| e.0 == key) {
+            None => {
+                self.first
+                    .insert_unique(hash, (key, offset), |&(k, _)| spread(k));
+            }
+            Some(e) if e.1 == offset => {}
+            Some(e) if offset < e.1 => {
+                // The new lowest: the old one moves to the others.
+                let old = std::mem::replace(&mut e.1, offset);
+                self.more.insert((key, old));
+            }
+            Some(_) => {
+                self.more.insert((key, offset));
+            }
+        }
+    }
+
+    /// Takes `(key, offset)` out; whether it was there.
+    fn take(&mut self, key: u32, offset: u32) -> bool {
+        if self.more.remove(&(key, offset)) {
+            return true;
+        }
+        let Ok(entry) = self.first.find_entry(spread(key), |&e| e == (key, offset)) else {
+            return false;
+        };
+        // The next lowest of the key, if any, takes its place.
+        match self.more.range((key, 0)..=(key, u32::MAX)).next().copied() {
+            Some(next) => {
+                self.more.remove(&next);
+                *entry.into_mut() = next;
+            }
+            None => {
+                entry.remove();
+            }
+        }
+        true
+    }
+
+    /// The offsets entered under `key`, lowest first.
+    fn offsets(&self, key: u32) -> impl Iterator<Item = usize> + '_ {
+        let first = self.first.find(spread(key), |e| e.0 == key);
+        let more = first
+            .is_some()
+            .then(|| self.more.range((key, 0)..=(key, u32::MAX)))
+            .into_iter()
+            .flatten();
+        first.into_iter().chain(more).map(|&(_, o)| o as usize)
+    }
+
+    /// Pairs held.
+    fn len(&self) -> usize {
+        self.first.len() + self.more.len()
+    }
+}
+
+/// The 32-bit key hash of a name under [`crate::fat::name::fold_name`]'s folding.
+fn name_hash(name: &str) -> u32 {
+    let mut h = rustc_hash::FxHasher::default();
+    for c in folded_chars(name) {
+        h.write_u32(u32::from(c));
+    }
+    fold64(h.finish())
+}
+
+/// The 32-bit key hash of a raw 8.3 name.
+fn short_hash(short: &ShortName) -> u32 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(&short.0);
+    fold64(h.finish())
+}
+
+/// A 64-bit hash folded to the 32 bits stored, every bit of it counting.
+fn fold64(h: u64) -> u32 {
+    (h ^ (h >> 32)) as u32
+}
+
+/// The table hash of a stored key hash: spread over all 64 bits, as the table takes its bucket
+/// from the low bits and its tag from the top seven.
+fn spread(key: u32) -> u64 {
+    let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+/// A short-entry offset as stored (a directory is at most 2 MiB, so it fits 32 bits).
+fn offset32(offset: usize) -> u32 {
+    u32::try_from(offset).expect("a directory offset fits 32 bits (FAT_MAX_DIR_SIZE)")
 }
 
 impl NameIndex {
@@ -482,51 +594,72 @@ impl NameIndex {
     pub fn build(entries: &[Slot]) -> Self {
         let mut index = Self::new();
         for slot in entries.iter().filter(|s| s.kind == SlotKind::Entry) {
-            index.insert(&slot.name, slot.entry.name, slot.offset);
+            index.insert(slot);
         }
         index
     }
 
-    /// Enters the entry at `offset` under `name` (its long or shown name) and `short`,
-    /// replacing whatever was entered for `offset` before.
-    pub fn insert(&mut self, name: &str, short: ShortName, offset: usize) {
-        self.remove(offset);
-        let (long_key, short_key) = (fold_name(name), fold_name(&short.to_string()));
-        self.names.insert((long_key.clone(), offset));
-        self.names.insert((short_key.clone(), offset));
-        self.shorts.insert((short.0, offset));
-        self.by_offset.insert(offset, (long_key, short_key, short));
+    /// Enters `slot` under its name (long or shown) and its short name.
+    pub fn insert(&mut self, slot: &Slot) {
+        let offset = offset32(slot.offset);
+        let short = slot.entry.name;
+        self.names.enter(name_hash(&slot.name), offset);
+        self.names.enter(name_hash(&short.to_string()), offset);
+        self.shorts.enter(short_hash(&short), offset);
     }
 
-    /// Forgets the entry at `offset`; returns whether it was indexed.
-    pub fn remove(&mut self, offset: usize) -> bool {
-        let Some((long_key, short_key, short)) = self.by_offset.remove(&offset) else {
-            return false;
-        };
-        self.names.remove(&(long_key, offset));
-        self.names.remove(&(short_key, offset));
-        self.shorts.remove(&(short.0, offset));
-        true
+    /// Forgets `slot` (as it was entered); returns whether it was indexed.
+    pub fn remove(&mut self, slot: &Slot) -> bool {
+        let offset = offset32(slot.offset);
+        let short = slot.entry.name;
+        let long = self.names.take(name_hash(&slot.name), offset);
+        // A long name folding to the short one was entered once, under one key.
+        let shown = self.names.take(name_hash(&short.to_string()), offset);
+        let raw = self.shorts.take(short_hash(&short), offset);
+        long | shown | raw
     }
 
-    /// The short-entry offset of the entry `name` denotes, by long or short name.
-    pub fn lookup(&self, name: &str) -> Option<usize> {
-        let key = fold_name(name);
-        let (found, offset) = self.names.range((key.clone(), 0)..).next()?;
-        (*found == key).then_some(*offset)
+    /// The slot of the entry `name` denotes, by long or short name; `slot_at` gives the
+    /// indexed slot at an offset.
+    pub fn lookup<'s>(
+        &self,
+        name: &str,
+        slot_at: impl Fn(usize) -> Option<&'s Slot>,
+    ) -> Option<&'s Slot> {
+        // Lowest offset first, so the first match is the one on disk first.
+        self.names.offsets(name_hash(name)).find_map(|offset| {
+            slot_at(offset).filter(|slot| {
+                names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string())
+            })
+        })
     }
 
-    /// Whether some entry has exactly this 8.3 name.
-    pub fn short_exists(&self, short: &ShortName) -> bool {
-        let first = self.shorts.range((short.0, 0)..).next();
-        first.is_some_and(|(raw, _)| *raw == short.0)
+    /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
+    pub fn short_exists<'s>(
+        &self,
+        short: &ShortName,
+        slot_at: impl Fn(usize) -> Option<&'s Slot>,
+    ) -> bool {
+        self.shorts
+            .offsets(short_hash(short))
+            .any(|offset| slot_at(offset).is_some_and(|s| s.entry.name == *short))
+    }
+
+    /// Keys held (an entry whose long name folds to its short one holds two, else three).
+    pub fn len(&self) -> usize {
+        self.names.len() + self.shorts.len()
+    }
+
+    /// True when no entry is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::fat::name::{CASE_LOWER_BASE, CASE_LOWER_EXT, names_equal};
+    use crate::fat::name::{CASE_LOWER_BASE, CASE_LOWER_EXT, fold_name};
     use crate::fat::time::{dos_date, dos_time};
     use ShortnameMode::*;
 
@@ -552,7 +685,7 @@ mod tests {
 
     /// (name, kind, entry index, first slot index) of each slot.
     fn listing<'a>(slots: &'a [Slot]) -> Vec<(&'a str, SlotKind, usize, usize)> {
-        let row = |s: &'a Slot| (s.name.as_str(), s.kind, s.offset / E, s.lfn_offset / E);
+        let row = |s: &'a Slot| (&*s.name, s.kind, s.offset / E, s.lfn_offset / E);
         slots.iter().map(row).collect()
     }
 
@@ -648,7 +781,7 @@ mod tests {
         );
         let fat16 = iterate(&dir, false, Win95);
         assert_eq!(
-            fat16.entries[2].name, "README.TXT",
+            &*fat16.entries[2].name, "README.TXT",
             "win95 ignores case bits"
         );
 
@@ -662,7 +795,9 @@ mod tests {
             ("deleted", "gone for good", None), ("past the end marker", "GHOST.TXT", None),
         ];
         for (what, name, want) in lookups {
-            assert_eq!(index.lookup(name), want.map(|i| i * E), "{what}");
+            let slot_at = |o| scan.entries.iter().find(|s: &&Slot| s.offset == o);
+            let got = index.lookup(name, slot_at).map(|s| s.offset);
+            assert_eq!(got, want.map(|i| i * E), "{what}");
         }
     }
 
@@ -790,14 +925,26 @@ mod tests {
     #[test]
     fn name_index_two_thousand_names() {
         let template = DirEntry::stamped(ATTR_ARCH, STAMP);
-        let add = |index: &mut NameIndex, name: &str, offset: usize| {
-            let exists = |s: &ShortName| index.short_exists(s);
+        // The slots the index points into, as a directory keeps them.
+        type Slots = std::collections::BTreeMap<usize, Slot>;
+        let add = |index: &mut NameIndex, slots: &mut Slots, name: &str, offset: usize| {
+            let exists = |s: &ShortName| index.short_exists(s, |o| slots.get(&o));
             let raw = build_entries(name, Mixed, exists, &template, true).expect(name);
-            let short = DirEntry::parse(raw.last().expect("short entry"), true).name;
-            index.insert(name, short, offset);
-            short
+            let entry = DirEntry::parse(raw.last().expect("short entry"), true);
+            let kind = SlotKind::Entry;
+            let name = name.into();
+            let slot = Slot {
+                name,
+                entry,
+                offset,
+                lfn_offset: offset,
+                kind,
+            };
+            index.insert(&slot);
+            slots.insert(offset, slot);
+            entry.name
         };
-        let mut index = NameIndex::new();
+        let (mut index, mut slots) = (NameIndex::new(), Slots::new());
         let mut aliases = Vec::new();
         for i in 0..2000 {
             // Every tenth name shares one alias basis: ~1..~4, then the hash form.
@@ -805,9 +952,13 @@ mod tests {
                 0 => format!("Shared prefix {i}.txt"),
                 _ => format!("{i:04} unique report.txt"),
             };
-            aliases.push(add(&mut index, &name, i * E));
+            aliases.push(add(&mut index, &mut slots, &name, i * E));
         }
-        assert_eq!(index.by_offset.len(), 2000);
+        assert_eq!(
+            index.len(),
+            3 * 2000,
+            "long, shown short and raw short keys"
+        );
         let want = ["SHARED~1TXT", "SHARED~2TXT", "SHF12D~1TXT"].map(sn);
         let got = [aliases[0], aliases[10], aliases[100]];
         assert_eq!(got, want, "~2, then a hash form after ~4");
@@ -820,25 +971,62 @@ mod tests {
             ("missing", "0042 unique report.txt2", None),
         ];
         for (what, name, want) in lookups {
-            assert_eq!(index.lookup(name), want.map(|i| i * E), "{what}");
+            let got = index.lookup(name, |o| slots.get(&o)).map(|s| s.offset);
+            assert_eq!(got, want.map(|i| i * E), "{what}");
         }
-        assert!(index.remove(10 * E) && !index.remove(10 * E));
-        assert_eq!(index.lookup("SHARED~2.TXT"), None);
-        assert!(!index.short_exists(&sn("SHARED~2TXT")));
-        let reused = add(&mut index, "Shared prefix again.txt", 5000 * E);
+        let gone = slots.remove(&(10 * E)).expect("slot 10");
+        assert!(index.remove(&gone) && !index.remove(&gone));
+        assert_eq!(index.lookup("SHARED~2.TXT", |o| slots.get(&o)), None);
+        assert!(!index.short_exists(&sn("SHARED~2TXT"), |o| slots.get(&o)));
+        let reused = add(&mut index, &mut slots, "Shared prefix again.txt", 5000 * E);
         assert_eq!(reused, sn("SHARED~2TXT"), "a freed alias is taken again");
-        add(&mut index, "\u{e9}t\u{e9}.txt", 5001 * E);
-        let folded = index.lookup("\u{c9}T\u{c9}.TXT");
-        assert_eq!((folded, index.by_offset.len()), (Some(5001 * E), 2001));
+        add(&mut index, &mut slots, "\u{e9}t\u{e9}.txt", 5001 * E);
+        let folded = index
+            .lookup("\u{c9}T\u{c9}.TXT", |o| slots.get(&o))
+            .map(|s| s.offset);
+        assert_eq!((folded, index.len()), (Some(5001 * E), 3 * 2001));
+        // Two entries answering one name (a damaged directory): the first on disk wins,
+        // whichever was entered first.
+        let mut twin = slots[&(42 * E)].clone();
+        twin.offset = 7000 * E;
+        index.insert(&twin);
+        slots.insert(twin.offset, twin.clone());
+        twin.offset = 41 * E + 1;
+        let earlier = twin.clone();
+        index.insert(&earlier);
+        slots.insert(earlier.offset, earlier);
+        let got = index
+            .lookup("0042 UNIQUE REPORT.TXT", |o| slots.get(&o))
+            .map(|s| s.offset);
+        assert_eq!(got, Some(41 * E + 1));
+        // Removing the first of the twins hands the name to the next on disk, and so on.
+        for (gone, next) in [
+            (41 * E + 1, Some(42 * E)),
+            (42 * E, Some(7000 * E)),
+            (7000 * E, None),
+        ] {
+            let slot = slots.remove(&gone).expect("indexed twin");
+            assert!(index.remove(&slot));
+            let got = index
+                .lookup("0042 unique report.txt", |o| slots.get(&o))
+                .map(|s| s.offset);
+            assert_eq!(got, next, "after removing {gone}");
+            let alias = index.short_exists(&slot.entry.name, |o| slots.get(&o));
+            assert_eq!(alias, next.is_some(), "alias after removing {gone}");
+        }
+        assert_eq!(index.len(), 3 * 2000, "twins leave no keys behind");
         #[rustfmt::skip]
         let names = [
             "readme.txt", "README.TXT", "foo.", "FOO", "\u{e9}t\u{e9}", "\u{c9}T\u{c9}",
             "\u{10428}x", "\u{10400}X", ".", "..", "...", "\u{df}", "SS", "ab", "abc", "",
+            "\u{131}", "I", "i", "\u{17f}", "s",
         ];
         for (a, b) in names.iter().flat_map(|a| names.iter().map(move |b| (a, b))) {
             let same = fold_name(a) == fold_name(b);
             assert_eq!(same, names_equal(a, b), "{a:?}, {b:?}");
         }
+        // Non-ASCII letters whose upper case is ASCII: no ASCII-only shortcut may miss them.
+        assert!(names_equal("\u{131}.TXT", "i.txt") && names_equal("\u{17f}", "S"));
     }
 
     #[test]

@@ -42,8 +42,11 @@ pub const FAT_MAX_FILE_SIZE: u64 = 0xFFFF_FFFF;
 /// operations hold it, so the mapping never points back at its inode.
 pub struct FileData<S: FatStore + 'static> {
     table: Arc<FatTable<S>>,
-    bpb: Bpb,
+    /// The volume's, shared: a copy per file was ~80 bytes of each known file.
+    bpb: Arc<Bpb>,
     queue: Arc<IoQueue>,
+    /// The inode's place on the flusher's dirty list (the mapping's dirty_inode goes there).
+    wb: Arc<WbInode>,
     /// First cluster; 0 while the file has none. Written under the inode lock and the
     /// cluster cache's lock; Acquire/Release so a reader that sees a cluster also sees it
     /// linked in the FAT (allocation links before it stores).
@@ -88,26 +91,29 @@ impl<S: FatStore + 'static> FileData<S> {
         };
         let mut cache = self.clusters.lock();
         if !self.walk_to(&mut cache, index)? {
-            return self.past_chain(offset, cache.clusters.len());
+            return self.past_chain(offset, cache.len());
         }
-        let run = self.extend_run(&mut cache, index)?;
-        let clusters = &cache.clusters;
+        let (cluster, run) = self.extend_run(&mut cache, index)?;
         let within = offset % cb;
-        let dev = cluster_offset(&self.bpb, clusters[index])? + within;
+        let dev = cluster_offset(&self.bpb, cluster)? + within;
         Ok(Some((dev, run as u64 * cb - within)))
     }
 
     /// Extend the cached chain prefix until it holds cluster number `index`; false if the
     /// chain ends first.
     fn walk_to(&self, cache: &mut ChainCache, index: usize) -> Result<bool, FsError> {
+        // Held already: every warm get_block.
+        if cache.len() > index {
+            return Ok(true);
+        }
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
         let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
         let first = self.first_cluster();
-        while cache.clusters.len() <= index {
-            let next = match cache.clusters.last() {
+        while cache.len() <= index {
+            let next = match cache.last() {
                 None if first == 0 => None,
                 None => Some(first),
-                Some(&last) => self.table.next_in_chain(last)?,
+                Some(last) => self.table.next_in_chain(last)?,
             };
             let Some(next) = next else {
                 return Ok(false);
@@ -115,7 +121,7 @@ impl<S: FatStore + 'static> FileData<S> {
             // A loop shorter than the file would otherwise hand out the same clusters again as
             // later parts of the file (the kernel's walk has the same blind spot): a cluster
             // seen before on this chain is a loop, whatever the length.
-            if cache.clusters.len() >= limit || cache.contains(next) {
+            if cache.len() >= limit || cache.contains(next) {
                 log::error!("fat: chain from cluster {first} loops at {next}");
                 return Err(FsError::Corrupted("cluster chain loops"));
             }
@@ -124,20 +130,23 @@ impl<S: FatStore + 'static> FileData<S> {
         Ok(true)
     }
 
-    /// The length in clusters of the contiguous run from cluster number `index` (held), walking
-    /// on while it stays contiguous and inside the size: those entries are needed anyway.
-    fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<usize, FsError> {
+    /// Cluster number `index` (held) and the length in clusters of the contiguous run from
+    /// it, walking on while the run stays contiguous and inside the size: those entries are
+    /// needed anyway.
+    fn extend_run(&self, cache: &mut ChainCache, index: usize) -> Result<(u32, usize), FsError> {
         let size = self.size.load(Ordering::Acquire);
         loop {
-            let held = cache.clusters.len();
-            let run = cache.run_from(index);
+            let held = cache.len();
+            let (cluster, run) = cache
+                .locate(index)
+                .ok_or(FsError::Corrupted("cluster cache lost a run"))?;
             let walked = held as u64 * self.cluster_bytes();
             if index + run < held || walked >= size {
-                return Ok(run);
+                return Ok((cluster, run));
             }
             // A chain ending short is reported when an offset past its end is asked for.
             if !self.walk_to(cache, held)? {
-                return Ok(run);
+                return Ok((cluster, run));
             }
         }
     }
@@ -152,15 +161,15 @@ impl<S: FatStore + 'static> FileData<S> {
         let have = if need == 0 || self.walk_to(&mut cache, need - 1)? {
             need
         } else {
-            cache.clusters.len()
+            cache.len()
         };
         if have < need {
             let count = u32::try_from(need - have).map_err(|_| FsError::FileTooBig)?;
-            let new = match cache.clusters.last() {
+            let new = match cache.last() {
                 // Prefer to continue from the volume's next-free hint: a new file lands
                 // after the one written last.
                 None => self.table.alloc(count, None)?,
-                Some(&last) => self.table.extend(last, count)?,
+                Some(last) => self.table.extend(last, count)?,
             };
             // The new clusters may have been a directory's, whose last changes can still sit
             // unwritten in the metadata cache: drop them before this file's data goes there.
@@ -168,7 +177,7 @@ impl<S: FatStore + 'static> FileData<S> {
                 let at = cluster_offset(&self.bpb, run[0])?;
                 self.table.store().clean_aliases(at, run.len() as u64 * cb);
             }
-            if cache.clusters.is_empty() {
+            if cache.is_empty() {
                 // Release: the chain is linked in the FAT before anyone can see its start.
                 self.first_cluster.store(new[0], Ordering::Release);
             }
@@ -182,7 +191,7 @@ impl<S: FatStore + 'static> FileData<S> {
     /// Whether the chain (as far as walked) holds clusters past those `bytes` bytes need: a
     /// write's reserved clusters it did not use.
     fn linked_past(&self, bytes: u64) -> bool {
-        self.clusters.lock().clusters.len() as u64 > bytes.div_ceil(self.cluster_bytes())
+        self.clusters.lock().len() as u64 > bytes.div_ceil(self.cluster_bytes())
     }
 
     /// The answer for `offset` when the chain has only `held` clusters.
@@ -288,45 +297,146 @@ pub(crate) fn cluster_offset(bpb: &Bpb, cluster: u32) -> Result<u64, FsError> {
     Ok(sector * u64::from(bpb.bytes_per_sector))
 }
 
-/// The walked prefix of a file's chain and its contiguous runs, so the run from any cluster
-/// is found in O(log n) however long it is, and whether a cluster is already on the chain
-/// (loop detection) in O(log runs).
+/// One run of consecutive clusters of a chain: `len` clusters from `first`, the first of them
+/// being cluster number `start` of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: u32,
+    first: u32,
+    len: u32,
+}
+
+impl Run {
+    /// The file cluster number after the run.
+    fn end(&self) -> usize {
+        self.start as usize + self.len as usize
+    }
+
+    /// Whether volume cluster `c` is in the run.
+    fn holds(&self, c: u32) -> bool {
+        c >= self.first && u64::from(c) < u64::from(self.first) + u64::from(self.len)
+    }
+}
+
+/// Runs past which membership goes through [`ChainCache::spans`] instead of a scan of the runs.
+const SCAN_RUNS: usize = 8;
+
+/// Runs by first cluster: first cluster -> length.
+type Spans = std::collections::BTreeMap<u32, u32>;
+
+/// The walked prefix of a file's chain as its contiguous runs, so the cluster at any index and
+/// the run from it are found in O(log runs) however long the chain is, and whether a cluster is
+/// already on the chain (loop detection) in O(log runs) too.
+///
+/// Only the runs are kept, not every cluster: a contiguous file of any length is one run,
+/// held inline, so a small file's cache costs no allocation (a cluster list, run list and span
+/// map cost ~180 bytes per one-cluster file, most of a file's data side).
 #[derive(Debug, Default)]
 struct ChainCache {
-    clusters: Vec<u32>,
-    /// (first index, length) of each run of consecutive clusters, in file order.
-    runs: Vec<(usize, usize)>,
-    /// The same runs by first cluster number: first cluster -> length. Membership by interval
-    /// rather than a set of every cluster: a contiguous file of any length is one entry, and
-    /// a write that allocates a cluster per page extends an entry instead of hashing an
-    /// insert (1.5% of a sequential write's CPU, and ~10 bytes per cluster, with a set).
-    spans: std::collections::BTreeMap<u32, u32>,
+    /// In file order.
+    runs: smallvec::SmallVec<[Run; 1]>,
+    /// The runs by first cluster (first cluster -> length), once there are more than
+    /// [`SCAN_RUNS`]; empty before. Membership by interval rather than a set of every cluster:
+    /// a write that allocates a cluster per page extends an entry instead of hashing an insert.
+    /// Boxed: most files never need it, and an empty map inline is three words.
+    spans: Option<Box<Spans>>,
 }
 
 impl ChainCache {
+    /// Clusters held.
+    fn len(&self) -> usize {
+        self.runs.last().map_or(0, Run::end)
+    }
+
+    /// True when no cluster is held.
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The last cluster held.
+    fn last(&self) -> Option<u32> {
+        self.runs.last().map(|r| r.first + (r.len - 1))
+    }
+
+    /// The run holding cluster number `index`, if held.
+    #[inline]
+    fn run_at(&self, index: usize) -> Option<&Run> {
+        // One look at where the runs are (inline or on the heap) for the whole search.
+        let runs: &[Run] = &self.runs;
+        // The last run first: the only one of a contiguous file, and where a sequential
+        // reader or writer is.
+        let (last, before) = runs.split_last()?;
+        if last.start as usize <= index {
+            return (index < last.end()).then_some(last);
+        }
+        let i = before.partition_point(|r| r.start as usize <= index);
+        let r = &before[i.checked_sub(1)?];
+        (index < r.end()).then_some(r)
+    }
+
+    /// The volume cluster that is cluster number `index` of the file, and how many clusters
+    /// from it on are consecutive on disk; `None` if not held. One search for both: this is
+    /// every warm get_block.
+    #[inline]
+    fn locate(&self, index: usize) -> Option<(u32, usize)> {
+        let r = self.run_at(index)?;
+        // In the run, so the difference is below its u32 length.
+        let into = index - r.start as usize;
+        Some((r.first + into as u32, r.len as usize - into))
+    }
+
+    /// The volume cluster that is cluster number `index` of the file, if held.
+    #[cfg(test)]
+    fn get(&self, index: usize) -> Option<u32> {
+        self.locate(index).map(|(c, _)| c)
+    }
+
     /// Appends the next cluster of the chain.
     fn push(&mut self, c: u32) {
-        let follows = self.clusters.last().and_then(|l| l.checked_add(1)) == Some(c);
+        let follows = self.last().and_then(|l| l.checked_add(1)) == Some(c);
         match self.runs.last_mut() {
-            Some((start, len)) if follows => {
-                *len += 1;
-                let first = self.clusters[*start];
-                *self.spans.entry(first).or_insert(0) += 1;
+            Some(r) if follows => {
+                r.len += 1;
+                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
+                    *span += 1;
+                }
             }
             _ => {
-                self.runs.push((self.clusters.len(), 1));
-                // A run starting where an earlier one did is a loop, which `contains` turns
-                // away before any push; keep the longer span all the same.
-                let span = self.spans.entry(c).or_insert(0);
-                *span = (*span).max(1);
+                // A chain is shorter than 2^32 clusters (walk_to stops at the data area).
+                let start = self.len() as u32;
+                self.runs.push(Run {
+                    start,
+                    first: c,
+                    len: 1,
+                });
+                if self.runs.len() == SCAN_RUNS + 1 {
+                    self.spans = Some(Box::new(self.span_map()));
+                } else if let Some(spans) = self.spans.as_mut() {
+                    // A run starting where an earlier one did is a loop, which `contains`
+                    // turns away before any push; keep the longer span all the same.
+                    let span = spans.entry(c).or_insert(0);
+                    *span = (*span).max(1);
+                }
             }
         }
-        self.clusters.push(c);
+    }
+
+    /// The runs by first cluster; of two starting at one cluster, the longer.
+    fn span_map(&self) -> Spans {
+        let mut spans = Spans::new();
+        for r in &self.runs {
+            let span = spans.entry(r.first).or_insert(0);
+            *span = (*span).max(r.len);
+        }
+        spans
     }
 
     /// Whether cluster `c` is on the walked chain already.
     fn contains(&self, c: u32) -> bool {
-        self.spans
+        let Some(spans) = self.spans.as_ref() else {
+            return self.runs.iter().any(|r| r.holds(c));
+        };
+        spans
             .range(..=c)
             .next_back()
             .is_some_and(|(&first, &len)| u64::from(c) < u64::from(first) + u64::from(len))
@@ -334,38 +444,29 @@ impl ChainCache {
 
     /// Keeps the first `keep` clusters.
     fn truncate(&mut self, keep: usize) {
-        if keep >= self.clusters.len() {
+        if keep >= self.len() {
             return;
         }
-        self.clusters.truncate(keep);
-        self.runs.retain(|&(start, _)| start < keep);
-        if let Some((start, len)) = self.runs.last_mut() {
-            *len = (*len).min(keep - *start);
+        self.runs.retain(|r| (r.start as usize) < keep);
+        if let Some(r) = self.runs.last_mut() {
+            // keep is below the old length, so it fits u32 like every index held.
+            r.len = r.len.min(keep as u32 - r.start);
         }
         // Rebuilt from the runs left: truncation is rare and the runs are few.
-        self.spans = self
-            .runs
-            .iter()
-            .map(|&(start, len)| (self.clusters[start], len as u32))
-            .collect();
+        self.spans = (self.runs.len() > SCAN_RUNS).then(|| Box::new(self.span_map()));
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
+    #[cfg(test)]
     fn run_from(&self, index: usize) -> usize {
-        let i = self.runs.partition_point(|&(start, _)| start <= index);
-        match i.checked_sub(1).and_then(|i| self.runs.get(i)) {
-            Some(&(start, len)) => start + len - index,
-            None => 1,
-        }
+        self.locate(index).map_or(1, |(_, run)| run)
     }
 }
 
-/// The address-space operations of a file mapping (fat_aops), and the inode's place on the
-/// flusher's dirty list.
-#[derive(Debug)]
-pub struct FileAops<S: FatStore + 'static>(Arc<FileData<S>>, Arc<WbInode>);
-
-impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
+/// The address-space operations of a file mapping (fat_aops) are its [`FileData`]'s: one
+/// allocation per file less than a separate operations object holding the data and the
+/// inode's dirty-list place.
+impl<S: FatStore + 'static> AddressSpaceOps for FileData<S> {
     /// fat_writepage = block_write_full_page with fat_get_block; refused on a read-only volume
     /// (the page is unlocked, as the contract requires).
     fn writepage(
@@ -374,11 +475,11 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
         page: &PageRef<'_>,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
-        if self.0.read_only {
+        if self.read_only {
             unlock_page(page.page());
             return Err(FsError::ReadOnly);
         }
-        block_write_full_page(&*self.0, mapping, page, wbc)
+        block_write_full_page(self, mapping, page, wbc)
     }
 
     /// fat_writepages = mpage_writepages, which plugs the queue for the pass: the writes of
@@ -388,13 +489,13 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileAops<S> {
         mapping: &AddressSpace,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
-        let _plug = self.0.queue.start_plug();
+        let _plug = self.queue.start_plug();
         generic_writepages(mapping, wbc)
     }
 
     /// __mark_inode_dirty(I_DIRTY_PAGES): onto the flusher's list.
     fn dirty_inode(&self) {
-        self.1.mark_dirty();
+        self.wb.mark_dirty();
     }
 }
 
@@ -421,10 +522,18 @@ pub struct FatInode<S: FatStore + 'static> {
     io: Mutex<InodeIo>,
     /// The page after the last one read (file_ra_state's idea of where a sequential reader
     /// goes next); a hint, so racing readers only change how much is read ahead.
-    ra_next: crate::sync::unchecked::AtomicU64,
+    ///
+    /// Both hints are page numbers of a file below 4 GiB, so below 2^20: 32 bits hold them,
+    /// and the node of every known file is 8 bytes (one malloc size class) smaller.
+    ra_next: crate::sync::unchecked::AtomicU32,
     /// The page after the last one readahead has started (the end of file_ra_state's window);
     /// a hint like `ra_next`.
-    ra_issued: crate::sync::unchecked::AtomicU64,
+    ra_issued: crate::sync::unchecked::AtomicU32,
+}
+
+/// A page number as a readahead hint holds it (exact below 2^32 pages, which every FAT file is).
+fn page_hint(page: u64) -> u32 {
+    u32::try_from(page).unwrap_or(u32::MAX)
 }
 
 /// Pages read ahead of a sequential reader beyond its request (read_ahead_kb's default of
@@ -439,21 +548,22 @@ impl<S: FatStore + 'static> FatInode<S> {
     pub fn new(
         cache: &Arc<PageCache>,
         (table, queue, bdi): (Arc<FatTable<S>>, Arc<IoQueue>, Option<&Arc<Bdi>>),
-        bpb: &Bpb,
+        bpb: &Arc<Bpb>,
         (first_cluster, size, read_only): (u32, u64, bool),
     ) -> Self {
+        let wb = WbInode::new(bdi);
         let data = Arc::new(FileData {
             table,
-            bpb: bpb.clone(),
+            bpb: Arc::clone(bpb),
             queue,
+            wb: Arc::clone(&wb),
             first_cluster: AtomicU32::new(first_cluster),
             size: AtomicU64::new(size),
             read_only,
             clusters: Mutex::new(ChainCache::default()),
         });
-        let wb = WbInode::new(bdi);
-        let aops = Arc::new(FileAops(Arc::clone(&data), Arc::clone(&wb)));
-        let mapping = Arc::new(AddressSpace::new(cache, aops as Arc<dyn AddressSpaceOps>));
+        let aops = Arc::clone(&data) as Arc<dyn AddressSpaceOps>;
+        let mapping = Arc::new(AddressSpace::new(cache, aops));
         wb.attach(Arc::downgrade(&mapping));
         // An inode is loaded with mmu_private = i_size (fat_fill_inode).
         let io = Mutex::new(InodeIo { mmu_private: size });
@@ -461,8 +571,8 @@ impl<S: FatStore + 'static> FatInode<S> {
             data,
             mapping,
             io,
-            ra_next: crate::sync::unchecked::AtomicU64::new(0),
-            ra_issued: crate::sync::unchecked::AtomicU64::new(0),
+            ra_next: crate::sync::unchecked::AtomicU32::new(0),
+            ra_issued: crate::sync::unchecked::AtomicU32::new(0),
         }
     }
 
@@ -519,7 +629,8 @@ impl<S: FatStore + 'static> FatInode<S> {
         let end = (offset + want as u64).div_ceil(PAGE_SIZE as u64);
         let eof = size.div_ceil(PAGE_SIZE as u64);
         // Relaxed: a hint (see `ra_next`).
-        let sequential = first == 0 || first == self.ra_next.swap(end, Hint::Relaxed);
+        let sequential =
+            first == 0 || first == u64::from(self.ra_next.swap(page_hint(end), Hint::Relaxed));
         // The window: the request, at least RA_PAGES, at most a quarter of the cache.
         let cap = (self.mapping.cache().nr_frames() as u64 / 4).max(1);
         let window = (end - first).max(RA_PAGES).min(cap);
@@ -558,7 +669,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         let target = (end + window).min(eof);
         // Relaxed: a hint (see `ra_issued`); racing readers at worst read a window twice,
         // which the page cache turns into no I/O.
-        let issued = self.ra_issued.load(Hint::Relaxed);
+        let issued = u64::from(self.ra_issued.load(Hint::Relaxed));
         let from = if restart || issued < end || issued > target {
             end
         } else {
@@ -567,7 +678,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         if from >= target || (from > end && from > end + window / 2) {
             return;
         }
-        self.ra_issued.store(target, Hint::Relaxed);
+        self.ra_issued.store(page_hint(target), Hint::Relaxed);
         self.readahead(from, target);
     }
 
@@ -785,7 +896,7 @@ mod tests {
     }
 
     struct Fixture {
-        bpb: Bpb,
+        bpb: Arc<Bpb>,
         table: Arc<FatTable<MemFat>>,
         dev: Arc<MemDevice>,
         queue: Arc<IoQueue>,
@@ -811,7 +922,7 @@ mod tests {
         };
         let cache = PageCache::new(cfg).expect("cache");
         Fixture {
-            bpb,
+            bpb: Arc::new(bpb),
             table,
             dev,
             queue,
@@ -903,12 +1014,40 @@ mod tests {
             (10, 1, 5, 3)
         );
         c.truncate(12);
-        assert_eq!((c.run_from(10), c.clusters.len()), (2, 12));
+        assert_eq!((c.run_from(10), c.len()), (2, 12));
+        assert_eq!(
+            (c.get(9), c.get(10), c.get(11), c.get(12)),
+            (Some(109), Some(200), Some(201), None)
+        );
         assert!(!c.contains(204) && c.contains(201) && c.contains(100) && !c.contains(99));
         c.truncate(5);
         assert_eq!((c.run_from(0), c.run_from(4), c.runs.len()), (5, 1, 1));
         c.push(105);
         assert_eq!(c.run_from(0), 6, "a push that continues the run extends it");
+        // Past SCAN_RUNS runs membership goes through the span map; truncation back below
+        // that goes back to scanning. Both must answer alike.
+        let mut f = ChainCache::default();
+        let frag: Vec<u32> = (1..=20u32).flat_map(|k| [k * 10, k * 10 + 1]).collect();
+        for (i, &cl) in frag.iter().enumerate() {
+            assert!(!f.contains(cl), "{cl} not yet pushed");
+            f.push(cl);
+            assert_eq!((f.len(), f.get(i), f.run_from(i)), (i + 1, Some(cl), 1));
+        }
+        assert_eq!(
+            (f.runs.len(), f.spans.as_ref().map(|s| s.len())),
+            (20, Some(20))
+        );
+        for probe in 0..215u32 {
+            let want = frag.contains(&probe);
+            assert_eq!(f.contains(probe), want, "{probe} with spans");
+        }
+        f.truncate(9);
+        assert_eq!((f.runs.len(), f.spans.is_none(), f.len()), (5, true, 9));
+        for probe in 0..215u32 {
+            let want = frag[..9].contains(&probe);
+            assert_eq!(f.contains(probe), want, "{probe} by scan");
+        }
+        assert_eq!((f.run_from(8), f.get(8), f.get(9)), (1, Some(50), None));
     }
 
     /// 10 11 | 20 21 22 | 5: three extents, the last cluster partly used.

@@ -658,6 +658,11 @@ pub fn names_equal(a: &str, b: &str) -> bool {
     if sa.is_empty() || sb.is_empty() {
         return a == b;
     }
+    // Both ASCII: simple upper case is ASCII upper case. (Not when only one is: U+0131 and
+    // U+017F upper-case to ASCII 'I' and 'S'.)
+    if sa.is_ascii() && sb.is_ascii() {
+        return sa.eq_ignore_ascii_case(sb);
+    }
     sa.chars()
         .map(simple_upper)
         .eq(sb.chars().map(simple_upper))
@@ -666,15 +671,30 @@ pub fn names_equal(a: &str, b: &str) -> bool {
 /// The key under which a name is found: two names have the same key exactly when
 /// [`names_equal`] holds (trailing dots dropped, simple upper case).
 pub fn fold_name(name: &str) -> String {
+    folded_chars(name).collect()
+}
+
+/// The characters of [`fold_name`]'s key, without building it: for hashing a name where the
+/// key itself is not kept.
+pub fn folded_chars(name: &str) -> impl Iterator<Item = char> + '_ {
     let stripped = vfat_striptail(name);
-    if stripped.is_empty() {
-        return name.to_string();
-    }
-    stripped.chars().map(simple_upper).collect()
+    // All dots: compared exactly, so the key is the name itself.
+    let (chars, fold) = if stripped.is_empty() {
+        (name, false)
+    } else {
+        (stripped, true)
+    };
+    chars
+        .chars()
+        .map(move |c| if fold { simple_upper(c) } else { c })
 }
 
 /// Upper case of one char where Unicode has a one-char form, the folding FAT lookups use.
 fn simple_upper(c: char) -> char {
+    // ASCII's upper case is Unicode's for ASCII, without the case-mapping tables.
+    if c.is_ascii() {
+        return c.to_ascii_uppercase();
+    }
     let mut upper = c.to_uppercase();
     match (upper.next(), upper.next()) {
         (Some(u), None) => u,

@@ -367,7 +367,8 @@ pub struct Volume {
     bdev: Arc<Bdev>,
     table: Arc<FatTable<Arc<Bdev>>>,
     queue: Arc<IoQueue>,
-    bpb: Bpb,
+    /// Shared with every file's data side.
+    bpb: Arc<Bpb>,
     opts: MountOptions,
     read_only: bool,
     /// Unlinked files whose last holder has not let go yet: their clusters are still used.
@@ -540,7 +541,7 @@ impl Volume {
             bdev,
             table,
             queue,
-            bpb,
+            bpb: Arc::new(bpb),
             opts,
             read_only,
             orphans,
@@ -616,7 +617,7 @@ impl Volume {
     /// The volume label: the root's label entry, else the boot sector's; `None` if unset.
     pub fn label(&self) -> Result<Option<String>, FsError> {
         if let Some(slot) = self.root.dir()?.labels().first() {
-            return Ok(Some(slot.name.clone()));
+            return Ok(Some(slot.name.to_string()));
         }
         let bpb_label = String::from_utf8_lossy(&self.bpb.volume_label);
         let bpb_label = bpb_label.trim_end();
@@ -828,7 +829,7 @@ impl Volume {
                 .ok()
                 .and_then(|dev| self.node_at(dev));
             items.push(DirItem {
-                name: slot.name.clone(),
+                name: slot.name.to_string(),
                 entry: live.map_or(slot.entry, |n| n.entry()),
                 offset: slot.offset,
             });

@@ -13,7 +13,6 @@
 //! Virtual xattrs on the root: `user.fatcache.era`, `user.fatcache.stats` (JSON) and
 //! `user.fatcache.last_bug`; FAT has no xattrs of its own, so every other name is ENODATA.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,16 +51,20 @@ const XATTRS: [&str; 3] = [
 pub struct FatFuse {
     vol: Arc<Volume>,
     opts: FuseOptions,
-    /// Nodes the kernel holds.
-    known: Mutex<HashMap<u64, Known>>,
+    /// Nodes the kernel holds. Fx, not SipHash: the keys are our own inode numbers.
+    known: Mutex<rustc_hash::FxHashMap<u64, Known>>,
 }
 
 /// A node the kernel holds: by lookups (until forget) and by open files (until release).
+///
+/// 24 bytes, so an entry with its key is 32: the kernel may hold every file a mount knows.
+/// `lookups` stays 64-bit as FUSE's forget counts are; open files are bounded by the
+/// kernel's file table, far below 2^32.
 #[derive(Debug)]
 struct Known {
     node: Arc<Node>,
     lookups: u64,
-    opens: u64,
+    opens: u32,
 }
 
 /// The errno of a failure, for a reply.
@@ -91,7 +94,7 @@ impl FatFuse {
         FatFuse {
             vol,
             opts,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(rustc_hash::FxHashMap::default()),
         }
     }
 
@@ -124,7 +127,7 @@ impl FatFuse {
             opens: 0,
         });
         if open {
-            k.opens += 1;
+            k.opens = k.opens.saturating_add(1);
         } else {
             k.lookups += 1;
         }

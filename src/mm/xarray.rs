@@ -39,14 +39,29 @@ struct Node {
 
 /// An index -> frame map with marks.
 ///
-/// Empty, it is one null pointer: every file the mount knows has a mapping, and most have no
-/// page cached (10,000 known files cost 1.3 MiB of empty maps and sets otherwise).
+/// Empty, it holds nothing on the heap: every file the mount knows has a mapping, and most have
+/// no page cached (10,000 known files cost 1.3 MiB of empty maps and sets otherwise). With one
+/// entry it still holds nothing on the heap, as the kernel's xarray keeps a lone entry at
+/// index 0 in its head: a small file's single page would otherwise cost a node, a hash table
+/// and up to four set nodes, ~700 bytes per file, the largest per-file cost of a mount that
+/// has just made many small files.
 #[derive(Debug, Default)]
 pub struct XArray {
-    inner: Option<Box<Inner>>,
+    repr: Repr,
 }
 
-/// The nodes and mark sets of a non-empty [`XArray`].
+/// What an [`XArray`] holds, by how many entries.
+#[derive(Debug, Default)]
+enum Repr {
+    #[default]
+    Empty,
+    /// A single entry, its marks as bits (1 << [`Mark`]).
+    One { index: u64, pfn: u32, marks: u8 },
+    /// Two or more entries.
+    Many(Box<Inner>),
+}
+
+/// The nodes and mark sets of an [`XArray`] with two or more entries.
 #[derive(Debug, Default)]
 struct Inner {
     nodes: FxHashMap<u64, Box<Node>>,
@@ -70,7 +85,11 @@ fn span(from: u64, to: u64) -> u64 {
 impl XArray {
     /// Entries stored.
     pub fn len(&self) -> usize {
-        self.inner.as_ref().map_or(0, |i| i.len)
+        match &self.repr {
+            Repr::Empty => 0,
+            Repr::One { .. } => 1,
+            Repr::Many(i) => i.len,
+        }
     }
 
     /// True when nothing is stored.
@@ -81,59 +100,143 @@ impl XArray {
     /// xa_load.
     #[inline]
     pub fn get(&self, index: u64) -> Option<u32> {
-        self.inner.as_ref()?.get(index)
+        match &self.repr {
+            Repr::Empty => None,
+            Repr::One { index: i, pfn, .. } => (*i == index).then_some(*pfn),
+            Repr::Many(inner) => inner.get(index),
+        }
     }
 
     /// Store `pfn` at `index` if the slot is empty; false if it was taken.
     pub fn insert(&mut self, index: u64, pfn: u32) -> bool {
-        self.inner.get_or_insert_default().insert(index, pfn)
+        match &mut self.repr {
+            Repr::Empty => {
+                self.repr = Repr::One {
+                    index,
+                    pfn,
+                    marks: 0,
+                };
+                true
+            }
+            Repr::One { index: i, .. } if *i == index => false,
+            Repr::One {
+                index: i,
+                pfn: p,
+                marks,
+            } => {
+                // A second entry: the lone one moves into nodes, marks and all.
+                let mut inner = Box::<Inner>::default();
+                inner.insert(*i, *p);
+                for m in [Mark::Dirty, Mark::Writeback, Mark::Towrite] {
+                    if *marks & (1 << m as u8) != 0 {
+                        inner.set_mark(*i, *p, m, true);
+                    }
+                }
+                inner.insert(index, pfn);
+                self.repr = Repr::Many(inner);
+                true
+            }
+            Repr::Many(inner) => inner.insert(index, pfn),
+        }
     }
 
     /// Erase the entry at `index` if it is `pfn`, with all its marks; true if it was.
     pub fn remove(&mut self, index: u64, pfn: u32) -> bool {
-        let Some(inner) = self.inner.as_mut() else {
-            return false;
-        };
-        let removed = inner.remove(index, pfn);
-        if inner.len == 0 {
-            self.inner = None;
+        match &mut self.repr {
+            Repr::Empty => false,
+            Repr::One {
+                index: i, pfn: p, ..
+            } => {
+                if *i != index || *p != pfn {
+                    return false;
+                }
+                self.repr = Repr::Empty;
+                true
+            }
+            Repr::Many(inner) => {
+                if !inner.remove(index, pfn) {
+                    return false;
+                }
+                // Down to one entry: back into the head, freeing nodes and sets (the
+                // kernel's xas_shrink), so a file truncated to its first page costs what a
+                // one-page file does.
+                if inner.len == 1 {
+                    self.repr = inner.only();
+                }
+                true
+            }
         }
-        removed
     }
 
     /// Set or clear `mark` on the entry at `index`, if that entry is `pfn`.
     #[inline]
     pub fn set_mark(&mut self, index: u64, pfn: u32, mark: Mark, on: bool) {
-        if let Some(inner) = self.inner.as_mut() {
-            inner.set_mark(index, pfn, mark, on);
+        match &mut self.repr {
+            Repr::Empty => {}
+            Repr::One {
+                index: i,
+                pfn: p,
+                marks,
+            } => {
+                if *i == index && *p == pfn {
+                    let bit = 1u8 << mark as u8;
+                    *marks = if on { *marks | bit } else { *marks & !bit };
+                }
+            }
+            Repr::Many(inner) => inner.set_mark(index, pfn, mark, on),
         }
     }
 
     /// Does any entry carry `mark`?
     pub fn marked(&self, mark: Mark) -> bool {
-        self.inner
-            .as_ref()
-            .is_some_and(|i| !i.marked[mark as usize].is_empty())
+        match &self.repr {
+            Repr::Empty => false,
+            Repr::One { marks, .. } => marks & (1 << mark as u8) != 0,
+            Repr::Many(i) => !i.marked[mark as usize].is_empty(),
+        }
     }
 
     /// Up to `max` (index, frame) pairs carrying `mark` with index in `[start, end]`, in order.
     pub fn find_marked(&self, mark: Mark, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
-        self.inner
-            .as_ref()
-            .map_or_else(Vec::new, |i| i.find_marked(mark, start, end, max))
+        match &self.repr {
+            Repr::Empty => Vec::new(),
+            Repr::One { index, pfn, marks } => {
+                let hit = marks & (1 << mark as u8) != 0 && (start..=end).contains(index);
+                if hit {
+                    vec![(*index, *pfn)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Repr::Many(i) => i.find_marked(mark, start, end, max),
+        }
     }
 
     /// Up to `max` (index, frame) pairs with index in `[start, end)`, in order.
     pub fn find_range(&self, start: u64, end: u64, max: usize) -> Vec<(u64, u32)> {
-        self.inner
-            .as_ref()
-            .map_or_else(Vec::new, |i| i.find_range(start, end, max))
+        match &self.repr {
+            Repr::Empty => Vec::new(),
+            Repr::One { index, pfn, .. } => {
+                if (start..end).contains(index) {
+                    vec![(*index, *pfn)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Repr::Many(i) => i.find_range(start, end, max),
+        }
     }
 
     /// Add `to` to every entry in `[start, end]` that carries `from` (tag_pages_for_writeback).
     pub fn copy_mark(&mut self, from: Mark, to: Mark, start: u64, end: u64) {
-        if let Some(inner) = self.inner.as_mut() {
-            inner.copy_mark(from, to, start, end);
+        match &mut self.repr {
+            Repr::Empty => {}
+            Repr::One { index, marks, .. } => {
+                if *marks & (1 << from as u8) != 0 && (start..=end).contains(index) {
+                    *marks |= 1 << to as u8;
+                }
+            }
+            Repr::Many(inner) => inner.copy_mark(from, to, start, end),
         }
     }
 
@@ -148,6 +251,29 @@ impl XArray {
 
 /// The operations of [`XArray`] on a map holding entries, each as documented there.
 impl Inner {
+    /// The lone entry of a map holding exactly one, as a [`Repr::One`].
+    fn only(&self) -> Repr {
+        let Some((&id, node)) = self.nodes.iter().next() else {
+            return Repr::Empty;
+        };
+        let b = node.present.trailing_zeros();
+        let marks = (0..3).fold(0u8, |acc, m| acc | (((node.marks[m] >> b) & 1) as u8) << m);
+        Repr::One {
+            index: (id << NODE_SHIFT) + u64::from(b),
+            pfn: node.slot[b as usize],
+            marks,
+        }
+    }
+
+    /// Takes node `id` out of mark `m`'s set; an emptied set gives its node back (a std
+    /// `BTreeSet` keeps its last leaf allocated otherwise, ~100 bytes per mark per mapping).
+    fn unmark_node(&mut self, m: usize, id: u64) {
+        self.marked[m].remove(&id);
+        if self.marked[m].is_empty() {
+            self.marked[m] = BTreeSet::new();
+        }
+    }
+
     fn get(&self, index: u64) -> Option<u32> {
         let node = self.nodes.get(&(index >> NODE_SHIFT))?;
         let bit = 1u64 << (index & NODE_MASK);
@@ -186,18 +312,21 @@ impl Inner {
             return false;
         }
         node.present &= !bit;
-        for m in 0..3 {
-            if node.marks[m] & bit != 0 {
-                node.marks[m] &= !bit;
-                if node.marks[m] == 0 {
-                    self.marked[m].remove(&id);
-                }
+        // The marks whose last entry in this node this was: the node leaves their sets.
+        let mut to_unmark = [false; 3];
+        for (marks, unmark) in node.marks.iter_mut().zip(&mut to_unmark) {
+            if *marks & bit != 0 {
+                *marks &= !bit;
+                *unmark = *marks == 0;
             }
         }
         self.len -= 1;
         if node.present == 0 {
             self.nodes.remove(&id);
             self.order.remove(&id);
+        }
+        for (m, _) in to_unmark.iter().enumerate().filter(|(_, u)| **u) {
+            self.unmark_node(m, id);
         }
         true
     }
@@ -219,9 +348,7 @@ impl Inner {
             (true, false) => {
                 self.marked[m].insert(id);
             }
-            (false, true) => {
-                self.marked[m].remove(&id);
-            }
+            (false, true) => self.unmark_node(m, id),
             _ => {}
         }
     }
@@ -327,7 +454,7 @@ mod tests {
         assert_eq!(x.len(), 1);
         assert!(x.remove(700, 70));
         assert!(
-            x.is_empty() && x.inner.is_none(),
+            x.is_empty() && matches!(x.repr, Repr::Empty),
             "an emptied map frees its nodes and sets"
         );
     }
@@ -364,6 +491,72 @@ mod tests {
         let r = x.find_range(60, 70, 100);
         assert_eq!(r.len(), 10);
         assert_eq!(r[0], (60, 1060));
+    }
+
+    /// Every answer of `x` about indexes 0..8 and all marks, to compare two maps.
+    fn answers(x: &XArray) -> Vec<String> {
+        let mut out = vec![format!("len {}", x.len())];
+        for m in [Mark::Dirty, Mark::Writeback, Mark::Towrite] {
+            out.push(format!("{m:?} {} {:?}", x.marked(m), x.marked_indexes(m)));
+            out.push(format!("{m:?} 2..=5 {:?}", x.find_marked(m, 2, 5, 10)));
+        }
+        out.push(format!("range {:?}", x.find_range(0, 8, 10)));
+        out.push(format!("range 3..4 {:?}", x.find_range(3, 4, 10)));
+        out.extend((0..8).map(|i| format!("get {i} {:?}", x.get(i))));
+        out
+    }
+
+    #[test]
+    fn one_entry_lives_in_the_head_and_moves_to_nodes_and_back_with_its_marks() {
+        let mut x = XArray::default();
+        assert!(x.insert(3, 30));
+        assert!(
+            matches!(x.repr, Repr::One { .. }),
+            "a lone entry takes no node"
+        );
+        assert!(!x.insert(3, 31), "slot taken");
+        x.set_mark(3, 99, Mark::Dirty, true); // wrong frame: ignored
+        assert!(!x.marked(Mark::Dirty));
+        x.set_mark(3, 30, Mark::Dirty, true);
+        x.copy_mark(Mark::Dirty, Mark::Towrite, 4, 9); // outside: nothing
+        assert!(!x.marked(Mark::Towrite));
+        x.copy_mark(Mark::Dirty, Mark::Towrite, 0, 3);
+        // The same history on a map that already holds nodes (entry 700 added and removed
+        // at the end) must answer the same.
+        let mut y = XArray::default();
+        assert!(y.insert(700, 7) && y.insert(3, 30));
+        y.set_mark(3, 30, Mark::Dirty, true);
+        y.copy_mark(Mark::Dirty, Mark::Towrite, 0, 3);
+        assert!(y.remove(700, 7));
+        assert!(
+            matches!(y.repr, Repr::One { .. }),
+            "down to one: back in the head"
+        );
+        assert_eq!(answers(&x), answers(&y));
+        assert_eq!(x.marked_indexes(Mark::Towrite), vec![3]);
+        // A second entry moves the first into nodes with both its marks.
+        assert!(x.insert(5, 50));
+        assert!(matches!(x.repr, Repr::Many(_)));
+        assert_eq!(x.marked_indexes(Mark::Dirty), vec![3]);
+        assert_eq!(x.marked_indexes(Mark::Towrite), vec![3]);
+        assert_eq!(x.find_range(0, 8, 10), vec![(3, 30), (5, 50)]);
+        x.set_mark(5, 50, Mark::Writeback, true);
+        assert!(!x.remove(3, 31), "only the expected frame is erased");
+        assert!(x.remove(3, 30));
+        assert!(matches!(
+            x.repr,
+            Repr::One {
+                index: 5,
+                pfn: 50,
+                ..
+            }
+        ));
+        assert_eq!(x.marked_indexes(Mark::Writeback), vec![5]);
+        assert!(!x.marked(Mark::Dirty) && !x.marked(Mark::Towrite));
+        x.set_mark(5, 50, Mark::Writeback, false);
+        assert!(!x.marked(Mark::Writeback));
+        assert!(!x.remove(6, 50) && x.remove(5, 50));
+        assert!(matches!(x.repr, Repr::Empty) && x.find_range(0, u64::MAX, 10).is_empty());
     }
 
     #[test]
