@@ -201,7 +201,8 @@ impl XArray {
         match &self.repr {
             Repr::Empty => Vec::new(),
             Repr::One { index, pfn, marks } => {
-                let hit = marks & (1 << mark as u8) != 0 && (start..=end).contains(index);
+                let hit =
+                    max > 0 && marks & (1 << mark as u8) != 0 && (start..=end).contains(index);
                 if hit {
                     vec![(*index, *pfn)]
                 } else {
@@ -217,7 +218,7 @@ impl XArray {
         match &self.repr {
             Repr::Empty => Vec::new(),
             Repr::One { index, pfn, .. } => {
-                if (start..end).contains(index) {
+                if max > 0 && (start..end).contains(index) {
                     vec![(*index, *pfn)]
                 } else {
                     Vec::new()
@@ -534,6 +535,12 @@ mod tests {
         );
         assert_eq!(answers(&x), answers(&y));
         assert_eq!(x.marked_indexes(Mark::Towrite), vec![3]);
+        // A lookup asking for nothing gets nothing, whatever the representation.
+        for m in [&x, &y] {
+            assert!(
+                m.find_range(0, 8, 0).is_empty() && m.find_marked(Mark::Dirty, 0, 8, 0).is_empty()
+            );
+        }
         // A second entry moves the first into nodes with both its marks.
         assert!(x.insert(5, 50));
         assert!(matches!(x.repr, Repr::Many(_)));
