@@ -30,7 +30,7 @@ use crate::fat::time::{fat_date_to_unix, fat_to_unix};
 use crate::fat::volume::{DirItem, Node, ROOT_INO, Volume};
 use crate::fuse::options::{CacheMode, FuseOptions};
 use crate::fuse::perm::{Caller, Owner, TimeChange, may_set_times};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, Mutex, unchecked};
 
 /// How long the kernel may cache names and attributes. Every change goes through us, so this
 /// only bounds how stale a listing of another mount of the same image could look.
@@ -687,7 +687,7 @@ impl Filesystem for FatFuse {
         /// buffers, where per-worker buffers left a MiB touched in every worker that ever
         /// served a read (4 MiB at threads=4). Last in, first out: a reused buffer is the one
         /// most likely still in cache.
-        static READ_BUFS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+        static READ_BUFS: unchecked::Mutex<Vec<Vec<u8>>> = unchecked::Mutex::new(Vec::new());
         let mut buf = READ_BUFS.lock().pop().unwrap_or_default();
         let size = size as usize;
         if buf.len() < size {
