@@ -113,7 +113,7 @@ pub struct MountOptions {
     pub cache_frames: usize,
     /// What a failed BUG_ON does.
     pub on_bug: OnBug,
-    /// Keep per-frame event histories for BUG reports (`history=`; 1 KiB per frame).
+    /// Keep per-frame event histories for BUG reports (`history=`; 512 bytes per frame).
     pub history: bool,
     /// How short names are shown and created (`shortname=`).
     pub shortname: ShortnameMode,
