@@ -637,14 +637,18 @@ mod tests {
         h.events(&classic(), count, &|| now)
     }
 
-    fn lock_rec(arg: u32) -> Rec {
+    fn rec(op: Op, bit: u8, before: u64, after: u64, arg: u32) -> Rec {
         Rec {
-            op: Op::Lock,
-            bit: 0,
-            before: 0,
-            after: LAYOUT_CLASSIC.mask(PG::Locked),
+            op,
+            bit,
+            before,
+            after,
             arg,
         }
+    }
+
+    fn lock_rec(arg: u32) -> Rec {
+        rec(Op::Lock, 0, 0, LAYOUT_CLASSIC.mask(PG::Locked), arg)
     }
 
     #[test]
@@ -742,16 +746,9 @@ mod tests {
             let count = AtomicU32::new(0);
             let pack = FlagPack::new(layout);
             for (i, &(op, bit, before, after, arg, thread)) in cases.iter().enumerate() {
-                let rec = Rec {
-                    op,
-                    bit,
-                    before,
-                    after,
-                    arg,
-                };
                 let seq = i as u32 + 1;
-                count.store(seq, Ordering::Relaxed);
-                h.record(seq, rec, thread, NOW - 1000 + seq as u64 * 16);
+                let r = rec(op, bit, before, after, arg);
+                put(&h, &count, seq, r, thread, NOW - 1000 + seq as u64 * 16);
             }
             let ev = h.events(&pack, &count, &|| NOW);
             assert_eq!(ev.len(), cases.len(), "{}", layout.name);
@@ -889,18 +886,12 @@ mod tests {
         let h = History::default();
         let count = AtomicU32::new(0);
         let ev = |seq, op, bit, before, after, arg, thread| {
-            let rec = Rec {
-                op,
-                bit,
-                before,
-                after,
-                arg,
-            };
+            let r = rec(op, bit, before, after, arg);
             put(
                 &h,
                 &count,
                 seq,
-                rec,
+                r,
                 thread,
                 NOW - 100_000 + u64::from(seq) * 1000,
             );
