@@ -626,12 +626,19 @@ impl NameIndex {
         name: &str,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> Option<&'s Slot> {
-        // Lowest offset first, so the first match is the one on disk first.
-        self.names.offsets(name_hash(name)).find_map(|offset| {
-            slot_at(offset).filter(|slot| {
+        let found = self.find(name, |offset| {
+            slot_at(offset).is_some_and(|slot| {
                 names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string())
             })
-        })
+        });
+        found.and_then(slot_at)
+    }
+
+    /// The lowest offset entered under `name`'s key (long or short name) that `matches`
+    /// accepts: the caller, who keeps the names, tells a match from a hash collision.
+    pub fn find(&self, name: &str, matches: impl FnMut(usize) -> bool) -> Option<usize> {
+        // Lowest offset first, so the first match is the one on disk first.
+        self.names.offsets(name_hash(name)).find(matches)
     }
 
     /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
@@ -640,9 +647,14 @@ impl NameIndex {
         short: &ShortName,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> bool {
-        self.shorts
-            .offsets(short_hash(short))
-            .any(|offset| slot_at(offset).is_some_and(|s| s.entry.name == *short))
+        let same = |offset| slot_at(offset).is_some_and(|s| s.entry.name == *short);
+        self.find_short(short, same).is_some()
+    }
+
+    /// The lowest offset entered under the 8.3 name `short` that `matches` accepts, as for
+    /// [`NameIndex::find`].
+    pub fn find_short(&self, short: &ShortName, matches: impl FnMut(usize) -> bool) -> Option<usize> {
+        self.shorts.offsets(short_hash(short)).find(matches)
     }
 
     /// Keys held (an entry whose long name folds to its short one holds two, else three).
