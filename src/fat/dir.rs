@@ -45,8 +45,7 @@ use crate::fat::dirent::{
 };
 use crate::fat::inode::cluster_offset;
 use crate::fat::name::{
-    DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, LFN_MAX_SLOTS, ShortName, ShortnameMode,
-    names_equal,
+    DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, ShortName, ShortnameMode, names_equal,
 };
 use crate::fat::table::{FatEntry, FatStore, FatTable};
 
@@ -189,7 +188,9 @@ impl Directory {
 
     /// The live slot whose short entry is at `offset`.
     pub fn slot_at(&self, offset: usize) -> Option<Slot> {
-        self.slots.get(offset).map(|r| self.slots.slot(r, self.mode))
+        self.slots
+            .get(offset)
+            .map(|r| self.slots.slot(r, self.mode))
     }
 
     /// Files and directories in on-disk order (no `.`, `..`, labels).
@@ -268,7 +269,9 @@ impl Directory {
         }
         let (index, slots) = (&self.index, &self.slots);
         let exists = |short: &ShortName| {
-            let found = index.find_short(short, |o| slots.get(o).is_some_and(|r| r.entry.name == *short));
+            let found = index.find_short(short, |o| {
+                slots.get(o).is_some_and(|r| r.entry.name == *short)
+            });
             found.is_some()
         };
         let run = build_entries(name, self.mode, exists, template, self.fat32)?.concat();
@@ -595,7 +598,7 @@ struct Packed {
     /// name shows as nothing, so a long name is never empty).
     name_start: u32,
     name_len: u16,
-    /// LFN slots before the short entry (at most [`LFN_MAX_SLOTS`]).
+    /// LFN slots before the short entry (at most [`crate::fat::name::LFN_MAX_SLOTS`]).
     lfn_slots: u8,
     kind: SlotKind,
 }
@@ -638,14 +641,10 @@ impl SlotTable {
     fn resize(&mut self, len: usize) {
         let positions = len / E;
         if positions > self.at.len() {
-            reserve_gently(&mut self.at, positions - self.at.len());
+            let extra = positions - self.at.len();
+            reserve_gently(&mut self.at, extra);
             self.at.resize(positions, 0);
         }
-    }
-
-    /// Live slots held.
-    fn len(&self) -> usize {
-        self.recs.len()
     }
 
     /// The record index of the slot whose short entry is at `offset`.
@@ -768,7 +767,11 @@ impl SlotTable {
         let marked = self.at.iter().filter(|&&i| i != 0).count();
         assert_eq!(marked, self.recs.len(), "one position per record");
         for (i, rec) in self.recs.iter().enumerate() {
-            assert_eq!(self.at[rec.offset as usize / E] as usize, i + 1, "position of {i}");
+            assert_eq!(
+                self.at[rec.offset as usize / E] as usize,
+                i + 1,
+                "position of {i}"
+            );
         }
         let named: usize = self.recs.iter().map(|r| usize::from(r.name_len)).sum();
         assert_eq!(named + self.garbage, self.names.len(), "name bytes");
@@ -949,7 +952,12 @@ mod tests {
         assert_eq!(again.clusters, dir.clusters, "chain");
         assert_eq!(again.subdirs, dir.subdirs, "subdirectory count");
         for slot in dir.entries() {
-            assert_eq!(again.lookup(&slot.name).as_ref(), Some(&slot), "{}", slot.name);
+            assert_eq!(
+                again.lookup(&slot.name).as_ref(),
+                Some(&slot),
+                "{}",
+                slot.name
+            );
             assert_eq!(
                 again.lookup_offset(&slot.entry.name.to_string()),
                 Some(slot.offset)
@@ -1399,6 +1407,59 @@ mod tests {
             Some(0),
             "root parent is 0 on FAT32"
         );
+    }
+
+    #[test]
+    fn slot_table_stays_packed_through_removals_in_any_order() {
+        let (bpb, table) = volume(Kind::Fat32);
+        let mut dir = subdir(&bpb, &table);
+        // Long names (stored), 8.3 names shown as they are (rebuilt) and lower-case 8.3 names
+        // (rebuilt from the case byte), so every kind of record moves about.
+        let name = |i: usize| match i % 3 {
+            0 => format!("A fairly long name, number {i}.txt"),
+            1 => format!("S{i}.TXT"),
+            _ => format!("l{i}.txt"),
+        };
+        let n = 1500;
+        let offsets: Vec<usize> = (0..n)
+            .map(|i| add(&mut dir, &table, &name(i)).offset)
+            .collect();
+        dir.slots.check();
+        let stored = dir.slots.names.len();
+        assert!(stored >= 500 * 30, "long names stored: {stored}");
+        // Every third entry from the middle outwards, then the rest in listing order (rm -rf).
+        let mut gone = vec![false; n];
+        for i in (0..n).step_by(3).rev() {
+            let slot = dir.remove(&table, offsets[i]).expect("remove");
+            assert_eq!(&*slot.name, name(i), "the removed slot is whole");
+            gone[i] = true;
+        }
+        dir.slots.check();
+        assert!(
+            dir.slots.garbage < MIN_COMPACT,
+            "compacted: {}",
+            dir.slots.garbage
+        );
+        for (i, &g) in gone.iter().enumerate() {
+            let found = dir.lookup(&name(i)).map(|s| s.offset);
+            assert_eq!(found, (!g).then_some(offsets[i]), "{}", name(i));
+        }
+        assert_round_trip(&dir, &bpb, &table);
+        let listed: Vec<usize> = dir.entries().map(|s| s.offset).collect();
+        assert_eq!(listed.len(), n - n.div_ceil(3));
+        for offset in listed {
+            dir.remove(&table, offset).expect("remove in listing order");
+        }
+        dir.slots.check();
+        assert!(dir.is_empty() && dir.slots.recs.capacity() <= 64);
+        assert_eq!(dir.entries_from(E + 1).count(), 0, "resumed past '..'");
+        assert_round_trip(&dir, &bpb, &table);
+        // The holes take new entries again, long names included.
+        for i in 0..30 {
+            let slot = add(&mut dir, &table, &name(i));
+            assert!(slot.offset < offsets[n - 1], "{}: reuses a hole", slot.name);
+        }
+        assert_round_trip(&dir, &bpb, &table);
     }
 
     #[test]

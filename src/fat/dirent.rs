@@ -636,9 +636,9 @@ impl NameIndex {
 
     /// The lowest offset entered under `name`'s key (long or short name) that `matches`
     /// accepts: the caller, who keeps the names, tells a match from a hash collision.
-    pub fn find(&self, name: &str, matches: impl FnMut(usize) -> bool) -> Option<usize> {
+    pub fn find(&self, name: &str, mut matches: impl FnMut(usize) -> bool) -> Option<usize> {
         // Lowest offset first, so the first match is the one on disk first.
-        self.names.offsets(name_hash(name)).find(matches)
+        self.names.offsets(name_hash(name)).find(|&o| matches(o))
     }
 
     /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
@@ -653,8 +653,12 @@ impl NameIndex {
 
     /// The lowest offset entered under the 8.3 name `short` that `matches` accepts, as for
     /// [`NameIndex::find`].
-    pub fn find_short(&self, short: &ShortName, matches: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.shorts.offsets(short_hash(short)).find(matches)
+    pub fn find_short(
+        &self,
+        short: &ShortName,
+        mut matches: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.shorts.offsets(short_hash(short)).find(|&o| matches(o))
     }
 
     /// Keys held (an entry whose long name folds to its short one holds two, else three).
