@@ -11,6 +11,10 @@
 //! the page cache's block-device mapping, which holds the bytes) and updates that bookkeeping,
 //! so adding, removing and looking up cost no rescan and no copy of the directory.
 //!
+//! The slots are kept packed (see `SlotTable`): a directory stays in memory as long as it is
+//! known, ~100 bytes per entry. So [`Directory::lookup`], [`Directory::slot_at`] and
+//! [`Directory::entries`] build the [`Slot`]s they hand out, each with its own copy of the name.
+//!
 //! Locking: none inside. Changes take `&mut self`, so the caller's lock on the directory (the
 //! kernel's i_rwsem on the parent) serializes them and excludes readers of the same object;
 //! the FAT's own lock is taken inside [`FatTable`] calls.
@@ -761,6 +765,13 @@ impl SlotTable {
         self.recs.iter()
     }
 
+    /// Heap bytes held (for the memory tests).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        let recs = self.recs.capacity() * std::mem::size_of::<Packed>();
+        recs + self.at.capacity() * std::mem::size_of::<u32>() + self.names.capacity()
+    }
+
     /// Panics unless positions, records and name buffer agree (for tests).
     #[cfg(test)]
     fn check(&self) {
@@ -1406,6 +1417,38 @@ mod tests {
             cluster_of(&child, SlotKind::DotDot),
             Some(0),
             "root parent is 0 on FAT32"
+        );
+    }
+
+    /// Heap bytes of a directory's in-memory state per file in it: slots, name index, chain
+    /// and holes (their pairs at their size).
+    fn bytes_per_entry(dir: &Directory) -> usize {
+        let pair = std::mem::size_of::<(usize, usize)>();
+        let bytes = dir.slots.heap_bytes()
+            + dir.index.heap_bytes()
+            + dir.clusters.capacity() * std::mem::size_of::<u32>()
+            + dir.holes.len() * pair;
+        bytes / dir.entries().count()
+    }
+
+    #[test]
+    fn ten_thousand_entries_cost_under_120_bytes_each() {
+        // The mount bench's files: "small1.txt" to "small999.txt" fit 8.3 (a lower-case
+        // short entry, no name kept), the others take one LFN slot and keep 13 or 14 bytes.
+        // A BTreeMap of 72-byte slots, a heap block per name and a third index table cost
+        // ~209 bytes an entry here (heaptrack, in the mount).
+        let (bpb, table) = volume(Kind::Fat32);
+        let mut dir = subdir(&bpb, &table);
+        for i in 1..=10_000 {
+            add(&mut dir, &table, &format!("small{i}.txt"));
+        }
+        let (added, loaded) = (bytes_per_entry(&dir), {
+            let again = Directory::load(&table, &bpb, dir.loc, Mixed).expect("reload");
+            bytes_per_entry(&again)
+        });
+        assert!(
+            added < 120 && loaded < 120,
+            "added {added}, loaded {loaded}"
         );
     }
 

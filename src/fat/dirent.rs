@@ -551,6 +551,13 @@ impl Keys {
     fn len(&self) -> usize {
         self.first.len() + self.more.len()
     }
+
+    /// Heap bytes held, about: the table's allocation, and the twins at their pair size
+    /// (B-tree nodes add some; the set is empty in a healthy directory).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.first.allocation_size() + self.more.len() * std::mem::size_of::<(u32, u32)>()
+    }
 }
 
 /// The 32-bit key hash of a name under [`crate::fat::name::fold_name`]'s folding.
@@ -660,6 +667,12 @@ impl NameIndex {
     /// Keys held (an entry whose long name folds to its short one holds one, else two).
     pub fn len(&self) -> usize {
         self.names.len()
+    }
+
+    /// Heap bytes held, about (for the memory tests of directories).
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.names.heap_bytes()
     }
 
     /// True when no entry is indexed.
