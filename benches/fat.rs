@@ -43,6 +43,10 @@
 //! * `dir/create_many/{1k,10k}`: creating 1,000 or 10,000 long names in a new, empty
 //!   directory (fresh volume each time, made untimed). Target (the issue's): 10k takes no more
 //!   than 12x the time of 1k.
+//! * `dir/remove_all/{1k,10k}`: unlinking every entry of a directory of 1,000 or 10,000 long
+//!   names in listing order, as `rm -rf` does (the directory filled on a fresh volume,
+//!   untimed). Target: 10k takes no more than 12x the time of 1k (no removal costs the
+//!   directory's size).
 //! * `seq/write_64m_fsync`: 512 `Volume::write` calls of 128 KiB from offset 0 of an empty
 //!   file, then `Volume::fsync` (data, entry, FAT, a device flush of the image file). Target:
 //!   >= 150 MB/s.
@@ -441,6 +445,31 @@ fn time_create_many(path: &Path, n: usize, iters: u64) -> Duration {
     total
 }
 
+/// `iters` times: a fresh volume with a directory of `n` (untimed), every entry unlinked in
+/// listing order (timed).
+fn time_remove_all(path: &Path, n: usize, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        make_volume(path, VOLUME);
+        let vol = mount(path, MountOptions::default());
+        let dir = vol.mkdir(&vol.root(), "many").expect("mkdir");
+        fill(&vol, &dir, n);
+        let names: Vec<String> = vol
+            .read_dir(&dir)
+            .expect("read_dir")
+            .into_iter()
+            .map(|item| item.name)
+            .collect();
+        assert_eq!(names.len(), n, "the directory is full");
+        let start = Instant::now();
+        for name in &names {
+            vol.unlink(&dir, black_box(name)).expect("unlink");
+        }
+        total += start.elapsed();
+    }
+    total
+}
+
 /// Items per page of [`list_paged`]: what one 4 KiB FUSE readdir reply holds of
 /// [`long_name`]s, about.
 const PAGE_ITEMS: usize = 64;
@@ -503,6 +532,11 @@ fn bench_dir(c: &mut Criterion, scratch: &Scratch) {
     for n in [1_000, 10_000] {
         g.bench_function(format!("create_many/{}k", n / 1000), |b| {
             b.iter_custom(|iters| time_create_many(&many, n, iters));
+        });
+    }
+    for n in [1_000, 10_000] {
+        g.bench_function(format!("remove_all/{}k", n / 1000), |b| {
+            b.iter_custom(|iters| time_remove_all(&many, n, iters));
         });
     }
     g.finish();

@@ -132,7 +132,11 @@ fn collect_dirs(
     match loc {
         DirLocation::Fixed { offset, len } => {
             // The used part and a few free entries after it; the rest is zeros.
-            let hi = dir.entries().chain(dir.labels()).map(|s| s.offset).max();
+            let hi = dir
+                .entries()
+                .chain(dir.labels().iter().cloned())
+                .map(|s| s.offset)
+                .max();
             let used = hi.map_or(0, |h| h + 32) + 4 * 32;
             let start = offset as usize;
             out.push(start..start + used.min(len));

@@ -11,6 +11,10 @@
 //! the page cache's block-device mapping, which holds the bytes) and updates that bookkeeping,
 //! so adding, removing and looking up cost no rescan and no copy of the directory.
 //!
+//! The slots are kept packed (see `SlotTable`): a directory stays in memory as long as it is
+//! known, ~100 bytes per entry. So [`Directory::lookup`], [`Directory::slot_at`] and
+//! [`Directory::entries`] build the [`Slot`]s they hand out, each with its own copy of the name.
+//!
 //! Locking: none inside. Changes take `&mut self`, so the caller's lock on the directory (the
 //! kernel's i_rwsem on the parent) serializes them and excludes readers of the same object;
 //! the FAT's own lock is taken inside [`FatTable`] calls.
@@ -32,6 +36,7 @@
 //! Deviation: the kernel lets `.` and `..` be removed like any entry; [`Directory::remove`]
 //! refuses them, as no caller has reason to.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -43,7 +48,9 @@ use crate::fat::dirent::{
     check_dir_size, dot_entries, end_offset, iterate,
 };
 use crate::fat::inode::cluster_offset;
-use crate::fat::name::{DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, ShortnameMode};
+use crate::fat::name::{
+    DIR_ENTRY_DELETED, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, ShortName, ShortnameMode, names_equal,
+};
 use crate::fat::table::{FatEntry, FatStore, FatTable};
 
 /// Bytes of one entry, short for the offset arithmetic below.
@@ -107,7 +114,7 @@ pub struct Directory {
     /// Offset of the end marker, or `len` when the directory has none.
     end: usize,
     /// Files, directories, `.` and `..` by short-entry offset.
-    slots: BTreeMap<usize, Slot>,
+    slots: SlotTable,
     labels: Vec<Slot>,
     index: NameIndex,
     /// Maximal runs of deleted entries before `end`: start offset -> count of entries.
@@ -142,7 +149,7 @@ impl Directory {
         #[rustfmt::skip]
         let mut dir = Directory {
             loc, bpb: bpb.clone(), fat32: bpb.fat_type() == FatType::Fat32, mode, cluster_size,
-            clusters, len, end: len, slots: BTreeMap::new(), labels: Vec::new(),
+            clusters, len, end: len, slots: SlotTable::new(len), labels: Vec::new(),
             index: NameIndex::new(), holes: BTreeMap::new(), subdirs: 0,
         };
         // The one full read; the bytes are dropped once indexed, the cache keeps them.
@@ -152,9 +159,12 @@ impl Directory {
         dir.end = end_offset(&bytes);
         dir.holes = deleted_runs(&bytes[..dir.end]);
         dir.index = NameIndex::build(&scan.entries);
-        dir.slots = scan.entries.into_iter().map(|s| (s.offset, s)).collect();
+        for slot in &scan.entries {
+            dir.slots.insert(slot, mode);
+        }
         dir.labels = scan.volume_labels;
-        dir.subdirs = dir.entries().filter(|s| s.entry.is_dir()).count();
+        let counted = |r: &&Packed| r.kind == SlotKind::Entry && r.entry.is_dir();
+        dir.subdirs = dir.slots.iter().filter(counted).count();
         Ok(dir)
     }
 
@@ -164,27 +174,42 @@ impl Directory {
     }
 
     /// The live file/dir entry named `name` (long or short, case-insensitive); None if absent.
-    pub fn lookup(&self, name: &str) -> Option<&Slot> {
-        self.index.lookup(name, |o| self.slots.get(&o))
+    pub fn lookup(&self, name: &str) -> Option<Slot> {
+        let offset = self.lookup_offset(name)?;
+        self.slot_at(offset)
+    }
+
+    /// The offset of the live file/dir entry named `name`.
+    fn lookup_offset(&self, name: &str) -> Option<usize> {
+        let slots = &self.slots;
+        self.index.find(name, |o| {
+            slots.get(o).is_some_and(|rec| {
+                names_equal(name, &slots.name_of(rec, self.mode))
+                    || names_equal(name, &rec.entry.name.to_string())
+            })
+        })
     }
 
     /// The live slot whose short entry is at `offset`.
-    pub fn slot_at(&self, offset: usize) -> Option<&Slot> {
-        self.slots.get(&offset)
+    pub fn slot_at(&self, offset: usize) -> Option<Slot> {
+        self.slots
+            .get(offset)
+            .map(|r| self.slots.slot(r, self.mode))
     }
 
     /// Files and directories in on-disk order (no `.`, `..`, labels).
-    pub fn entries(&self) -> impl Iterator<Item = &Slot> {
+    pub fn entries(&self) -> impl Iterator<Item = Slot> + '_ {
         self.entries_from(0)
     }
 
     /// [`Directory::entries`] whose short entry is at `offset` or later: a listing resumed
-    /// where it stopped costs the entries it returns, not those before them.
-    pub fn entries_from(&self, offset: usize) -> impl Iterator<Item = &Slot> {
+    /// where it stopped costs the entries it returns and the positions it passes, not those
+    /// before them.
+    pub fn entries_from(&self, offset: usize) -> impl Iterator<Item = Slot> + '_ {
         self.slots
-            .range(offset..)
-            .map(|(_, s)| s)
-            .filter(|s| s.kind == SlotKind::Entry)
+            .from(offset)
+            .filter(|r| r.kind == SlotKind::Entry)
+            .map(|r| self.slots.slot(r, self.mode))
     }
 
     /// Volume label slots found.
@@ -196,7 +221,8 @@ impl Directory {
     ///
     /// Models: fs/fat/dir.c fat_dir_empty() (v5.10).
     pub fn is_empty(&self) -> bool {
-        self.entries().next().is_none()
+        // Records in no order, but only `.` and `..` are not entries: three looks at most.
+        self.slots.iter().all(|r| r.kind != SlotKind::Entry)
     }
 
     /// How many of its entries are directories (`.` and `..` not counted).
@@ -242,11 +268,16 @@ impl Directory {
         name: &str,
         template: &DirEntry,
     ) -> Result<Slot, FsError> {
-        if self.lookup(name).is_some() {
+        if self.lookup_offset(name).is_some() {
             return Err(FsError::Exists);
         }
         let (index, slots) = (&self.index, &self.slots);
-        let exists = |short: &_| index.short_exists(short, |o| slots.get(&o));
+        let exists = |short: &ShortName| {
+            let found = index.find_short(short, |o| {
+                slots.get(o).is_some_and(|r| r.entry.name == *short)
+            });
+            found.is_some()
+        };
         let run = build_entries(name, self.mode, exists, template, self.fat32)?.concat();
         // Decoded before anything is written, so the slot is what a reload would find.
         let mut slot = self.decode_run(&run)?;
@@ -266,7 +297,7 @@ impl Directory {
         slot.offset += at;
         slot.lfn_offset += at;
         self.index.insert(&slot);
-        self.slots.insert(slot.offset, slot.clone());
+        self.slots.insert(&slot, self.mode);
         if slot.entry.is_dir() {
             self.subdirs += 1;
         }
@@ -286,14 +317,17 @@ impl Directory {
         table: &FatTable<S>,
         offset: usize,
     ) -> Result<Slot, FsError> {
-        match self.slots.get(&offset).map(|s| s.kind) {
+        match self.slots.get(offset).map(|s| s.kind) {
             None => return Err(FsError::NotFound),
             Some(SlotKind::Entry) => {}
             Some(_) => return Err(FsError::Invalid("'.' and '..' cannot be removed")),
         }
         let store = table.store();
         self.write_bytes(store, offset, &[DIR_ENTRY_DELETED])?;
-        let slot = self.slots.remove(&offset).ok_or(FsError::NotFound)?;
+        let slot = self
+            .slots
+            .remove(offset, self.mode)
+            .ok_or(FsError::NotFound)?;
         self.index.remove(&slot);
         if slot.entry.is_dir() {
             self.subdirs = self.subdirs.saturating_sub(1);
@@ -324,13 +358,13 @@ impl Directory {
         if entry.attr & ATTR_VOLUME != 0 {
             return Err(FsError::Invalid("an entry cannot become a volume label"));
         }
-        let old = self.slots.get(&offset).ok_or(FsError::NotFound)?.entry;
+        let old = self.slots.get(offset).ok_or(FsError::NotFound)?.entry;
         let mut new = *entry;
         (new.name, new.nt_case) = (old.name, old.nt_case);
         let raw = new.to_bytes(self.fat32);
         self.write_bytes(table.store(), offset, &raw)?;
         let parsed = DirEntry::parse(&raw, self.fat32);
-        if let Some(slot) = self.slots.get_mut(&offset) {
+        if let Some(slot) = self.slots.get_mut(offset) {
             let counted = slot.kind == SlotKind::Entry;
             match (old.is_dir(), parsed.is_dir()) {
                 (false, true) if counted => self.subdirs += 1,
@@ -359,12 +393,12 @@ impl Directory {
             return Err(FsError::Invalid("the root directory has no '..'"));
         }
         // Normally the second entry; the kernel's fat_get_dotdot_entry() also searches.
-        let dotdot = self.slots.values().find(|s| s.kind == SlotKind::DotDot);
+        let dotdot = self.slots.from(0).find(|s| s.kind == SlotKind::DotDot);
         let Some(slot) = dotdot else {
             log::error!("fat: {}: no '..' entry", self.loc);
             return Err(FsError::Corrupted("directory without '..'"));
         };
-        let (offset, mut entry) = (slot.offset, slot.entry);
+        let (offset, mut entry) = (slot.offset as usize, slot.entry);
         entry.first_cluster = parent_for_dotdot(&self.bpb, parent_cluster);
         self.update(table, offset, &entry)
     }
@@ -455,6 +489,7 @@ impl Directory {
     fn adopt(&mut self, new: &[u32]) {
         self.clusters.extend_from_slice(new);
         self.len += new.len() * self.cluster_size;
+        self.slots.resize(self.len);
     }
 
     /// Writes a run at `at`, keeping an end marker after it (see `end_marker_after`).
@@ -529,6 +564,233 @@ impl Directory {
 
     fn write_bytes<S: FatStore>(&self, store: &S, at: usize, buf: &[u8]) -> Result<(), FsError> {
         self.each_piece(at, buf.len(), |dev, r| store.write(dev, &buf[r]))
+    }
+}
+
+/// The live slots of a directory (files, directories, `.` and `..`), packed: what a [`Slot`]
+/// holds, in [`Packed`] records of 44 bytes, with long names in one shared buffer.
+///
+/// A `BTreeMap<usize, Slot>` cost ~150 bytes per entry (a 72-byte slot and its key in leaves
+/// left half full by in-order appends) plus a heap block per name. Here an entry costs its
+/// record, 4 bytes in the position table per 32-byte directory position, and the bytes of its
+/// long name, if it has one that differs from its short name as shown (the name of an entry
+/// without one is rebuilt from the short entry on demand, which is cheap).
+///
+/// Records sit in `recs` in no order: a removal moves the last record into the hole, so the
+/// vector stays dense and every change is O(1) (amortized: growth and shrinking of the
+/// vectors, and the compaction of `names`, are geometric). Order comes from `at`, the position
+/// table, so a listing walks positions from where it resumes.
+#[derive(Debug, Default)]
+struct SlotTable {
+    recs: Vec<Packed>,
+    /// Per 32-byte position of the directory: 1 + the index in `recs` of the slot whose short
+    /// entry is there, or 0.
+    at: Vec<u32>,
+    /// The long names, back to back; removed ones stay as garbage until compacted.
+    names: String,
+    /// Bytes of `names` no record refers to.
+    garbage: usize,
+}
+
+/// One live slot, packed (see [`SlotTable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed {
+    entry: DirEntry,
+    /// Offset of the short entry.
+    offset: u32,
+    /// Where its name is in [`SlotTable::names`]; `name_len` 0: the short name as shown (no
+    /// name shows as nothing, so a long name is never empty).
+    name_start: u32,
+    name_len: u16,
+    /// LFN slots before the short entry (at most [`crate::fat::name::LFN_MAX_SLOTS`]).
+    lfn_slots: u8,
+    kind: SlotKind,
+}
+
+// What the record costs per entry is the point of it: keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<Packed>() == 44);
+
+/// Below this many garbage bytes the name buffer is never compacted (not worth a pass).
+const MIN_COMPACT: usize = 4096;
+
+/// Reserves room for `extra` more items, growing by a quarter at least: a directory's vectors
+/// live as long as it is known, and doubling would leave up to half of them unused.
+fn reserve_gently<T>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() < extra {
+        v.reserve_exact(extra.max(v.capacity() / 4).max(8));
+    }
+}
+
+/// Gives back the memory of a vector that fell under a quarter used, keeping some room.
+fn shrink_gently<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() < v.capacity() / 4 {
+        v.shrink_to(v.len() * 2);
+    }
+}
+
+/// A directory offset as stored (a directory is at most 2 MiB, so it fits 32 bits).
+fn offset32(offset: usize) -> u32 {
+    u32::try_from(offset).expect("a directory offset fits 32 bits (FAT_MAX_DIR_SIZE)")
+}
+
+impl SlotTable {
+    /// An empty table for a directory of `len` bytes.
+    fn new(len: usize) -> SlotTable {
+        let mut table = SlotTable::default();
+        table.resize(len);
+        table
+    }
+
+    /// Follows the directory to `len` bytes (it only grows).
+    fn resize(&mut self, len: usize) {
+        let positions = len / E;
+        if positions > self.at.len() {
+            let extra = positions - self.at.len();
+            reserve_gently(&mut self.at, extra);
+            self.at.resize(positions, 0);
+        }
+    }
+
+    /// The record index of the slot whose short entry is at `offset`.
+    fn index_of(&self, offset: usize) -> Option<usize> {
+        if offset % E != 0 {
+            return None;
+        }
+        match self.at.get(offset / E) {
+            Some(&i) if i != 0 => Some(i as usize - 1),
+            _ => None,
+        }
+    }
+
+    /// The record of the slot whose short entry is at `offset`.
+    fn get(&self, offset: usize) -> Option<&Packed> {
+        self.index_of(offset).map(|i| &self.recs[i])
+    }
+
+    /// The name of `rec`: borrowed from the buffer, or its short name as shown under `mode`.
+    fn name_of(&self, rec: &Packed, mode: ShortnameMode) -> Cow<'_, str> {
+        if rec.name_len == 0 {
+            return Cow::Owned(rec.entry.name.display_name(rec.entry.nt_case, mode));
+        }
+        let start = rec.name_start as usize;
+        Cow::Borrowed(&self.names[start..start + usize::from(rec.name_len)])
+    }
+
+    /// The [`Slot`] `rec` stands for.
+    fn slot(&self, rec: &Packed, mode: ShortnameMode) -> Slot {
+        let offset = rec.offset as usize;
+        Slot {
+            name: self.name_of(rec, mode).into(),
+            entry: rec.entry,
+            offset,
+            lfn_offset: offset - usize::from(rec.lfn_slots) * E,
+            kind: rec.kind,
+        }
+    }
+
+    /// Enters `slot`, whose short entry position must be free and inside the directory.
+    fn insert(&mut self, slot: &Slot, mode: ShortnameMode) {
+        let pos = slot.offset / E;
+        debug_assert!(slot.offset % E == 0 && self.at[pos] == 0, "position taken");
+        let lfn_slots = (slot.offset - slot.lfn_offset) / E;
+        let shown = slot.entry.name.display_name(slot.entry.nt_case, mode);
+        let (name_start, name_len) = if *slot.name == *shown {
+            (0, 0)
+        } else {
+            let start = offset32(self.names.len());
+            let room = self.names.capacity() - self.names.len();
+            if room < slot.name.len() {
+                // As reserve_gently: the buffer lives as long as the directory is known.
+                let more = slot.name.len().max(self.names.capacity() / 4).max(64);
+                self.names.reserve_exact(more);
+            }
+            self.names.push_str(&slot.name);
+            let len = u16::try_from(slot.name.len()).expect("a long name is under 64 KiB");
+            (start, len)
+        };
+        reserve_gently(&mut self.recs, 1);
+        self.recs.push(Packed {
+            entry: slot.entry,
+            offset: offset32(slot.offset),
+            name_start,
+            name_len,
+            lfn_slots: u8::try_from(lfn_slots).expect("an LFN chain is at most 20 slots"),
+            kind: slot.kind,
+        });
+        self.at[pos] = u32::try_from(self.recs.len()).expect("at most 65,536 slots per 2 MiB");
+    }
+
+    /// Takes out the slot whose short entry is at `offset`.
+    fn remove(&mut self, offset: usize, mode: ShortnameMode) -> Option<Slot> {
+        let i = self.index_of(offset)?;
+        let slot = self.slot(&self.recs[i], mode);
+        self.at[offset / E] = 0;
+        let rec = self.recs.swap_remove(i);
+        if let Some(moved) = self.recs.get(i) {
+            self.at[moved.offset as usize / E] = i as u32 + 1;
+        }
+        shrink_gently(&mut self.recs);
+        self.garbage += usize::from(rec.name_len);
+        if self.garbage >= MIN_COMPACT && self.garbage * 2 > self.names.len() {
+            self.compact();
+        }
+        Some(slot)
+    }
+
+    /// Rewrites the name buffer without its garbage: O(live names), done once the garbage is
+    /// half the buffer, so its cost is spread over the removals that made the garbage.
+    fn compact(&mut self) {
+        let mut names = String::with_capacity(self.names.len() - self.garbage);
+        for rec in self.recs.iter_mut().filter(|r| r.name_len != 0) {
+            let start = rec.name_start as usize;
+            let name = &self.names[start..start + usize::from(rec.name_len)];
+            rec.name_start = offset32(names.len());
+            names.push_str(name);
+        }
+        self.names = names;
+        self.garbage = 0;
+    }
+
+    /// The records whose short entry is at `offset` or later, in offset order.
+    fn from(&self, offset: usize) -> impl Iterator<Item = &Packed> + '_ {
+        let first = offset.div_ceil(E).min(self.at.len());
+        self.at[first..]
+            .iter()
+            .filter(|&&i| i != 0)
+            .map(|&i| &self.recs[i as usize - 1])
+    }
+
+    /// Every record, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = &Packed> + '_ {
+        self.recs.iter()
+    }
+
+    /// Heap bytes held (for the memory tests).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        let recs = self.recs.capacity() * std::mem::size_of::<Packed>();
+        recs + self.at.capacity() * std::mem::size_of::<u32>() + self.names.capacity()
+    }
+
+    /// Panics unless positions, records and name buffer agree (for tests).
+    #[cfg(test)]
+    fn check(&self) {
+        let marked = self.at.iter().filter(|&&i| i != 0).count();
+        assert_eq!(marked, self.recs.len(), "one position per record");
+        for (i, rec) in self.recs.iter().enumerate() {
+            assert_eq!(
+                self.at[rec.offset as usize / E] as usize,
+                i + 1,
+                "position of {i}"
+            );
+        }
+        let named: usize = self.recs.iter().map(|r| usize::from(r.name_len)).sum();
+        assert_eq!(named + self.garbage, self.names.len(), "name bytes");
+    }
+
+    /// The record at `offset`, to change its entry in place.
+    fn get_mut(&mut self, offset: usize) -> Option<&mut Packed> {
+        self.index_of(offset).map(|i| &mut self.recs[i])
     }
 }
 
@@ -681,10 +943,17 @@ mod tests {
         bytes
     }
 
+    /// Every live slot, `.` and `..` included, in offset order.
+    fn all_slots(dir: &Directory) -> Vec<Slot> {
+        let slots = &dir.slots;
+        slots.from(0).map(|r| slots.slot(r, dir.mode)).collect()
+    }
+
     /// A fresh load of the same directory has the same slots and the same bookkeeping.
     fn assert_round_trip<S: FatStore>(dir: &Directory, bpb: &Bpb, table: &FatTable<S>) {
         let again = Directory::load(table, bpb, dir.loc, dir.mode).expect("reload");
-        assert_eq!(again.slots, dir.slots, "slots");
+        dir.slots.check();
+        assert_eq!(all_slots(&again), all_slots(dir), "slots");
         assert_eq!(
             (again.len, again.end),
             (dir.len, dir.end),
@@ -694,12 +963,14 @@ mod tests {
         assert_eq!(again.clusters, dir.clusters, "chain");
         assert_eq!(again.subdirs, dir.subdirs, "subdirectory count");
         for slot in dir.entries() {
-            assert_eq!(again.lookup(&slot.name), Some(slot), "{}", slot.name);
             assert_eq!(
-                again
-                    .index
-                    .lookup(&slot.entry.name.to_string(), |o| again.slots.get(&o))
-                    .map(|s| s.offset),
+                again.lookup(&slot.name).as_ref(),
+                Some(&slot),
+                "{}",
+                slot.name
+            );
+            assert_eq!(
+                again.lookup_offset(&slot.entry.name.to_string()),
                 Some(slot.offset)
             );
         }
@@ -747,16 +1018,13 @@ mod tests {
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
         let e = dir.add(&table, "label", &DirEntry::stamped(ATTR_VOLUME, STAMP));
         assert!(matches!(e, Err(FsError::Invalid(_))), "{e:?}");
-        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
+        let shown: Vec<String> = dir.entries().map(|s| s.name.into()).collect();
         assert_eq!(shown, ["README.TXT", long]);
         assert!(!dir.is_empty());
-        assert_eq!(dir.slot_at(6 * E), Some(&q));
+        assert_eq!(dir.slot_at(6 * E), Some(q));
         assert_eq!(dir.slot_at(5 * E), None, "an LFN slot is not a slot");
         let scan = iterate(&raw_bytes(&dir, &table), false, Mixed);
-        assert_eq!(
-            scan.entries,
-            dir.slots.values().cloned().collect::<Vec<_>>()
-        );
+        assert_eq!(scan.entries, all_slots(&dir));
         assert_round_trip(&dir, &bpb, &table);
     }
 
@@ -887,15 +1155,15 @@ mod tests {
         let last = add(&mut dir, &table, "Long name.txt");
         assert_eq!(last.span(), 14 * E..16 * E);
         let (bytes, free) = (table.store().to_vec(), table.free_count());
-        let slots = dir.slots.clone();
+        let slots = all_slots(&dir);
         for name in ["ONE.TXT", "Another long one.txt"] {
             let e = dir.add(&table, name, &file(0, 0));
             assert!(matches!(e, Err(FsError::NoSpace)), "{name}: {e:?}");
         }
         assert!(table.store().to_vec() == bytes, "the volume is unchanged");
         assert_eq!(
-            (table.free_count(), &dir.slots, dir.end),
-            (free, &slots, dir.len())
+            (table.free_count(), all_slots(&dir), dir.end),
+            (free, slots, dir.len())
         );
         let f03 = dir.lookup("F03.TXT").expect("F03").offset;
         dir.remove(&table, f03).expect("remove");
@@ -978,7 +1246,7 @@ mod tests {
             "new marker, whole entry"
         );
         assert_eq!(&bytes[3 * E..3 * E + 6], b"GHOST2", "only the next entry");
-        let shown: Vec<_> = dir.entries().map(|s| &*s.name).collect();
+        let shown: Vec<String> = dir.entries().map(|s| s.name.into()).collect();
         assert_eq!(shown, ["A.TXT", "B.TXT"]);
         assert_round_trip(&dir, &bpb, &table);
         let c = add(&mut dir, &table, "Long c.txt");
@@ -1076,7 +1344,7 @@ mod tests {
         );
         let mut dir =
             Directory::load(&table, &bpb, DirLocation::Chain { first: c }, Mixed).expect("load");
-        let kinds: Vec<_> = dir.slots.values().map(|s| s.kind).collect();
+        let kinds: Vec<_> = all_slots(&dir).iter().map(|s| s.kind).collect();
         assert_eq!(kinds, [SlotKind::Dot, SlotKind::DotDot]);
         assert!(dir.is_empty() && dir.entries().next().is_none());
         let f = add(&mut dir, &table, "F.TXT");
@@ -1122,8 +1390,8 @@ mod tests {
         let mut dir =
             Directory::load(&table, &bpb, DirLocation::Chain { first: sub }, Mixed).expect("load");
         let cluster_of = |dir: &Directory, kind| {
-            dir.slots
-                .values()
+            all_slots(dir)
+                .into_iter()
                 .find(|s| s.kind == kind)
                 .map(|s| s.entry.first_cluster)
         };
@@ -1150,6 +1418,91 @@ mod tests {
             Some(0),
             "root parent is 0 on FAT32"
         );
+    }
+
+    /// Heap bytes of a directory's in-memory state per file in it: slots, name index, chain
+    /// and holes (their pairs at their size).
+    fn bytes_per_entry(dir: &Directory) -> usize {
+        let pair = std::mem::size_of::<(usize, usize)>();
+        let bytes = dir.slots.heap_bytes()
+            + dir.index.heap_bytes()
+            + dir.clusters.capacity() * std::mem::size_of::<u32>()
+            + dir.holes.len() * pair;
+        bytes / dir.entries().count()
+    }
+
+    #[test]
+    fn ten_thousand_entries_cost_under_120_bytes_each() {
+        // The mount bench's files: "small1.txt" to "small999.txt" fit 8.3 (a lower-case
+        // short entry, no name kept), the others take one LFN slot and keep 13 or 14 bytes.
+        // A BTreeMap of 72-byte slots, a heap block per name and a third index table cost
+        // ~209 bytes an entry here (heaptrack, in the mount).
+        let (bpb, table) = volume(Kind::Fat32);
+        let mut dir = subdir(&bpb, &table);
+        for i in 1..=10_000 {
+            add(&mut dir, &table, &format!("small{i}.txt"));
+        }
+        let (added, loaded) = (bytes_per_entry(&dir), {
+            let again = Directory::load(&table, &bpb, dir.loc, Mixed).expect("reload");
+            bytes_per_entry(&again)
+        });
+        assert!(
+            added < 120 && loaded < 120,
+            "added {added}, loaded {loaded}"
+        );
+    }
+
+    #[test]
+    fn slot_table_stays_packed_through_removals_in_any_order() {
+        let (bpb, table) = volume(Kind::Fat32);
+        let mut dir = subdir(&bpb, &table);
+        // Long names (stored), 8.3 names shown as they are (rebuilt) and lower-case 8.3 names
+        // (rebuilt from the case byte), so every kind of record moves about.
+        let name = |i: usize| match i % 3 {
+            0 => format!("A fairly long name, number {i}.txt"),
+            1 => format!("S{i}.TXT"),
+            _ => format!("l{i}.txt"),
+        };
+        let n = 1500;
+        let offsets: Vec<usize> = (0..n)
+            .map(|i| add(&mut dir, &table, &name(i)).offset)
+            .collect();
+        dir.slots.check();
+        let stored = dir.slots.names.len();
+        assert!(stored >= 500 * 30, "long names stored: {stored}");
+        // Every third entry from the middle outwards, then the rest in listing order (rm -rf).
+        let mut gone = vec![false; n];
+        for i in (0..n).step_by(3).rev() {
+            let slot = dir.remove(&table, offsets[i]).expect("remove");
+            assert_eq!(&*slot.name, name(i), "the removed slot is whole");
+            gone[i] = true;
+        }
+        dir.slots.check();
+        assert!(
+            dir.slots.garbage < MIN_COMPACT,
+            "compacted: {}",
+            dir.slots.garbage
+        );
+        for (i, &g) in gone.iter().enumerate() {
+            let found = dir.lookup(&name(i)).map(|s| s.offset);
+            assert_eq!(found, (!g).then_some(offsets[i]), "{}", name(i));
+        }
+        assert_round_trip(&dir, &bpb, &table);
+        let listed: Vec<usize> = dir.entries().map(|s| s.offset).collect();
+        assert_eq!(listed.len(), n - n.div_ceil(3));
+        for offset in listed {
+            dir.remove(&table, offset).expect("remove in listing order");
+        }
+        dir.slots.check();
+        assert!(dir.is_empty() && dir.slots.recs.capacity() <= 64);
+        assert_eq!(dir.entries_from(E + 1).count(), 0, "resumed past '..'");
+        assert_round_trip(&dir, &bpb, &table);
+        // The holes take new entries again, long names included.
+        for i in 0..30 {
+            let slot = add(&mut dir, &table, &name(i));
+            assert!(slot.offset < offsets[n - 1], "{}: reuses a hole", slot.name);
+        }
+        assert_round_trip(&dir, &bpb, &table);
     }
 
     #[test]

@@ -466,17 +466,20 @@ pub fn dot_entries(
 /// lookup compares both. When a damaged directory has two entries answering one name, the
 /// first on disk wins, as the kernel's linear search finds it first.
 ///
-/// The index keeps no names: only (hash of a key, short-entry offset) pairs, three per entry.
-/// The names themselves are in the directory's slots, which the caller lends to
-/// [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a match from a hash
-/// collision. Keeping the folded keys as strings (twice, for the ordered sets and for removal)
-/// cost ~250 bytes per entry, more than the slot that holds the name.
+/// The index keeps no names: only (hash of a key, short-entry offset) pairs, two per entry (one
+/// when its name folds to its short name). The names themselves are in the directory's slots,
+/// which the caller lends to [`NameIndex::lookup`] and [`NameIndex::short_exists`] to tell a
+/// match from a hash collision. Keeping the folded keys as strings (twice, for the ordered sets
+/// and for removal) cost ~250 bytes per entry, more than the slot that holds the name.
+///
+/// The alias check finds an 8.3 name under the key of its text: every entry is entered under
+/// its short name as text, so the entries with a given raw short name are among those, and the
+/// caller's exact comparison picks them out. A third table keyed by the raw bytes would answer
+/// the same at ~14 more bytes per entry.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    /// The folded long (or shown) name and the folded shown short name of every entry.
+    /// The folded long (or shown) name and the folded short name as text of every entry.
     names: Keys,
-    /// The raw 8.3 name of every entry, for alias generation.
-    shorts: Keys,
 }
 
 /// (key hash, offset) pairs, found by key in offset order.
@@ -548,6 +551,13 @@ impl Keys {
     fn len(&self) -> usize {
         self.first.len() + self.more.len()
     }
+
+    /// Heap bytes held, about: the table's allocation, and the twins at their pair size
+    /// (B-tree nodes add some; the set is empty in a healthy directory).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.first.allocation_size() + self.more.len() * std::mem::size_of::<(u32, u32)>()
+    }
 }
 
 /// The 32-bit key hash of a name under [`crate::fat::name::fold_name`]'s folding.
@@ -556,13 +566,6 @@ fn name_hash(name: &str) -> u32 {
     for c in folded_chars(name) {
         h.write_u32(u32::from(c));
     }
-    fold64(h.finish())
-}
-
-/// The 32-bit key hash of a raw 8.3 name.
-fn short_hash(short: &ShortName) -> u32 {
-    let mut h = rustc_hash::FxHasher::default();
-    h.write(&short.0);
     fold64(h.finish())
 }
 
@@ -602,21 +605,20 @@ impl NameIndex {
     /// Enters `slot` under its name (long or shown) and its short name.
     pub fn insert(&mut self, slot: &Slot) {
         let offset = offset32(slot.offset);
-        let short = slot.entry.name;
         self.names.enter(name_hash(&slot.name), offset);
-        self.names.enter(name_hash(&short.to_string()), offset);
-        self.shorts.enter(short_hash(&short), offset);
+        self.names
+            .enter(name_hash(&slot.entry.name.to_string()), offset);
     }
 
     /// Forgets `slot` (as it was entered); returns whether it was indexed.
     pub fn remove(&mut self, slot: &Slot) -> bool {
         let offset = offset32(slot.offset);
-        let short = slot.entry.name;
         let long = self.names.take(name_hash(&slot.name), offset);
         // A long name folding to the short one was entered once, under one key.
-        let shown = self.names.take(name_hash(&short.to_string()), offset);
-        let raw = self.shorts.take(short_hash(&short), offset);
-        long | shown | raw
+        let short = self
+            .names
+            .take(name_hash(&slot.entry.name.to_string()), offset);
+        long | short
     }
 
     /// The slot of the entry `name` denotes, by long or short name; `slot_at` gives the
@@ -626,12 +628,19 @@ impl NameIndex {
         name: &str,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> Option<&'s Slot> {
-        // Lowest offset first, so the first match is the one on disk first.
-        self.names.offsets(name_hash(name)).find_map(|offset| {
-            slot_at(offset).filter(|slot| {
+        let found = self.find(name, |offset| {
+            slot_at(offset).is_some_and(|slot| {
                 names_equal(name, &slot.name) || names_equal(name, &slot.entry.name.to_string())
             })
-        })
+        });
+        found.and_then(slot_at)
+    }
+
+    /// The lowest offset entered under `name`'s key (long or short name) that `matches`
+    /// accepts: the caller, who keeps the names, tells a match from a hash collision.
+    pub fn find(&self, name: &str, mut matches: impl FnMut(usize) -> bool) -> Option<usize> {
+        // Lowest offset first, so the first match is the one on disk first.
+        self.names.offsets(name_hash(name)).find(|&o| matches(o))
     }
 
     /// Whether some entry has exactly this 8.3 name; `slot_at` as for [`NameIndex::lookup`].
@@ -640,14 +649,30 @@ impl NameIndex {
         short: &ShortName,
         slot_at: impl Fn(usize) -> Option<&'s Slot>,
     ) -> bool {
-        self.shorts
-            .offsets(short_hash(short))
-            .any(|offset| slot_at(offset).is_some_and(|s| s.entry.name == *short))
+        let same = |offset| slot_at(offset).is_some_and(|s| s.entry.name == *short);
+        self.find_short(short, same).is_some()
     }
 
-    /// Keys held (an entry whose long name folds to its short one holds two, else three).
+    /// The lowest offset entered under the 8.3 name `short` that `matches` accepts, as for
+    /// [`NameIndex::find`]: the candidates are those entered under `short` as text, and
+    /// `matches` compares the raw names.
+    pub fn find_short(
+        &self,
+        short: &ShortName,
+        matches: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.find(&short.to_string(), matches)
+    }
+
+    /// Keys held (an entry whose long name folds to its short one holds one, else two).
     pub fn len(&self) -> usize {
-        self.names.len() + self.shorts.len()
+        self.names.len()
+    }
+
+    /// Heap bytes held, about (for the memory tests of directories).
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.names.heap_bytes()
     }
 
     /// True when no entry is indexed.
@@ -954,11 +979,7 @@ mod tests {
             };
             aliases.push(add(&mut index, &mut slots, &name, i * E));
         }
-        assert_eq!(
-            index.len(),
-            3 * 2000,
-            "long, shown short and raw short keys"
-        );
+        assert_eq!(index.len(), 2 * 2000, "long and short name keys");
         let want = ["SHARED~1TXT", "SHARED~2TXT", "SHF12D~1TXT"].map(sn);
         let got = [aliases[0], aliases[10], aliases[100]];
         assert_eq!(got, want, "~2, then a hash form after ~4");
@@ -984,7 +1005,7 @@ mod tests {
         let folded = index
             .lookup("\u{c9}T\u{c9}.TXT", |o| slots.get(&o))
             .map(|s| s.offset);
-        assert_eq!((folded, index.len()), (Some(5001 * E), 3 * 2001));
+        assert_eq!((folded, index.len()), (Some(5001 * E), 2 * 2001));
         // Two entries answering one name (a damaged directory): the first on disk wins,
         // whichever was entered first.
         let mut twin = slots[&(42 * E)].clone();
@@ -1014,7 +1035,19 @@ mod tests {
             let alias = index.short_exists(&slot.entry.name, |o| slots.get(&o));
             assert_eq!(alias, next.is_some(), "alias after removing {gone}");
         }
-        assert_eq!(index.len(), 3 * 2000, "twins leave no keys behind");
+        assert_eq!(index.len(), 2 * 2000, "twins leave no keys behind");
+        // A long name that reads as another 8.3 name shares that name's key: the alias check
+        // must still answer by the raw short name alone.
+        let mut odd = slots[&(43 * E)].clone();
+        (odd.name, odd.offset, odd.entry.name) = ("abc~1.txt".into(), 8000 * E, sn("XYZ     TXT"));
+        index.insert(&odd);
+        slots.insert(odd.offset, odd);
+        assert!(!index.short_exists(&sn("ABC~1   TXT"), |o| slots.get(&o)));
+        assert!(index.short_exists(&sn("XYZ     TXT"), |o| slots.get(&o)));
+        let found = index
+            .lookup("ABC~1.TXT", |o| slots.get(&o))
+            .map(|s| s.offset);
+        assert_eq!(found, Some(8000 * E), "by its long name");
         #[rustfmt::skip]
         let names = [
             "readme.txt", "README.TXT", "foo.", "FOO", "\u{e9}t\u{e9}", "\u{c9}T\u{c9}",

@@ -1202,7 +1202,7 @@ impl Volume {
         }
         let target = {
             let ndir: &Directory = nd.as_deref().unwrap_or(&od);
-            ndir.lookup(new_name).cloned()
+            ndir.lookup(new_name)
         };
         // The same entry under another case or spelling is a rename onto itself.
         let target = target.filter(|t| !(same && t.offset == oslot.offset));
