@@ -48,6 +48,11 @@ pub struct AddressSpace {
     cache: Arc<PageCache>,
     core: Arc<MappingCore>,
     aops: Arc<dyn AddressSpaceOps>,
+    /// On its flusher's dirty list (see [`AddressSpace::on_dirty_list`]). Here rather than in a
+    /// per-inode object of the writeback layer: the mapping's allocation has room for it (same
+    /// malloc size class), and a file then needs no separate list-place allocation. A std
+    /// atomic: the flusher's bookkeeping, which the mm models never exercise.
+    on_dirty_list: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -71,7 +76,14 @@ impl AddressSpace {
             cache: Arc::clone(cache),
             core,
             aops,
+            on_dirty_list: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the inode is on its flusher's dirty list (I_DIRTY_PAGES list membership); the
+    /// writeback layer sets and clears it (see `crate::fs::fs_writeback`).
+    pub fn on_dirty_list(&self) -> &std::sync::atomic::AtomicBool {
+        &self.on_dirty_list
     }
 
     /// The mapping id frames record as their owner.
