@@ -366,7 +366,7 @@ impl Run {
     }
 }
 
-/// Runs past which membership goes through [`ChainCache::spans`] instead of a scan of the runs.
+/// Runs past which membership goes through the span map instead of a scan of the runs.
 const SCAN_RUNS: usize = 8;
 
 /// Runs by first cluster: first cluster -> length.
@@ -378,39 +378,70 @@ type Spans = std::collections::BTreeMap<u32, u32>;
 ///
 /// Only the runs are kept, not every cluster: a contiguous file of any length is one run,
 /// held inline, so a small file's cache costs no allocation (a cluster list, run list and span
-/// map cost ~180 bytes per one-cluster file, most of a file's data side).
+/// map cost ~180 bytes per one-cluster file, most of a file's data side). Two words inline:
+/// a fragmented file's runs and span map share one box, where an inline-or-heap vector and a
+/// separate map pointer took four words of every file.
 #[derive(Debug, Default)]
-struct ChainCache {
+enum ChainCache {
+    /// Nothing walked yet (or an empty file).
+    #[default]
+    Empty,
+    /// One run: every contiguous file.
+    One(Run),
+    /// Two or more runs.
+    Many(Box<ManyRuns>),
+}
+
+/// The runs of a chain that has more than one.
+#[derive(Debug)]
+struct ManyRuns {
     /// In file order.
-    runs: smallvec::SmallVec<[Run; 1]>,
+    runs: Vec<Run>,
     /// The runs by first cluster (first cluster -> length), once there are more than
-    /// [`SCAN_RUNS`]; empty before. Membership by interval rather than a set of every cluster:
+    /// [`SCAN_RUNS`]; none before. Membership by interval rather than a set of every cluster:
     /// a write that allocates a cluster per page extends an entry instead of hashing an insert.
-    /// Boxed: most files never need it, and an empty map inline is three words.
-    spans: Option<Box<Spans>>,
+    spans: Option<Spans>,
 }
 
 impl ChainCache {
+    /// The runs, in file order.
+    fn runs(&self) -> &[Run] {
+        match self {
+            ChainCache::Empty => &[],
+            ChainCache::One(r) => std::slice::from_ref(r),
+            ChainCache::Many(m) => &m.runs,
+        }
+    }
+
+    /// The span map, when there are enough runs to keep one.
+    #[cfg(test)]
+    fn spans(&self) -> Option<&Spans> {
+        match self {
+            ChainCache::Many(m) => m.spans.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Clusters held.
     fn len(&self) -> usize {
-        self.runs.last().map_or(0, Run::end)
+        self.runs().last().map_or(0, Run::end)
     }
 
     /// True when no cluster is held.
     fn is_empty(&self) -> bool {
-        self.runs.is_empty()
+        self.runs().is_empty()
     }
 
     /// The last cluster held.
     fn last(&self) -> Option<u32> {
-        self.runs.last().map(|r| r.first + (r.len - 1))
+        self.runs().last().map(|r| r.first + (r.len - 1))
     }
 
     /// The run holding cluster number `index`, if held.
     #[inline]
     fn run_at(&self, index: usize) -> Option<&Run> {
         // One look at where the runs are (inline or on the heap) for the whole search.
-        let runs: &[Run] = &self.runs;
+        let runs: &[Run] = self.runs();
         // The last run first: the only one of a contiguous file, and where a sequential
         // reader or writer is.
         let (last, before) = runs.split_last()?;
@@ -442,47 +473,34 @@ impl ChainCache {
     /// Appends the next cluster of the chain.
     fn push(&mut self, c: u32) {
         let follows = self.last().and_then(|l| l.checked_add(1)) == Some(c);
-        match self.runs.last_mut() {
-            Some(r) if follows => {
-                r.len += 1;
-                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
-                    *span += 1;
-                }
+        // A chain is shorter than 2^32 clusters (walk_to stops at the data area).
+        let start = self.len() as u32;
+        let new = Run {
+            start,
+            first: c,
+            len: 1,
+        };
+        match self {
+            ChainCache::Empty => *self = ChainCache::One(new),
+            ChainCache::One(r) if follows => r.len += 1,
+            ChainCache::One(r) => {
+                *self = ChainCache::Many(Box::new(ManyRuns {
+                    runs: vec![*r, new],
+                    spans: None,
+                }));
             }
-            _ => {
-                // A chain is shorter than 2^32 clusters (walk_to stops at the data area).
-                let start = self.len() as u32;
-                self.runs.push(Run {
-                    start,
-                    first: c,
-                    len: 1,
-                });
-                if self.runs.len() == SCAN_RUNS + 1 {
-                    self.spans = Some(Box::new(self.span_map()));
-                } else if let Some(spans) = self.spans.as_mut() {
-                    // A run starting where an earlier one did is a loop, which `contains`
-                    // turns away before any push; keep the longer span all the same.
-                    let span = spans.entry(c).or_insert(0);
-                    *span = (*span).max(1);
-                }
-            }
+            ChainCache::Many(m) => m.push(new, follows),
         }
-    }
-
-    /// The runs by first cluster; of two starting at one cluster, the longer.
-    fn span_map(&self) -> Spans {
-        let mut spans = Spans::new();
-        for r in &self.runs {
-            let span = spans.entry(r.first).or_insert(0);
-            *span = (*span).max(r.len);
-        }
-        spans
     }
 
     /// Whether cluster `c` is on the walked chain already.
     fn contains(&self, c: u32) -> bool {
-        let Some(spans) = self.spans.as_ref() else {
-            return self.runs.iter().any(|r| r.holds(c));
+        let spans = match self {
+            ChainCache::Many(m) => m.spans.as_ref(),
+            _ => None,
+        };
+        let Some(spans) = spans else {
+            return self.runs().iter().any(|r| r.holds(c));
         };
         spans
             .range(..=c)
@@ -495,13 +513,22 @@ impl ChainCache {
         if keep >= self.len() {
             return;
         }
-        self.runs.retain(|r| (r.start as usize) < keep);
-        if let Some(r) = self.runs.last_mut() {
+        let mut runs: Vec<Run> = self.runs().to_vec();
+        runs.retain(|r| (r.start as usize) < keep);
+        if let Some(r) = runs.last_mut() {
             // keep is below the old length, so it fits u32 like every index held.
             r.len = r.len.min(keep as u32 - r.start);
         }
-        // Rebuilt from the runs left: truncation is rare and the runs are few.
-        self.spans = (self.runs.len() > SCAN_RUNS).then(|| Box::new(self.span_map()));
+        // Rebuilt from the runs left: truncation is rare and the runs are few. A chain cut
+        // back to one run (or none) goes back inline.
+        *self = match runs.as_slice() {
+            [] => ChainCache::Empty,
+            [r] => ChainCache::One(*r),
+            _ => {
+                let spans = (runs.len() > SCAN_RUNS).then(|| span_map(&runs));
+                ChainCache::Many(Box::new(ManyRuns { runs, spans }))
+            }
+        };
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
@@ -509,6 +536,41 @@ impl ChainCache {
     fn run_from(&self, index: usize) -> usize {
         self.locate(index).map_or(1, |(_, run)| run)
     }
+}
+
+impl ManyRuns {
+    /// Appends `new` (a one-cluster run), or extends the last run when it `follows` it.
+    fn push(&mut self, new: Run, follows: bool) {
+        match self.runs.last_mut() {
+            Some(r) if follows => {
+                r.len += 1;
+                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
+                    *span += 1;
+                }
+            }
+            _ => {
+                self.runs.push(new);
+                if self.runs.len() == SCAN_RUNS + 1 {
+                    self.spans = Some(span_map(&self.runs));
+                } else if let Some(spans) = self.spans.as_mut() {
+                    // A run starting where an earlier one did is a loop, which `contains`
+                    // turns away before any push; keep the longer span all the same.
+                    let span = spans.entry(new.first).or_insert(0);
+                    *span = (*span).max(1);
+                }
+            }
+        }
+    }
+}
+
+/// The runs by first cluster; of two starting at one cluster, the longer.
+fn span_map(runs: &[Run]) -> Spans {
+    let mut spans = Spans::new();
+    for r in runs {
+        let span = spans.entry(r.first).or_insert(0);
+        *span = (*span).max(r.len);
+    }
+    spans
 }
 
 /// The address-space operations of a file mapping (fat_aops) are its [`FileData`]'s: one
@@ -1075,7 +1137,7 @@ mod tests {
         );
         assert!(!c.contains(204) && c.contains(201) && c.contains(100) && !c.contains(99));
         c.truncate(5);
-        assert_eq!((c.run_from(0), c.run_from(4), c.runs.len()), (5, 1, 1));
+        assert_eq!((c.run_from(0), c.run_from(4), c.runs().len()), (5, 1, 1));
         c.push(105);
         assert_eq!(c.run_from(0), 6, "a push that continues the run extends it");
         // Past SCAN_RUNS runs membership goes through the span map; truncation back below
@@ -1087,16 +1149,13 @@ mod tests {
             f.push(cl);
             assert_eq!((f.len(), f.get(i), f.run_from(i)), (i + 1, Some(cl), 1));
         }
-        assert_eq!(
-            (f.runs.len(), f.spans.as_ref().map(|s| s.len())),
-            (20, Some(20))
-        );
+        assert_eq!((f.runs().len(), f.spans().map(|s| s.len())), (20, Some(20)));
         for probe in 0..215u32 {
             let want = frag.contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} with spans");
         }
         f.truncate(9);
-        assert_eq!((f.runs.len(), f.spans.is_none(), f.len()), (5, true, 9));
+        assert_eq!((f.runs().len(), f.spans().is_none(), f.len()), (5, true, 9));
         for probe in 0..215u32 {
             let want = frag[..9].contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} by scan");
