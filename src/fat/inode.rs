@@ -27,34 +27,79 @@ use crate::fs::buffer::{
     BlockMap, block_read_full_page, block_read_full_page_into, block_write_full_page,
     cont_write_begin, generic_cont_expand_simple, write_end,
 };
-use crate::fs::fs_writeback::{Bdi, WbInode};
+use crate::fs::fs_writeback::{Bdi, mark_mapping_dirty};
 use crate::mm::filemap::{AddressSpace, add_new_page, find_get_page, read_cache_page};
 use crate::mm::truncate::truncate_pagecache;
 use crate::mm::waitqueue::unlock_page;
 use crate::mm::writeback::{balance_dirty_pages_ratelimited, generic_writepages};
 use crate::mm::{AddressSpaceOps, PAGE_SHIFT, PAGE_SIZE, PageCache, PageRef, WritebackControl};
+use std::sync::Weak;
+
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// The largest FAT file: sizes are 32-bit (the kernel's s_maxbytes for FAT).
 pub const FAT_MAX_FILE_SIZE: u64 = 0xFFFF_FFFF;
 
-/// The data side of one file: geometry, chain, cluster cache and i_size. The mapping's
-/// operations hold it, so the mapping never points back at its inode.
-pub struct FileData<S: FatStore + 'static> {
+/// What every file of a volume shares: the FAT, the geometry, the device queue, the flusher,
+/// whether writes are refused, and the count of unlinked files not yet freed. One allocation
+/// per volume and one pointer per file: a handle per file for each of these was 40 bytes of
+/// every known file.
+#[derive(Debug)]
+pub struct FileShared<S: FatStore + 'static> {
     table: Arc<FatTable<S>>,
-    /// The volume's, shared: a copy per file was ~80 bytes of each known file.
     bpb: Arc<Bpb>,
     queue: Arc<IoQueue>,
-    /// The inode's place on the flusher's dirty list (the mapping's dirty_inode goes there).
-    wb: Arc<WbInode>,
+    /// The flusher, weakly as each inode's list place held it before: once the mount lets go
+    /// of it (unmount, shutdown), dirtied files have nothing to queue on.
+    bdi: Weak<Bdi>,
+    /// Writes are refused (read-only image or mount).
+    read_only: bool,
+    /// Unlinked files whose last holder has not let go yet: their clusters are still used.
+    /// Here, where a file's drop can reach it, rather than a pointer in every node.
+    orphans: AtomicU64,
+}
+
+impl<S: FatStore + 'static> FileShared<S> {
+    /// The shared side of a volume's files: chains in `table`, data through `queue`, dirty
+    /// pages written in the background by `bdi`'s flusher when there is one; `read_only`
+    /// refuses every change.
+    pub fn new(
+        table: Arc<FatTable<S>>,
+        bpb: &Arc<Bpb>,
+        queue: Arc<IoQueue>,
+        bdi: Option<&Arc<Bdi>>,
+        read_only: bool,
+    ) -> Arc<Self> {
+        Arc::new(FileShared {
+            table,
+            bpb: Arc::clone(bpb),
+            queue,
+            bdi: bdi.map_or_else(Weak::new, Arc::downgrade),
+            read_only,
+            orphans: AtomicU64::new(0),
+        })
+    }
+
+    /// The volume's count of unlinked files whose clusters are not freed yet.
+    pub fn orphans(&self) -> &AtomicU64 {
+        &self.orphans
+    }
+}
+
+/// The data side of one file: chain, cluster cache and i_size, and the volume's shared
+/// handles. The mapping's operations hold it, so the mapping never points back at its inode
+/// (but weakly, to queue it on the flusher's list).
+pub struct FileData<S: FatStore + 'static> {
+    shared: Arc<FileShared<S>>,
+    /// The file's mapping, weakly (it holds this as its operations): what the flusher's list
+    /// gets when a page turns dirty. Set once, when the mapping is made around this.
+    mapping: Weak<AddressSpace>,
     /// First cluster; 0 while the file has none. Written under the inode lock and the
     /// cluster cache's lock; Acquire/Release so a reader that sees a cluster also sees it
     /// linked in the FAT (allocation links before it stores).
     first_cluster: AtomicU32,
     /// i_size. Raised by write_end under the page lock; readers load it without locks.
     size: AtomicU64,
-    /// Writes are refused (read-only image or mount).
-    read_only: bool,
     /// The chain's clusters walked so far, in file order (the cluster cache).
     clusters: Mutex<ChainCache>,
 }
@@ -71,7 +116,7 @@ impl<S: FatStore + 'static> std::fmt::Debug for FileData<S> {
 impl<S: FatStore + 'static> FileData<S> {
     /// Bytes per cluster, as a `u64`.
     fn cluster_bytes(&self) -> u64 {
-        u64::from(self.bpb.bytes_per_cluster())
+        u64::from(self.shared.bpb.bytes_per_cluster())
     }
 
     /// The first cluster (0 for an empty file).
@@ -95,7 +140,7 @@ impl<S: FatStore + 'static> FileData<S> {
         }
         let (cluster, run) = self.extend_run(&mut cache, index)?;
         let within = offset % cb;
-        let dev = cluster_offset(&self.bpb, cluster)? + within;
+        let dev = cluster_offset(&self.shared.bpb, cluster)? + within;
         Ok(Some((dev, run as u64 * cb - within)))
     }
 
@@ -107,13 +152,13 @@ impl<S: FatStore + 'static> FileData<S> {
             return Ok(true);
         }
         // No loop-free chain is longer than the data area (fat_get_cluster's limit).
-        let limit = usize::try_from(self.table.max_cluster()).unwrap_or(usize::MAX);
+        let limit = usize::try_from(self.shared.table.max_cluster()).unwrap_or(usize::MAX);
         let first = self.first_cluster();
         while cache.len() <= index {
             let next = match cache.last() {
                 None if first == 0 => None,
                 None => Some(first),
-                Some(last) => self.table.next_in_chain(last)?,
+                Some(last) => self.shared.table.next_in_chain(last)?,
             };
             let Some(next) = next else {
                 return Ok(false);
@@ -168,14 +213,17 @@ impl<S: FatStore + 'static> FileData<S> {
             let new = match cache.last() {
                 // Prefer to continue from the volume's next-free hint: a new file lands
                 // after the one written last.
-                None => self.table.alloc(count, None)?,
-                Some(last) => self.table.extend(last, count)?,
+                None => self.shared.table.alloc(count, None)?,
+                Some(last) => self.shared.table.extend(last, count)?,
             };
             // The new clusters may have been a directory's, whose last changes can still sit
             // unwritten in the metadata cache: drop them before this file's data goes there.
             for run in new.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
-                let at = cluster_offset(&self.bpb, run[0])?;
-                self.table.store().clean_aliases(at, run.len() as u64 * cb);
+                let at = cluster_offset(&self.shared.bpb, run[0])?;
+                self.shared
+                    .table
+                    .store()
+                    .clean_aliases(at, run.len() as u64 * cb);
             }
             if cache.is_empty() {
                 // Release: the chain is linked in the FAT before anyone can see its start.
@@ -236,14 +284,14 @@ impl<S: FatStore + 'static> FileData<S> {
             self.first_cluster.store(0, Ordering::Release);
             self.clusters.lock().truncate(0);
             write_entry()?;
-            self.table.store().barrier()?;
-            self.table.free_chain(first)?;
+            self.shared.table.store().barrier()?;
+            self.shared.table.free_chain(first)?;
             return Ok(());
         }
         write_entry()?;
-        self.table.store().barrier()?;
+        self.shared.table.store().barrier()?;
         let mut cache = self.clusters.lock();
-        self.table.truncate_chain(first, keep)?;
+        self.shared.table.truncate_chain(first, keep)?;
         cache.truncate(keep as usize);
         Ok(())
     }
@@ -257,7 +305,7 @@ impl<S: FatStore + 'static> BlockMap for FileData<S> {
     /// fat_get_block for writes: whole clusters, linked after the chain's end (or made the
     /// first cluster), enough to map every byte below `end`.
     fn allocate(&self, allocated: &mut u64, end: u64) -> Result<(), FsError> {
-        if self.read_only {
+        if self.shared.read_only {
             return Err(FsError::ReadOnly);
         }
         if end <= *allocated {
@@ -280,11 +328,11 @@ impl<S: FatStore + 'static> BlockMap for FileData<S> {
     }
 
     fn block_size(&self) -> u64 {
-        u64::from(self.bpb.bytes_per_sector)
+        u64::from(self.shared.bpb.bytes_per_sector)
     }
 
     fn queue(&self) -> &Arc<IoQueue> {
-        &self.queue
+        &self.shared.queue
     }
 }
 
@@ -318,7 +366,7 @@ impl Run {
     }
 }
 
-/// Runs past which membership goes through [`ChainCache::spans`] instead of a scan of the runs.
+/// Runs past which membership goes through the span map instead of a scan of the runs.
 const SCAN_RUNS: usize = 8;
 
 /// Runs by first cluster: first cluster -> length.
@@ -330,39 +378,70 @@ type Spans = std::collections::BTreeMap<u32, u32>;
 ///
 /// Only the runs are kept, not every cluster: a contiguous file of any length is one run,
 /// held inline, so a small file's cache costs no allocation (a cluster list, run list and span
-/// map cost ~180 bytes per one-cluster file, most of a file's data side).
+/// map cost ~180 bytes per one-cluster file, most of a file's data side). Two words inline:
+/// a fragmented file's runs and span map share one box, where an inline-or-heap vector and a
+/// separate map pointer took four words of every file.
 #[derive(Debug, Default)]
-struct ChainCache {
+enum ChainCache {
+    /// Nothing walked yet (or an empty file).
+    #[default]
+    Empty,
+    /// One run: every contiguous file.
+    One(Run),
+    /// Two or more runs.
+    Many(Box<ManyRuns>),
+}
+
+/// The runs of a chain that has more than one.
+#[derive(Debug)]
+struct ManyRuns {
     /// In file order.
-    runs: smallvec::SmallVec<[Run; 1]>,
+    runs: Vec<Run>,
     /// The runs by first cluster (first cluster -> length), once there are more than
-    /// [`SCAN_RUNS`]; empty before. Membership by interval rather than a set of every cluster:
+    /// [`SCAN_RUNS`]; none before. Membership by interval rather than a set of every cluster:
     /// a write that allocates a cluster per page extends an entry instead of hashing an insert.
-    /// Boxed: most files never need it, and an empty map inline is three words.
-    spans: Option<Box<Spans>>,
+    spans: Option<Spans>,
 }
 
 impl ChainCache {
+    /// The runs, in file order.
+    fn runs(&self) -> &[Run] {
+        match self {
+            ChainCache::Empty => &[],
+            ChainCache::One(r) => std::slice::from_ref(r),
+            ChainCache::Many(m) => &m.runs,
+        }
+    }
+
+    /// The span map, when there are enough runs to keep one.
+    #[cfg(test)]
+    fn spans(&self) -> Option<&Spans> {
+        match self {
+            ChainCache::Many(m) => m.spans.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Clusters held.
     fn len(&self) -> usize {
-        self.runs.last().map_or(0, Run::end)
+        self.runs().last().map_or(0, Run::end)
     }
 
     /// True when no cluster is held.
     fn is_empty(&self) -> bool {
-        self.runs.is_empty()
+        self.runs().is_empty()
     }
 
     /// The last cluster held.
     fn last(&self) -> Option<u32> {
-        self.runs.last().map(|r| r.first + (r.len - 1))
+        self.runs().last().map(|r| r.first + (r.len - 1))
     }
 
     /// The run holding cluster number `index`, if held.
     #[inline]
     fn run_at(&self, index: usize) -> Option<&Run> {
         // One look at where the runs are (inline or on the heap) for the whole search.
-        let runs: &[Run] = &self.runs;
+        let runs: &[Run] = self.runs();
         // The last run first: the only one of a contiguous file, and where a sequential
         // reader or writer is.
         let (last, before) = runs.split_last()?;
@@ -394,47 +473,34 @@ impl ChainCache {
     /// Appends the next cluster of the chain.
     fn push(&mut self, c: u32) {
         let follows = self.last().and_then(|l| l.checked_add(1)) == Some(c);
-        match self.runs.last_mut() {
-            Some(r) if follows => {
-                r.len += 1;
-                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
-                    *span += 1;
-                }
+        // A chain is shorter than 2^32 clusters (walk_to stops at the data area).
+        let start = self.len() as u32;
+        let new = Run {
+            start,
+            first: c,
+            len: 1,
+        };
+        match self {
+            ChainCache::Empty => *self = ChainCache::One(new),
+            ChainCache::One(r) if follows => r.len += 1,
+            ChainCache::One(r) => {
+                *self = ChainCache::Many(Box::new(ManyRuns {
+                    runs: vec![*r, new],
+                    spans: None,
+                }));
             }
-            _ => {
-                // A chain is shorter than 2^32 clusters (walk_to stops at the data area).
-                let start = self.len() as u32;
-                self.runs.push(Run {
-                    start,
-                    first: c,
-                    len: 1,
-                });
-                if self.runs.len() == SCAN_RUNS + 1 {
-                    self.spans = Some(Box::new(self.span_map()));
-                } else if let Some(spans) = self.spans.as_mut() {
-                    // A run starting where an earlier one did is a loop, which `contains`
-                    // turns away before any push; keep the longer span all the same.
-                    let span = spans.entry(c).or_insert(0);
-                    *span = (*span).max(1);
-                }
-            }
+            ChainCache::Many(m) => m.push(new, follows),
         }
-    }
-
-    /// The runs by first cluster; of two starting at one cluster, the longer.
-    fn span_map(&self) -> Spans {
-        let mut spans = Spans::new();
-        for r in &self.runs {
-            let span = spans.entry(r.first).or_insert(0);
-            *span = (*span).max(r.len);
-        }
-        spans
     }
 
     /// Whether cluster `c` is on the walked chain already.
     fn contains(&self, c: u32) -> bool {
-        let Some(spans) = self.spans.as_ref() else {
-            return self.runs.iter().any(|r| r.holds(c));
+        let spans = match self {
+            ChainCache::Many(m) => m.spans.as_ref(),
+            _ => None,
+        };
+        let Some(spans) = spans else {
+            return self.runs().iter().any(|r| r.holds(c));
         };
         spans
             .range(..=c)
@@ -447,13 +513,22 @@ impl ChainCache {
         if keep >= self.len() {
             return;
         }
-        self.runs.retain(|r| (r.start as usize) < keep);
-        if let Some(r) = self.runs.last_mut() {
+        let mut runs: Vec<Run> = self.runs().to_vec();
+        runs.retain(|r| (r.start as usize) < keep);
+        if let Some(r) = runs.last_mut() {
             // keep is below the old length, so it fits u32 like every index held.
             r.len = r.len.min(keep as u32 - r.start);
         }
-        // Rebuilt from the runs left: truncation is rare and the runs are few.
-        self.spans = (self.runs.len() > SCAN_RUNS).then(|| Box::new(self.span_map()));
+        // Rebuilt from the runs left: truncation is rare and the runs are few. A chain cut
+        // back to one run (or none) goes back inline.
+        *self = match runs.as_slice() {
+            [] => ChainCache::Empty,
+            [r] => ChainCache::One(*r),
+            _ => {
+                let spans = (runs.len() > SCAN_RUNS).then(|| span_map(&runs));
+                ChainCache::Many(Box::new(ManyRuns { runs, spans }))
+            }
+        };
     }
 
     /// How many clusters from number `index` (held) on are consecutive on disk (at least 1).
@@ -461,6 +536,41 @@ impl ChainCache {
     fn run_from(&self, index: usize) -> usize {
         self.locate(index).map_or(1, |(_, run)| run)
     }
+}
+
+impl ManyRuns {
+    /// Appends `new` (a one-cluster run), or extends the last run when it `follows` it.
+    fn push(&mut self, new: Run, follows: bool) {
+        match self.runs.last_mut() {
+            Some(r) if follows => {
+                r.len += 1;
+                if let Some(span) = self.spans.as_mut().and_then(|s| s.get_mut(&r.first)) {
+                    *span += 1;
+                }
+            }
+            _ => {
+                self.runs.push(new);
+                if self.runs.len() == SCAN_RUNS + 1 {
+                    self.spans = Some(span_map(&self.runs));
+                } else if let Some(spans) = self.spans.as_mut() {
+                    // A run starting where an earlier one did is a loop, which `contains`
+                    // turns away before any push; keep the longer span all the same.
+                    let span = spans.entry(new.first).or_insert(0);
+                    *span = (*span).max(1);
+                }
+            }
+        }
+    }
+}
+
+/// The runs by first cluster; of two starting at one cluster, the longer.
+fn span_map(runs: &[Run]) -> Spans {
+    let mut spans = Spans::new();
+    for r in runs {
+        let span = spans.entry(r.first).or_insert(0);
+        *span = (*span).max(r.len);
+    }
+    spans
 }
 
 /// The address-space operations of a file mapping (fat_aops) are its [`FileData`]'s: one
@@ -475,7 +585,7 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileData<S> {
         page: &PageRef<'_>,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
-        if self.read_only {
+        if self.shared.read_only {
             unlock_page(page.page());
             return Err(FsError::ReadOnly);
         }
@@ -489,13 +599,13 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileData<S> {
         mapping: &AddressSpace,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
-        let _plug = self.queue.start_plug();
+        let _plug = self.shared.queue.start_plug();
         generic_writepages(mapping, wbc)
     }
 
     /// __mark_inode_dirty(I_DIRTY_PAGES): onto the flusher's list.
     fn dirty_inode(&self) {
-        self.wb.mark_dirty();
+        mark_mapping_dirty(&self.shared.bdi, &self.mapping);
     }
 }
 
@@ -541,39 +651,41 @@ fn page_hint(page: u64) -> u32 {
 const RA_PAGES: u64 = 32;
 
 impl<S: FatStore + 'static> FatInode<S> {
-    /// The inode of a file starting at `first_cluster` with `size` bytes, its data read and
-    /// written through `queue`, its chain in `table`, its pages in `cache`, its dirty pages
-    /// written in the background by `bdi`'s flusher when there is one; `read_only` refuses
-    /// every change.
+    /// The inode of a file starting at `first_cluster` with `size` bytes, its pages in
+    /// `cache`, the rest (table, queue, flusher, read-only) from its volume's `shared`.
     pub fn new(
         cache: &Arc<PageCache>,
-        (table, queue, bdi): (Arc<FatTable<S>>, Arc<IoQueue>, Option<&Arc<Bdi>>),
-        bpb: &Arc<Bpb>,
-        (first_cluster, size, read_only): (u32, u64, bool),
+        shared: &Arc<FileShared<S>>,
+        (first_cluster, size): (u32, u64),
     ) -> Self {
-        let wb = WbInode::new(bdi);
-        let data = Arc::new(FileData {
-            table,
-            bpb: Arc::clone(bpb),
-            queue,
-            wb: Arc::clone(&wb),
-            first_cluster: AtomicU32::new(first_cluster),
-            size: AtomicU64::new(size),
-            read_only,
-            clusters: Mutex::new(ChainCache::default()),
+        // The mapping is made around the data side, which needs a weak handle on the mapping
+        // first (for the flusher's list): new_cyclic hands that out before the mapping exists.
+        let mut data = None;
+        let mapping = Arc::new_cyclic(|mapping: &Weak<AddressSpace>| {
+            let d = Arc::new(FileData {
+                shared: Arc::clone(shared),
+                mapping: Weak::clone(mapping),
+                first_cluster: AtomicU32::new(first_cluster),
+                size: AtomicU64::new(size),
+                clusters: Mutex::new(ChainCache::default()),
+            });
+            data = Some(Arc::clone(&d));
+            AddressSpace::new(cache, d as Arc<dyn AddressSpaceOps>)
         });
-        let aops = Arc::clone(&data) as Arc<dyn AddressSpaceOps>;
-        let mapping = Arc::new(AddressSpace::new(cache, aops));
-        wb.attach(Arc::downgrade(&mapping));
         // An inode is loaded with mmu_private = i_size (fat_fill_inode).
         let io = Mutex::new(InodeIo { mmu_private: size });
         FatInode {
-            data,
+            data: data.expect("new_cyclic runs its closure before returning"),
             mapping,
             io,
             ra_next: crate::sync::unchecked::AtomicU32::new(0),
             ra_issued: crate::sync::unchecked::AtomicU32::new(0),
         }
+    }
+
+    /// What the file shares with the rest of its volume's files.
+    pub fn shared(&self) -> &Arc<FileShared<S>> {
+        &self.data.shared
     }
 
     /// The first cluster (0 for an empty file).
@@ -714,10 +826,13 @@ impl<S: FatStore + 'static> FatInode<S> {
             }
             pages += 1;
             if pages % BATCH == 0 {
-                self.data.queue.submit_batch(std::mem::take(&mut bios));
+                self.data
+                    .shared
+                    .queue
+                    .submit_batch(std::mem::take(&mut bios));
             }
         }
-        self.data.queue.submit_batch(bios);
+        self.data.shared.queue.submit_batch(bios);
     }
 
     /// Buffered write of `data` at `pos` through write_begin / write_end, page by page;
@@ -728,7 +843,7 @@ impl<S: FatStore + 'static> FatInode<S> {
     /// Models: mm/filemap.c generic_perform_write() with fat_write_begin / fat_write_end
     /// (v5.10).
     pub fn write(&self, io: &mut InodeIo, pos: u64, data: &[u8]) -> Result<usize, FsError> {
-        if self.data.read_only {
+        if self.data.shared.read_only {
             return Err(FsError::ReadOnly);
         }
         if data.is_empty() {
@@ -791,7 +906,7 @@ impl<S: FatStore + 'static> FatInode<S> {
     /// fat_cont_expand: generic_cont_expand_simple); the pages are left dirty. On failure the
     /// file keeps what was zero-filled before it, as in the kernel.
     pub fn expand(&self, io: &mut InodeIo, size: u64) -> Result<(), FsError> {
-        if self.data.read_only {
+        if self.data.shared.read_only {
             return Err(FsError::ReadOnly);
         }
         if size > FAT_MAX_FILE_SIZE {
@@ -820,7 +935,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         size: u64,
         write_entry: &mut dyn FnMut() -> Result<(), FsError>,
     ) -> Result<(), FsError> {
-        if self.data.read_only {
+        if self.data.shared.read_only {
             return Err(FsError::ReadOnly);
         }
         if size >= self.size() {
@@ -840,7 +955,7 @@ impl<S: FatStore + 'static> FatInode<S> {
         let mut io = self.lock();
         self.data.set_size(0);
         truncate_pagecache(&self.mapping, 0);
-        if self.data.read_only {
+        if self.data.shared.read_only {
             return Ok(());
         }
         // The entry is gone from its directory already (the barrier puts that on the disk).
@@ -955,7 +1070,8 @@ mod tests {
 
         fn inode(&self, first: u32, size: u64) -> FatInode<MemFat> {
             let (t, q) = (Arc::clone(&self.table), Arc::clone(&self.queue));
-            FatInode::new(&self.cache, (t, q, None), &self.bpb, (first, size, false))
+            let shared = FileShared::new(t, &self.bpb, q, None, false);
+            FatInode::new(&self.cache, &shared, (first, size))
         }
     }
 
@@ -1021,7 +1137,7 @@ mod tests {
         );
         assert!(!c.contains(204) && c.contains(201) && c.contains(100) && !c.contains(99));
         c.truncate(5);
-        assert_eq!((c.run_from(0), c.run_from(4), c.runs.len()), (5, 1, 1));
+        assert_eq!((c.run_from(0), c.run_from(4), c.runs().len()), (5, 1, 1));
         c.push(105);
         assert_eq!(c.run_from(0), 6, "a push that continues the run extends it");
         // Past SCAN_RUNS runs membership goes through the span map; truncation back below
@@ -1033,16 +1149,13 @@ mod tests {
             f.push(cl);
             assert_eq!((f.len(), f.get(i), f.run_from(i)), (i + 1, Some(cl), 1));
         }
-        assert_eq!(
-            (f.runs.len(), f.spans.as_ref().map(|s| s.len())),
-            (20, Some(20))
-        );
+        assert_eq!((f.runs().len(), f.spans().map(|s| s.len())), (20, Some(20)));
         for probe in 0..215u32 {
             let want = frag.contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} with spans");
         }
         f.truncate(9);
-        assert_eq!((f.runs.len(), f.spans.is_none(), f.len()), (5, true, 9));
+        assert_eq!((f.runs().len(), f.spans().is_none(), f.len()), (5, true, 9));
         for probe in 0..215u32 {
             let want = frag[..9].contains(&probe);
             assert_eq!(f.contains(probe), want, "{probe} by scan");
@@ -1128,7 +1241,8 @@ mod tests {
         let f = fixture();
         f.link(&[50]);
         let (t, q) = (Arc::clone(&f.table), Arc::clone(&f.queue));
-        let ino = FatInode::new(&f.cache, (t, q, None), &f.bpb, (50, 10, true));
+        let shared = FileShared::new(t, &f.bpb, q, None, true);
+        let ino = FatInode::new(&f.cache, &shared, (50, 10));
         let page = find_or_create_page(ino.mapping(), 0).expect("page");
         let mut wbc = WritebackControl::background(1);
         let e = ino

@@ -19,7 +19,8 @@
 //! 2. directory locks (the parent's i_rwsem), an ancestor before its descendants, else by
 //!    inode number;
 //! 3. a file's inode lock ([`FatInode::lock`], its i_rwsem);
-//! 4. `ihash` (the kernel's inode_hash_lock): the node table and every node's i_pos;
+//! 4. `ihash` (the kernel's inode_hash_lock): the node table and every node's i_pos (and a
+//!    directory's parent), which live in the node but are only read and written under it;
 //! 5. a node's `meta`;
 //! 6. page locks, the cluster cache, `fat_lock`.
 //!
@@ -45,7 +46,7 @@ use crate::error::FsError;
 use crate::fat::bpb::{Bpb, FatType, FsInfo};
 use crate::fat::dir::{DirLocation, Directory, alloc_new_dir};
 use crate::fat::dirent::{ATTR_ARCH, ATTR_DIR, DirEntry, RawEntry, Slot, SlotKind};
-use crate::fat::inode::{FAT_MAX_FILE_SIZE, FatInode};
+use crate::fat::inode::{FAT_MAX_FILE_SIZE, FatInode, FileShared};
 use crate::fat::name::{DIR_ENTRY_SIZE, ShortnameMode, vfat_valid_longname};
 use crate::fat::table::FatTable;
 use crate::fat::time::unix_to_fat;
@@ -182,8 +183,32 @@ pub struct StatFs {
 enum Kind {
     File(FatInode<Arc<Bdev>>),
     /// Boxed: a directory's bookkeeping is several times a file inode's size.
-    Dir(Box<Mutex<Directory>>),
+    Dir(Box<DirNode>),
 }
+
+/// A directory node's own part.
+#[derive(Debug)]
+struct DirNode {
+    /// The inode number of the directory holding its entry, while it is in the node table
+    /// (unused for the root). Only a directory's is kept: the ancestor walk of rename
+    /// ([`Volume::is_ancestor`]) starts at a directory and only ever meets directories.
+    /// Read and written only under `ihash`, whose lock orders the accesses (hence Relaxed);
+    /// an atomic because the node is shared.
+    parent: AtomicU64,
+    dir: Mutex<Directory>,
+}
+
+impl DirNode {
+    fn new(dir: Directory) -> Box<DirNode> {
+        Box::new(DirNode {
+            parent: AtomicU64::new(ROOT_INO),
+            dir: Mutex::new(dir),
+        })
+    }
+}
+
+/// `Node::i_pos` of a node that is not in the table by position (the root, a removed node).
+const NO_POS: u64 = u64::MAX;
 
 /// What `meta` guards: the short entry as the node sees it, and whether it needs writing.
 #[derive(Debug)]
@@ -196,17 +221,24 @@ struct Meta {
 }
 
 /// A file or directory the mount knows.
+///
+/// Its size is watched: 104 bytes, one 128-byte malloc chunk with the Arc's counts, for
+/// every file the mount has looked at. Anything added here should come out elsewhere.
 #[derive(Debug)]
 pub struct Node {
     ino: u64,
     kind: Kind,
     meta: Mutex<Meta>,
+    /// The i_pos: device byte offset of its short entry, [`NO_POS`] when the node is not in
+    /// the table by position. Kept here (the kernel keeps i_pos in the inode too) instead of
+    /// in a table of its own keyed by inode number: read and written only under `ihash`,
+    /// whose lock orders the accesses (hence Relaxed), so it moves with the table's
+    /// `by_pos` entry as one change (rename, exchange, unlink).
+    i_pos: AtomicU64,
     /// Its entry is gone (unlink, rmdir, replaced by rename). A file's clusters are freed
     /// when the last holder lets go of the node (the kernel's evict); a removed directory
     /// refuses new entries (the kernel's S_DEAD).
     unlinked: AtomicBool,
-    /// The volume's count of unlinked files not yet freed (see [`Volume::wait_for_orphans`]).
-    orphans: Arc<AtomicU64>,
 }
 
 impl Drop for Node {
@@ -224,7 +256,7 @@ impl Drop for Node {
                 );
             }
             // Release: a writer that sees the count drop also sees the clusters free.
-            self.orphans.fetch_sub(1, Ordering::Release);
+            f.shared().orphans().fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -270,7 +302,7 @@ impl Node {
     /// The directory, locked; `NotDir` for a file.
     fn dir(&self) -> Result<MutexGuard<'_, Directory>, FsError> {
         match &self.kind {
-            Kind::Dir(d) => Ok(d.lock()),
+            Kind::Dir(d) => Ok(d.dir.lock()),
             Kind::File(_) => Err(FsError::NotDir),
         }
     }
@@ -304,7 +336,7 @@ impl Node {
         }
         match &self.kind {
             Kind::File(_) => 1,
-            Kind::Dir(d) => u32::try_from(d.lock().subdirs())
+            Kind::Dir(d) => u32::try_from(d.dir.lock().subdirs())
                 .unwrap_or(u32::MAX - 2)
                 .saturating_add(2),
         }
@@ -320,7 +352,8 @@ impl Node {
     }
 }
 
-/// Where a node's short entry is.
+/// Where a node's short entry is (what a node is attached at: its i_pos, and for a directory
+/// its parent; the offset serves rename exchange, which rewrites the entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pos {
     /// The directory holding the entry.
@@ -334,29 +367,121 @@ struct Pos {
 /// The locked parent directories of a rename: the old one, and the new one if it differs.
 type ParentLocks<'a> = (MutexGuard<'a, Directory>, Option<MutexGuard<'a, Directory>>);
 
+/// The hash of a node table key (an inode number or an i_pos).
+fn key_hash(key: u64) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(key)
+}
+
 /// The node table (under `ihash`).
+///
+/// Two hash tables of node pointers, 8 bytes a slot: the keys (inode number, i_pos) are read
+/// from the nodes themselves, where the i_pos lives under this same lock. Three maps keyed
+/// by number (inode -> node, i_pos -> inode, inode -> position) were ~110 bytes of every
+/// known node.
 #[derive(Debug, Default)]
 struct Nodes {
     // Fx, not SipHash: the keys are our own numbers and device offsets, not input an
     // attacker picks, and read_dir looks up every entry here (helper's callgrind: the two
     // SipHash lookups were 45% of a read_dir).
-    by_ino: rustc_hash::FxHashMap<u64, Arc<Node>>,
-    by_pos: rustc_hash::FxHashMap<u64, u64>,
-    pos: rustc_hash::FxHashMap<u64, Pos>,
+    /// Every live node (the root too), by inode number.
+    by_ino: hashbrown::HashTable<Arc<Node>>,
+    /// Every node but the root, by i_pos.
+    by_pos: hashbrown::HashTable<Arc<Node>>,
     next_ino: u64,
 }
 
 impl Nodes {
-    fn attach(&mut self, node: &Arc<Node>, pos: Pos) {
-        self.by_pos.insert(pos.dev, node.ino);
-        self.pos.insert(node.ino, pos);
-        self.by_ino.insert(node.ino, Arc::clone(node));
+    /// The node with inode number `ino`.
+    fn get(&self, ino: u64) -> Option<&Arc<Node>> {
+        self.by_ino.find(key_hash(ino), |n| n.ino == ino)
     }
 
-    fn detach(&mut self, ino: u64) {
-        if let Some(pos) = self.pos.remove(&ino) {
-            self.by_pos.remove(&pos.dev);
+    /// The node whose short entry is at device byte `dev`.
+    fn at(&self, dev: u64) -> Option<&Arc<Node>> {
+        self.by_pos
+            .find(key_hash(dev), |n| n.i_pos.load(Ordering::Relaxed) == dev)
+    }
+
+    /// The i_pos of `node`, if it is attached (not the root, not removed).
+    fn pos_of(&self, node: &Node) -> Option<u64> {
+        // Relaxed: `ihash` is held (`&self` is under it), which orders every i_pos access.
+        let dev = node.i_pos.load(Ordering::Relaxed);
+        (dev != NO_POS).then_some(dev)
+    }
+
+    /// The parent recorded for directory `ino`, if it is attached.
+    fn parent_of(&self, ino: u64) -> Option<u64> {
+        let node = self.get(ino)?;
+        self.pos_of(node)?;
+        match &node.kind {
+            // Relaxed: under `ihash`, as for i_pos.
+            Kind::Dir(d) => Some(d.parent.load(Ordering::Relaxed)),
+            Kind::File(_) => None,
         }
+    }
+
+    /// Adds `node` by inode number (replacing a node of that number).
+    fn insert(&mut self, node: &Arc<Node>) {
+        let ino = node.ino;
+        match self
+            .by_ino
+            .entry(key_hash(ino), |n| n.ino == ino, |n| key_hash(n.ino))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = Arc::clone(node),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(Arc::clone(node));
+            }
+        }
+    }
+
+    /// Takes the node with inode number `ino` out by number.
+    fn remove(&mut self, ino: u64) {
+        if let Ok(e) = self.by_ino.find_entry(key_hash(ino), |n| n.ino == ino) {
+            e.remove();
+        }
+    }
+
+    /// Files `node` at `pos` (and by inode number), out of wherever it was filed before.
+    fn attach(&mut self, node: &Arc<Node>, pos: Pos) {
+        // Out first: its old entry is found by the i_pos it is filed under.
+        self.detach(node);
+        // Relaxed: under `ihash` (`&mut self`), as every i_pos and parent access. Stored
+        // before the insert: a resize during it rehashes every entry by its i_pos.
+        node.i_pos.store(pos.dev, Ordering::Relaxed);
+        if let Kind::Dir(d) = &node.kind {
+            d.parent.store(pos.parent, Ordering::Relaxed);
+        }
+        let dev = pos.dev;
+        match self.by_pos.entry(
+            key_hash(dev),
+            |n| !Arc::ptr_eq(n, node) && n.i_pos.load(Ordering::Relaxed) == dev,
+            |n| key_hash(n.i_pos.load(Ordering::Relaxed)),
+        ) {
+            // Another node still filed at this i_pos: the new one takes the place, as the
+            // map from i_pos to inode number did. The old one keeps its i_pos, as its entry
+            // in the position map did, but is no longer found by it.
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = Arc::clone(node),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(Arc::clone(node));
+            }
+        }
+        self.insert(node);
+    }
+
+    /// Takes `node` out of the table by position; it stays by inode number.
+    fn detach(&mut self, node: &Node) {
+        let Some(dev) = self.pos_of(node) else {
+            return;
+        };
+        // Only this node's own entry: a node that took its i_pos stays filed.
+        if let Ok(e) = self
+            .by_pos
+            .find_entry(key_hash(dev), |n| std::ptr::eq(&**n, node))
+        {
+            e.remove();
+        }
+        node.i_pos.store(NO_POS, Ordering::Relaxed);
     }
 }
 
@@ -371,8 +496,8 @@ pub struct Volume {
     bpb: Arc<Bpb>,
     opts: MountOptions,
     read_only: bool,
-    /// Unlinked files whose last holder has not let go yet: their clusters are still used.
-    orphans: Arc<AtomicU64>,
+    /// What every file shares, the count of unlinked files not yet freed among it.
+    files: Arc<FileShared<Arc<Bdev>>>,
     /// Set by `errors=remount-ro` on corruption: every later change is refused.
     remounted_ro: AtomicBool,
     /// Set by [`Volume::shutdown`]: every later change is refused.
@@ -402,7 +527,7 @@ impl SuperOps for InodeWriter {
             .ihash
             .lock()
             .by_ino
-            .values()
+            .iter()
             .filter(|n| n.meta.lock().dirty)
             .cloned()
             .collect();
@@ -427,7 +552,7 @@ impl Drop for Volume {
 ///
 /// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
 fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> Result<(), FsError> {
-    let Some(pos) = nodes.pos.get(&node.ino).copied() else {
+    let Some(dev) = nodes.pos_of(node) else {
         node.meta.lock().dirty = false;
         return Ok(());
     };
@@ -447,12 +572,12 @@ fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> R
     let written = (|| {
         let mut entry = node.entry();
         let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
-        bdev.read(pos.dev, &mut raw)?;
+        bdev.read(dev, &mut raw)?;
         let disk = DirEntry::parse(&raw, fat32);
         entry.name = disk.name;
         entry.nt_case = disk.nt_case;
         entry.serialize(&mut raw, fat32);
-        bdev.write(pos.dev, &raw)
+        bdev.write(dev, &raw)
     })();
     if written.is_err() {
         // Not written: still dirty, for the next try (and unmount's check).
@@ -511,22 +636,21 @@ impl Volume {
         let root_dir = Directory::load(&table, &bpb, DirLocation::root(&bpb)?, opts.shortname)?;
         let mut root_entry = DirEntry::stamped(ATTR_DIR, (0, 0, 0));
         root_entry.first_cluster = bpb.root_cluster().unwrap_or(0);
-        let orphans = Arc::new(AtomicU64::new(0));
         let root = Arc::new(Node {
             ino: ROOT_INO,
-            kind: Kind::Dir(Box::new(Mutex::new(root_dir))),
+            kind: Kind::Dir(DirNode::new(root_dir)),
             meta: Mutex::new(Meta {
                 entry: root_entry,
                 dirty: false,
             }),
+            i_pos: AtomicU64::new(NO_POS),
             unlinked: AtomicBool::new(false),
-            orphans: Arc::clone(&orphans),
         });
         let mut nodes = Nodes {
             next_ino: ROOT_INO + 1,
             ..Nodes::default()
         };
-        nodes.by_ino.insert(ROOT_INO, Arc::clone(&root));
+        nodes.insert(&root);
         let ihash = Arc::new(Mutex::new(nodes));
         let writeback = bdi.map(|bdi| {
             let writer = Arc::new(InodeWriter {
@@ -536,15 +660,23 @@ impl Volume {
             });
             (bdi, writer)
         });
+        let bpb = Arc::new(bpb);
+        let files = FileShared::new(
+            Arc::clone(&table),
+            &bpb,
+            Arc::clone(&queue),
+            writeback.as_ref().map(|(bdi, _)| bdi),
+            read_only,
+        );
         let vol = Volume {
             cache,
             bdev,
             table,
             queue,
-            bpb: Arc::new(bpb),
+            bpb,
             opts,
             read_only,
-            orphans,
+            files,
             remounted_ro: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             clean: AtomicBool::new(false),
@@ -611,7 +743,7 @@ impl Volume {
 
     /// The node with inode number `ino`, if the mount knows it.
     pub fn node(&self, ino: u64) -> Option<Arc<Node>> {
-        self.ihash.lock().by_ino.get(&ino).cloned()
+        self.ihash.lock().get(ino).cloned()
     }
 
     /// The volume label: the root's label entry, else the boot sector's; `None` if unset.
@@ -723,12 +855,12 @@ impl Volume {
             let loc = DirLocation::Chain {
                 first: entry.first_cluster,
             };
-            Kind::Dir(Box::new(Mutex::new(Directory::load(
+            Kind::Dir(DirNode::new(Directory::load(
                 &self.table,
                 &self.bpb,
                 loc,
                 self.opts.shortname,
-            )?)))
+            )?))
         } else {
             Kind::File(self.file_inode(&entry))
         };
@@ -738,11 +870,12 @@ impl Volume {
             dev,
         };
         let mut nodes = self.ihash.lock();
-        if let Some(ino) = nodes.by_pos.get(&dev) {
-            let found = nodes.by_ino.get(ino).cloned();
-            return found.ok_or(FsError::Corrupted("node table out of step"));
+        if let Some(found) = nodes.at(dev) {
+            // The table files nodes by i_pos and by number together, so the one found by
+            // i_pos is always live by number too (the old two-step lookup's "out of step"
+            // case cannot arise).
+            return Ok(Arc::clone(found));
         }
-        let orphans = Arc::clone(&self.orphans);
         let node = Arc::new(Node {
             ino: nodes.next_ino,
             kind,
@@ -750,8 +883,8 @@ impl Volume {
                 entry,
                 dirty: false,
             }),
+            i_pos: AtomicU64::new(NO_POS),
             unlinked: AtomicBool::new(false),
-            orphans: Arc::clone(&orphans),
         });
         nodes.next_ino += 1;
         nodes.attach(&node, pos);
@@ -760,17 +893,16 @@ impl Volume {
 
     /// The live node whose short entry is at device byte `dev`.
     fn node_at(&self, dev: u64) -> Option<Arc<Node>> {
-        let nodes = self.ihash.lock();
-        let ino = nodes.by_pos.get(&dev)?;
-        nodes.by_ino.get(ino).cloned()
+        self.ihash.lock().at(dev).cloned()
     }
 
     /// A file inode for `entry` (mmu_private = i_size, as fat_fill_inode loads it).
     fn file_inode(&self, entry: &DirEntry) -> FatInode<Arc<Bdev>> {
-        let key = (entry.first_cluster, u64::from(entry.size), self.read_only);
-        let (table, queue) = (Arc::clone(&self.table), Arc::clone(&self.queue));
-        let bdi = self.writeback.as_ref().map(|(bdi, _)| bdi);
-        FatInode::new(&self.cache, (table, queue, bdi), &self.bpb, key)
+        FatInode::new(
+            &self.cache,
+            &self.files,
+            (entry.first_cluster, u64::from(entry.size)),
+        )
     }
 
     fn lookup_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
@@ -858,10 +990,10 @@ impl Volume {
     /// on a kernel vfat mount the last close has freed them already.
     fn wait_for_orphans(&self) -> bool {
         // Acquire pairs with the Release in Node's drop: the freed clusters are visible.
-        let before = self.orphans.load(Ordering::Acquire);
+        let before = self.files.orphans().load(Ordering::Acquire);
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
         while before > 0
-            && self.orphans.load(Ordering::Acquire) >= before
+            && self.files.orphans().load(Ordering::Acquire) >= before
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(1));
@@ -1152,12 +1284,12 @@ impl Volume {
     /// last holder drops it (see [`Node`]'s Drop).
     fn forget_unlinked(&self, node: &Node) -> Result<(), FsError> {
         if !node.is_dir() && !node.unlinked.swap(true, Ordering::Relaxed) {
-            self.orphans.fetch_add(1, Ordering::Relaxed);
+            self.files.orphans().fetch_add(1, Ordering::Relaxed);
         }
         node.unlinked.store(true, Ordering::Relaxed);
         let mut nodes = self.ihash.lock();
-        nodes.detach(node.ino);
-        nodes.by_ino.remove(&node.ino);
+        nodes.detach(node);
+        nodes.remove(node.ino);
         Ok(())
     }
 
@@ -1175,9 +1307,7 @@ impl Volume {
             offset,
             dev: dir.dev_offset(offset)?,
         };
-        let mut nodes = self.ihash.lock();
-        nodes.detach(node.ino);
-        nodes.attach(node, pos);
+        self.ihash.lock().attach(node, pos);
         Ok(())
     }
 
@@ -1229,7 +1359,7 @@ impl Volume {
             ndir.remove(&self.table, t.offset)?;
             if let Kind::Dir(td) = &tnode.kind {
                 // An empty directory replaced: its chain goes now, as rmdir's does.
-                let first = match td.lock().location() {
+                let first = match td.dir.lock().location() {
                     DirLocation::Chain { first } => *first,
                     DirLocation::Fixed { .. } => return Err(FsError::Invalid("the root")),
                 };
@@ -1321,14 +1451,16 @@ impl Volume {
         let nodes = self.ihash.lock();
         let mut cur = b;
         // Bounded by the table's size: a damaged volume cannot make this loop for ever.
-        for _ in 0..=nodes.pos.len() {
-            let Some(pos) = nodes.pos.get(&cur) else {
+        for _ in 0..=nodes.by_pos.len() {
+            // Only directories record a parent: every caller starts at a directory, and
+            // every parent on the way up is one.
+            let Some(parent) = nodes.parent_of(cur) else {
                 return false;
             };
-            if pos.parent == a {
+            if parent == a {
                 return true;
             }
-            cur = pos.parent;
+            cur = parent;
         }
         false
     }
@@ -1348,7 +1480,7 @@ impl Volume {
         if self.read_only {
             return Ok(());
         }
-        let nodes: Vec<Arc<Node>> = self.ihash.lock().by_ino.values().cloned().collect();
+        let nodes: Vec<Arc<Node>> = self.ihash.lock().by_ino.iter().cloned().collect();
         let mut first: Result<(), FsError> = Ok(());
         let mut keep = |r: Result<(), FsError>| {
             if let Err(e) = r {

@@ -8,8 +8,9 @@
 //! # Model
 //! * A [`Bdi`] is one mount's backing device: a list of dirty inodes in the order they were
 //!   first dirtied (`b_dirty`, with `dirtied_when`), and one flusher thread.
-//! * A filesystem gives each mapping a [`WbInode`] and calls [`WbInode::mark_dirty`] from its
-//!   `AddressSpaceOps::dirty_inode`, which `set_page_dirty` calls when a page turns dirty.
+//! * A filesystem calls [`mark_mapping_dirty`] (or, for a mapping it keeps a [`WbInode`]
+//!   for, [`WbInode::mark_dirty`]) from its `AddressSpaceOps::dirty_inode`, which
+//!   `set_page_dirty` calls when a page turns dirty. The list holds mappings weakly.
 //! * The flusher wakes every `interval` (kupdate): it writes the inodes dirtied more than
 //!   `expire` ago, oldest first, then asks the filesystem to write its dirty inodes' metadata
 //!   ([`SuperOps`]). When kicked (dirty pages over the background threshold) it writes inodes
@@ -21,14 +22,15 @@
 //!   is what lets data reach the disk on a mount where nobody calls fsync.
 //!
 //! # Dirty-list protocol
-//! An inode is on the list iff its `listed` flag is set; [`WbInode::mark_dirty`] sets it and
-//! queues the inode only on a false -> true swap, so an inode is queued once. The flusher
-//! takes an inode off, clears `listed`, and only then looks for DIRTY tags: a page dirtied
-//! after that clear finds `listed` false and queues the inode again; a page dirtied before it
-//! is tagged before its `mark_dirty`, so the pass (or the check after it) sees the tag. Either
-//! way no dirty page is left behind on an inode that is off the list. The flag uses SeqCst:
-//! the tag is set under the i_pages lock and read under it, and the flag store must not move
-//! after that read.
+//! An inode is on the list iff its mapping's `listed` flag ([`AddressSpace::on_dirty_list`])
+//! is set; [`mark_mapping_dirty`] sets it and queues the mapping only on a false -> true swap,
+//! so an inode is queued once. The flusher takes an inode off, clears `listed`, and only then
+//! looks for DIRTY tags: a page dirtied after that clear finds `listed` false and queues the
+//! inode again; a page dirtied before it is tagged before its `mark_dirty`, so the pass (or
+//! the check after it) sees the tag. Either way no dirty page is left behind on an inode that
+//! is off the list. The flag uses SeqCst: the tag is set under the i_pages lock and read under
+//! it, and the flag store must not move after that read. The flag lives in the mapping, not in
+//! a separate per-inode object, so a file needs no allocation of its own for its list place.
 //!
 //! Deviations: one list (no b_io / b_more_io split: an inode that still has pages after its
 //! turn goes back to the tail, keeping its dirtied_when when the turn ran out of budget);
@@ -83,10 +85,9 @@ pub trait SuperOps: Send + Sync {
     fn write_dirty_inodes(&self) -> Result<(), FsError>;
 }
 
-/// One inode's place on (or off) its mount's dirty list.
+/// A mapping's flusher, for an owner that keeps no other handle on both (the block device).
 #[derive(Debug)]
 pub struct WbInode {
-    listed: std::sync::atomic::AtomicBool,
     mapping: OnceLock<Weak<AddressSpace>>,
     bdi: Weak<Bdi>,
 }
@@ -95,7 +96,6 @@ impl WbInode {
     /// An inode of the mount whose flusher is `bdi` (none: the inode is never queued).
     pub fn new(bdi: Option<&Arc<Bdi>>) -> Arc<WbInode> {
         Arc::new(WbInode {
-            listed: std::sync::atomic::AtomicBool::new(false),
             mapping: OnceLock::new(),
             bdi: bdi.map_or_else(Weak::new, Arc::downgrade),
         })
@@ -107,20 +107,38 @@ impl WbInode {
         let _ = self.mapping.set(mapping);
     }
 
-    /// __mark_inode_dirty(I_DIRTY_PAGES): queue the inode on the flusher's list unless it is
-    /// there already.
+    /// __mark_inode_dirty(I_DIRTY_PAGES): see [`mark_mapping_dirty`]. Before
+    /// [`WbInode::attach`] there is no mapping to queue, so nothing happens.
     pub fn mark_dirty(self: &Arc<Self>) {
-        if self.listed.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+        if let Some(mapping) = self.mapping.get() {
+            mark_mapping_dirty(&self.bdi, mapping);
         }
-        if self.listed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        // No flusher (read-only use, or the mount is going away): nothing to queue, and the
-        // flag stays set so later dirtyings do not retry.
-        if let Some(bdi) = self.bdi.upgrade() {
-            bdi.queue(Arc::clone(self), Instant::now(), false);
-        }
+    }
+}
+
+/// __mark_inode_dirty(I_DIRTY_PAGES): queue `mapping` on `bdi`'s list unless it is there
+/// already (its [`AddressSpace::on_dirty_list`] flag is set).
+///
+/// # Context
+/// Called from `dirty_inode`, whose caller holds a reference to the mapping: the strong
+/// reference taken here to read the flag is never the last, so the mapping is never dropped
+/// (and truncated) from inside `set_page_dirty`. During the mapping's own drop the upgrade
+/// fails and nothing is queued, as an evicted inode leaves the list.
+pub fn mark_mapping_dirty(bdi: &Weak<Bdi>, mapping: &Weak<AddressSpace>) {
+    let Some(m) = mapping.upgrade() else {
+        return;
+    };
+    let listed = m.on_dirty_list();
+    if listed.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if listed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    // No flusher (read-only use, or the mount is going away): nothing to queue, and the
+    // flag stays set so later dirtyings do not retry.
+    if let Some(bdi) = bdi.upgrade() {
+        bdi.queue(Weak::clone(mapping), Instant::now(), false);
     }
 }
 
@@ -154,7 +172,8 @@ pub struct FlusherSnapshot {
 #[derive(Debug)]
 struct Queued {
     since: Instant,
-    inode: Arc<WbInode>,
+    /// The inode's mapping, weakly: an evicted inode's entry is dropped when it comes up.
+    mapping: Weak<AddressSpace>,
 }
 
 #[derive(Debug, Default)]
@@ -264,9 +283,9 @@ impl Bdi {
 
     /// Puts `inode` on the list: at the tail with `since`, or back at the head when `front`
     /// (its turn ran out of budget and it keeps its age).
-    fn queue(&self, inode: Arc<WbInode>, since: Instant, front: bool) {
+    fn queue(&self, mapping: Weak<AddressSpace>, since: Instant, front: bool) {
         let mut st = self.state.lock();
-        let q = Queued { since, inode };
+        let q = Queued { since, mapping };
         if front {
             st.dirty.push_front(q);
         } else {
@@ -363,13 +382,13 @@ impl Bdi {
     /// writeback_single_inode for one list entry: off the list, one WB_SYNC_NONE turn, back
     /// on the list if pages are still dirty.
     fn write_inode_pages(&self, q: Queued) {
-        let Some(mapping) = q.inode.mapping.get().and_then(Weak::upgrade) else {
+        let Some(mapping) = q.mapping.upgrade() else {
             // The inode is gone (evicted): its pages went with it.
             return;
         };
         // Off the list before looking at the tags: see the module doc.
-        q.inode
-            .listed
+        mapping
+            .on_dirty_list()
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let mut wbc = WritebackControl::background(MAX_WRITEBACK_PAGES);
         let r = do_writepages(&mapping, &mut wbc);
@@ -384,9 +403,8 @@ impl Bdi {
             log::debug!("writeback: background writeback failed: {e}");
         }
         if mapping.tagged(Tag::Dirty)
-            && !q
-                .inode
-                .listed
+            && !mapping
+                .on_dirty_list()
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             // Still dirty: out of budget keeps its age (requeue_io); redirtied under
@@ -394,7 +412,7 @@ impl Bdi {
             // tail with a fresh age (redirty_tail).
             let budget_out = wbc.nr_to_write <= 0;
             let since = if budget_out { q.since } else { Instant::now() };
-            self.queue(Arc::clone(&q.inode), since, budget_out);
+            self.queue(q.mapping, since, budget_out);
         }
     }
 }

@@ -39,8 +39,103 @@ pub(crate) struct MappingCore {
     pub(crate) i_pages: Mutex<XArray>,
     /// AS_EIO | AS_ENOSPC.
     errors: AtomicU32,
-    /// Where range-cyclic writeback resumes (a hint; racing updates are harmless).
-    writeback_index: unchecked::AtomicU64,
+    /// Where range-cyclic writeback resumes (a hint; racing updates are harmless). 32 bits:
+    /// a page index of any file or FAT volume below 16 TiB fits, and beyond that a saturated
+    /// hint only starts a cyclic pass earlier. With the 64-bit form the core was 48 bytes, one
+    /// malloc size class (16 bytes) more for every mapping, and every known file has one.
+    writeback_index: unchecked::AtomicU32,
+}
+
+/// Shards of a [`MappingTable`]: as many as a DashMap takes on a few cores, so lookups from
+/// I/O completions on different mappings rarely meet on one lock.
+const MAPPING_SHARDS: usize = 16;
+
+/// The page cache's registry of live mappings by id (what a frame records as its owner), for
+/// I/O completion and reclaim, which hold only a frame.
+///
+/// Sharded hash tables of core pointers, 8 bytes a slot, the key read from the core itself:
+/// the DashMap of (id, pointer) pairs this replaces spent 16 bytes a slot, ~28 bytes of every
+/// mapping, and every file the mount knows has a mapping. Its calls keep the DashMap's shape
+/// (`get(&id)` and `.value()`). The locks are unchecked (the model checker never sees them):
+/// nothing but the table is touched under one, no checked operation included.
+pub(crate) struct MappingTable {
+    shards: [unchecked::RwLock<hashbrown::HashTable<Arc<MappingCore>>>; MAPPING_SHARDS],
+}
+
+/// A mapping found in a [`MappingTable`].
+pub(crate) struct MappingRef(Arc<MappingCore>);
+
+impl MappingRef {
+    /// The mapping's core.
+    pub(crate) fn value(&self) -> &Arc<MappingCore> {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MappingTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n: usize = self.shards.iter().map(|s| s.read().len()).sum();
+        f.debug_struct("MappingTable")
+            .field("mappings", &n)
+            .finish()
+    }
+}
+
+impl Default for MappingTable {
+    fn default() -> Self {
+        MappingTable {
+            shards: std::array::from_fn(|_| unchecked::RwLock::new(hashbrown::HashTable::new())),
+        }
+    }
+}
+
+impl MappingTable {
+    fn hash(id: u64) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(id)
+    }
+
+    fn shard(&self, hash: u64) -> &unchecked::RwLock<hashbrown::HashTable<Arc<MappingCore>>> {
+        // The top bits pick the shard; the table uses the low ones for its buckets.
+        &self.shards[(hash >> 60) as usize % MAPPING_SHARDS]
+    }
+
+    /// The mapping with id `id`, if it is registered.
+    pub(crate) fn get(&self, id: &u64) -> Option<MappingRef> {
+        let h = Self::hash(*id);
+        let shard = self.shard(h).read();
+        shard
+            .find(h, |c| c.id == *id)
+            .map(|c| MappingRef(Arc::clone(c)))
+    }
+
+    /// Registers `core` under `id` (its own id), replacing a core of that id.
+    pub(crate) fn insert(&self, id: u64, core: Arc<MappingCore>) {
+        debug_assert_eq!(id, core.id, "a mapping is registered under its own id");
+        let h = Self::hash(id);
+        let mut shard = self.shard(h).write();
+        match shard.entry(h, |c| c.id == id, |c| Self::hash(c.id)) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = core,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(core);
+            }
+        }
+    }
+
+    /// Unregisters the mapping with id `id`.
+    pub(crate) fn remove(&self, id: &u64) {
+        let h = Self::hash(*id);
+        let removed = {
+            let mut shard = self.shard(h).write();
+            shard
+                .find_entry(h, |c| c.id == *id)
+                .ok()
+                .map(|e| e.remove().0)
+        };
+        // The core (maybe its last reference) goes after the shard's lock, as DashMap's
+        // remove hands it back.
+        drop(removed);
+    }
 }
 
 /// One file's (or the block device's) page cache.
@@ -48,6 +143,11 @@ pub struct AddressSpace {
     cache: Arc<PageCache>,
     core: Arc<MappingCore>,
     aops: Arc<dyn AddressSpaceOps>,
+    /// On its flusher's dirty list (see [`AddressSpace::on_dirty_list`]). Here rather than in a
+    /// per-inode object of the writeback layer: the mapping's allocation has room for it (same
+    /// malloc size class), and a file then needs no separate list-place allocation. A std
+    /// atomic: the flusher's bookkeeping, which the mm models never exercise.
+    on_dirty_list: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -64,14 +164,21 @@ impl AddressSpace {
             id,
             i_pages: Mutex::new(XArray::default()),
             errors: AtomicU32::new(0),
-            writeback_index: unchecked::AtomicU64::new(0),
+            writeback_index: unchecked::AtomicU32::new(0),
         });
         cache.mappings.insert(id, Arc::clone(&core));
         AddressSpace {
             cache: Arc::clone(cache),
             core,
             aops,
+            on_dirty_list: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the inode is on its flusher's dirty list (I_DIRTY_PAGES list membership); the
+    /// writeback layer sets and clears it (see `crate::fs::fs_writeback`).
+    pub fn on_dirty_list(&self) -> &std::sync::atomic::AtomicBool {
+        &self.on_dirty_list
     }
 
     /// The mapping id frames record as their owner.
@@ -115,14 +222,15 @@ impl AddressSpace {
 
     /// Where range-cyclic writeback resumes.
     pub fn writeback_index(&self) -> u64 {
-        self.core.writeback_index.load(unchecked::Ordering::Relaxed)
+        u64::from(self.core.writeback_index.load(unchecked::Ordering::Relaxed))
     }
 
     pub(crate) fn set_writeback_index(&self, idx: u64) {
         // Relaxed: a resume hint; two flushers racing on it only change where one starts.
-        self.core
-            .writeback_index
-            .store(idx, unchecked::Ordering::Relaxed);
+        self.core.writeback_index.store(
+            u32::try_from(idx).unwrap_or(u32::MAX),
+            unchecked::Ordering::Relaxed,
+        );
     }
 }
 

@@ -57,7 +57,7 @@ pub use stats::StatsSnapshot;
 pub use writeback::{BackgroundWriteback, SyncMode, WritebackControl};
 
 use crate::bug::{BugReporter, OnBug};
-use crate::mm::filemap::MappingCore;
+use crate::mm::filemap::MappingTable;
 use crate::mm::flags::FlagLayout;
 use crate::mm::history::{FlagPack, History};
 use crate::mm::page::Frame;
@@ -156,7 +156,7 @@ pub struct PageCache {
     /// Allocators waiting for reclaim to free a frame.
     pub(crate) throttle: Throttle,
     pub(crate) waitq: WaitTable,
-    pub(crate) mappings: dashmap::DashMap<u64, Arc<MappingCore>>,
+    pub(crate) mappings: MappingTable,
     next_mapping: unchecked::AtomicU64,
     bug: BugReporter,
     pub(crate) stats: Stats,
@@ -219,7 +219,7 @@ impl PageCache {
             frames,
             free: Mutex::new(free),
             waitq: WaitTable::new(),
-            mappings: dashmap::DashMap::new(),
+            mappings: MappingTable::default(),
             next_mapping: unchecked::AtomicU64::new(1),
             bug: BugReporter::new(cfg.on_bug),
             stats: Stats::default(),

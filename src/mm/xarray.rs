@@ -37,6 +37,72 @@ struct Node {
     marks: [u64; 3],
 }
 
+impl Node {
+    fn empty() -> Node {
+        Node {
+            slot: [0; NODE_SLOTS as usize],
+            present: 0,
+            marks: [0; 3],
+        }
+    }
+
+    /// The entry in slot `b` as a [`Repr::One`] of index `(id << NODE_SHIFT) + b`.
+    fn lone(&self, id: u64, b: u32) -> Repr {
+        let marks = (0..3).fold(0u8, |acc, m| acc | (((self.marks[m] >> b) & 1) as u8) << m);
+        Repr::One {
+            index: (id << NODE_SHIFT) + u64::from(b),
+            pfn: self.slot[b as usize],
+            marks,
+        }
+    }
+}
+
+/// The bits of node `id` that fall in `[start, last]` (inclusive); the caller has checked
+/// that the node overlaps it.
+fn node_span(id: u64, start: u64, last: u64) -> u64 {
+    let lo = if id == start >> NODE_SHIFT {
+        start & NODE_MASK
+    } else {
+        0
+    };
+    let hi = if id == last >> NODE_SHIFT {
+        last & NODE_MASK
+    } else {
+        NODE_MASK
+    };
+    span(lo, hi)
+}
+
+/// Appends the entries of node `id` in `[start, last]` whose bit is set in `bits` to `out`,
+/// until it holds `max`; true once it does.
+fn scan_node(
+    id: u64,
+    node: &Node,
+    bits: u64,
+    (start, last): (u64, u64),
+    max: usize,
+    out: &mut Vec<(u64, u32)>,
+) -> bool {
+    if out.len() >= max {
+        return true;
+    }
+    let mut bits = bits & node_span(id, start, last);
+    while bits != 0 {
+        let b = u64::from(bits.trailing_zeros());
+        out.push(((id << NODE_SHIFT) + b, node.slot[b as usize]));
+        if out.len() == max {
+            return true;
+        }
+        bits &= bits - 1;
+    }
+    false
+}
+
+/// Whether node `id` holds indexes in `[start, last]`.
+fn node_in(id: u64, start: u64, last: u64) -> bool {
+    start <= last && (start >> NODE_SHIFT..=last >> NODE_SHIFT).contains(&id)
+}
+
 /// An index -> frame map with marks.
 ///
 /// Empty, it holds nothing on the heap: every file the mount knows has a mapping, and most have
@@ -57,8 +123,19 @@ enum Repr {
     Empty,
     /// A single entry, its marks as bits (1 << [`Mark`]).
     One { index: u64, pfn: u32, marks: u8 },
-    /// Two or more entries.
+    /// Two or more entries, all in one node: every file of 2 to 64 pages. The node alone,
+    /// without the hash table and ordered sets of [`Repr::Many`] (~350 bytes of every such
+    /// file's mapping). Boxed with its id so the head stays two words.
+    Single(Box<SingleNode>),
+    /// Entries in more than one node (or left in one by removals).
     Many(Box<Inner>),
+}
+
+/// The node of a [`Repr::Single`] and its id.
+#[derive(Debug)]
+struct SingleNode {
+    id: u64,
+    node: Node,
 }
 
 /// The nodes and mark sets of an [`XArray`] with two or more entries.
@@ -88,6 +165,7 @@ impl XArray {
         match &self.repr {
             Repr::Empty => 0,
             Repr::One { .. } => 1,
+            Repr::Single(s) => s.node.present.count_ones() as usize,
             Repr::Many(i) => i.len,
         }
     }
@@ -103,12 +181,18 @@ impl XArray {
         match &self.repr {
             Repr::Empty => None,
             Repr::One { index: i, pfn, .. } => (*i == index).then_some(*pfn),
+            Repr::Single(s) => {
+                let bit = 1u64 << (index & NODE_MASK);
+                (index >> NODE_SHIFT == s.id && s.node.present & bit != 0)
+                    .then(|| s.node.slot[(index & NODE_MASK) as usize])
+            }
             Repr::Many(inner) => inner.get(index),
         }
     }
 
     /// Store `pfn` at `index` if the slot is empty; false if it was taken.
     pub fn insert(&mut self, index: u64, pfn: u32) -> bool {
+        let (id, b) = (index >> NODE_SHIFT, index & NODE_MASK);
         match &mut self.repr {
             Repr::Empty => {
                 self.repr = Repr::One {
@@ -123,8 +207,27 @@ impl XArray {
                 index: i,
                 pfn: p,
                 marks,
+            } if *i >> NODE_SHIFT == id => {
+                // A second entry in the same node: the two share one, marks and all.
+                let mut node = Node::empty();
+                let ob = *i & NODE_MASK;
+                node.present = (1 << ob) | (1 << b);
+                node.slot[ob as usize] = *p;
+                node.slot[b as usize] = pfn;
+                for (m, bits) in node.marks.iter_mut().enumerate() {
+                    if *marks & (1 << m) != 0 {
+                        *bits = 1 << ob;
+                    }
+                }
+                self.repr = Repr::Single(Box::new(SingleNode { id, node }));
+                true
+            }
+            Repr::One {
+                index: i,
+                pfn: p,
+                marks,
             } => {
-                // A second entry: the lone one moves into nodes, marks and all.
+                // A second entry elsewhere: the lone one moves into nodes, marks and all.
                 let mut inner = Box::<Inner>::default();
                 inner.insert(*i, *p);
                 for m in [Mark::Dirty, Mark::Writeback, Mark::Towrite] {
@@ -132,6 +235,27 @@ impl XArray {
                         inner.set_mark(*i, *p, m, true);
                     }
                 }
+                inner.insert(index, pfn);
+                self.repr = Repr::Many(inner);
+                true
+            }
+            Repr::Single(s) if s.id == id => {
+                let bit = 1u64 << b;
+                if s.node.present & bit != 0 {
+                    return false;
+                }
+                s.node.present |= bit;
+                s.node.slot[b as usize] = pfn;
+                true
+            }
+            Repr::Single(_) => {
+                // An entry in another node: the node joins the general form.
+                let Repr::Single(s) = std::mem::take(&mut self.repr) else {
+                    return false;
+                };
+                let SingleNode { id: sid, node } = *s;
+                let mut inner = Box::<Inner>::default();
+                inner.adopt(sid, Box::new(node));
                 inner.insert(index, pfn);
                 self.repr = Repr::Many(inner);
                 true
@@ -151,6 +275,23 @@ impl XArray {
                     return false;
                 }
                 self.repr = Repr::Empty;
+                true
+            }
+            Repr::Single(s) => {
+                let (id, bit) = (index >> NODE_SHIFT, 1u64 << (index & NODE_MASK));
+                let n = &mut s.node;
+                if id != s.id || n.present & bit == 0 || n.slot[(index & NODE_MASK) as usize] != pfn
+                {
+                    return false;
+                }
+                n.present &= !bit;
+                for marks in &mut n.marks {
+                    *marks &= !bit;
+                }
+                // Down to one entry: back into the head.
+                if n.present.count_ones() == 1 {
+                    self.repr = n.lone(s.id, n.present.trailing_zeros());
+                }
                 true
             }
             Repr::Many(inner) => {
@@ -183,6 +324,17 @@ impl XArray {
                     *marks = if on { *marks | bit } else { *marks & !bit };
                 }
             }
+            Repr::Single(s) => {
+                let bit = 1u64 << (index & NODE_MASK);
+                let n = &mut s.node;
+                if index >> NODE_SHIFT == s.id
+                    && n.present & bit != 0
+                    && n.slot[(index & NODE_MASK) as usize] == pfn
+                {
+                    let m = &mut n.marks[mark as usize];
+                    *m = if on { *m | bit } else { *m & !bit };
+                }
+            }
             Repr::Many(inner) => inner.set_mark(index, pfn, mark, on),
         }
     }
@@ -192,6 +344,7 @@ impl XArray {
         match &self.repr {
             Repr::Empty => false,
             Repr::One { marks, .. } => marks & (1 << mark as u8) != 0,
+            Repr::Single(s) => s.node.marks[mark as usize] != 0,
             Repr::Many(i) => !i.marked[mark as usize].is_empty(),
         }
     }
@@ -209,6 +362,14 @@ impl XArray {
                     Vec::new()
                 }
             }
+            Repr::Single(s) => {
+                let mut out = Vec::new();
+                if node_in(s.id, start, end) {
+                    let bits = s.node.marks[mark as usize];
+                    scan_node(s.id, &s.node, bits, (start, end), max, &mut out);
+                }
+                out
+            }
             Repr::Many(i) => i.find_marked(mark, start, end, max),
         }
     }
@@ -224,6 +385,14 @@ impl XArray {
                     Vec::new()
                 }
             }
+            Repr::Single(s) => {
+                let mut out = Vec::new();
+                if start < end && node_in(s.id, start, end - 1) {
+                    let bits = s.node.present;
+                    scan_node(s.id, &s.node, bits, (start, end - 1), max, &mut out);
+                }
+                out
+            }
             Repr::Many(i) => i.find_range(start, end, max),
         }
     }
@@ -235,6 +404,12 @@ impl XArray {
             Repr::One { index, marks, .. } => {
                 if *marks & (1 << from as u8) != 0 && (start..=end).contains(index) {
                     *marks |= 1 << to as u8;
+                }
+            }
+            Repr::Single(s) => {
+                if node_in(s.id, start, end) {
+                    let n = &mut s.node;
+                    n.marks[to as usize] |= n.marks[from as usize] & node_span(s.id, start, end);
                 }
             }
             Repr::Many(inner) => inner.copy_mark(from, to, start, end),
@@ -257,13 +432,19 @@ impl Inner {
         let Some((&id, node)) = self.nodes.iter().next() else {
             return Repr::Empty;
         };
-        let b = node.present.trailing_zeros();
-        let marks = (0..3).fold(0u8, |acc, m| acc | (((node.marks[m] >> b) & 1) as u8) << m);
-        Repr::One {
-            index: (id << NODE_SHIFT) + u64::from(b),
-            pfn: node.slot[b as usize],
-            marks,
+        node.lone(id, node.present.trailing_zeros())
+    }
+
+    /// Takes in node `id` (of a [`Repr::Single`]), entries and marks, into an empty map.
+    fn adopt(&mut self, id: u64, node: Box<Node>) {
+        self.len += node.present.count_ones() as usize;
+        for (m, set) in self.marked.iter_mut().enumerate() {
+            if node.marks[m] != 0 {
+                set.insert(id);
+            }
         }
+        self.order.insert(id);
+        self.nodes.insert(id, node);
     }
 
     /// Takes node `id` out of mark `m`'s set; an emptied set gives its node back (a std
@@ -283,13 +464,10 @@ impl Inner {
 
     fn insert(&mut self, index: u64, pfn: u32) -> bool {
         let id = index >> NODE_SHIFT;
-        let node = self.nodes.entry(id).or_insert_with(|| {
-            Box::new(Node {
-                slot: [0; NODE_SLOTS as usize],
-                present: 0,
-                marks: [0; 3],
-            })
-        });
+        let node = self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| Box::new(Node::empty()));
         let bit = 1u64 << (index & NODE_MASK);
         if node.present & bit != 0 {
             return false;
@@ -381,24 +559,8 @@ impl Inner {
         }
         for &id in ids.range(start >> NODE_SHIFT..=last >> NODE_SHIFT) {
             let node = &self.nodes[&id];
-            let lo = if id == start >> NODE_SHIFT {
-                start & NODE_MASK
-            } else {
-                0
-            };
-            let hi = if id == last >> NODE_SHIFT {
-                last & NODE_MASK
-            } else {
-                NODE_MASK
-            };
-            let mut bits = bits_of(node) & span(lo, hi);
-            while bits != 0 {
-                let b = u64::from(bits.trailing_zeros());
-                out.push(((id << NODE_SHIFT) + b, node.slot[b as usize]));
-                if out.len() == max {
-                    return out;
-                }
-                bits &= bits - 1;
+            if scan_node(id, node, bits_of(node), (start, last), max, &mut out) {
+                break;
             }
         }
         out
@@ -417,17 +579,7 @@ impl Inner {
             let Some(node) = self.nodes.get_mut(&id) else {
                 continue;
             };
-            let lo = if id == start >> NODE_SHIFT {
-                start & NODE_MASK
-            } else {
-                0
-            };
-            let hi = if id == end >> NODE_SHIFT {
-                end & NODE_MASK
-            } else {
-                NODE_MASK
-            };
-            let add = node.marks[f] & span(lo, hi);
+            let add = node.marks[f] & node_span(id, start, end);
             if add != 0 {
                 if node.marks[t] == 0 {
                     self.marked[t].insert(id);
@@ -541,9 +693,9 @@ mod tests {
                 m.find_range(0, 8, 0).is_empty() && m.find_marked(Mark::Dirty, 0, 8, 0).is_empty()
             );
         }
-        // A second entry moves the first into nodes with both its marks.
+        // A second entry in the same node moves the first into a lone node with its marks.
         assert!(x.insert(5, 50));
-        assert!(matches!(x.repr, Repr::Many(_)));
+        assert!(matches!(x.repr, Repr::Single(_)));
         assert_eq!(x.marked_indexes(Mark::Dirty), vec![3]);
         assert_eq!(x.marked_indexes(Mark::Towrite), vec![3]);
         assert_eq!(x.find_range(0, 8, 10), vec![(3, 30), (5, 50)]);
@@ -564,6 +716,59 @@ mod tests {
         assert!(!x.marked(Mark::Writeback));
         assert!(!x.remove(6, 50) && x.remove(5, 50));
         assert!(matches!(x.repr, Repr::Empty) && x.find_range(0, u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn one_node_maps_answer_as_the_general_form_and_move_into_it() {
+        // x stays in node 0 (a lone node); y has held an entry in another node, so it is in
+        // the general form; the same history must give the same answers.
+        let mut x = XArray::default();
+        let mut y = XArray::default();
+        assert!(y.insert(900, 9));
+        for m in [&mut x, &mut y] {
+            for i in [1u64, 2, 4, 6, 7] {
+                assert!(m.insert(i, i as u32 * 10));
+            }
+            assert!(!m.insert(4, 41), "slot taken");
+            m.set_mark(2, 20, Mark::Dirty, true);
+            m.set_mark(6, 60, Mark::Dirty, true);
+            m.set_mark(7, 71, Mark::Dirty, true); // wrong frame: ignored
+            m.copy_mark(Mark::Dirty, Mark::Towrite, 3, 8);
+            m.set_mark(4, 40, Mark::Writeback, true);
+            assert!(!m.remove(1, 11) && m.remove(1, 10));
+        }
+        assert!(matches!(x.repr, Repr::Single(_)));
+        assert!(y.remove(900, 9));
+        assert!(matches!(y.repr, Repr::Many(_)));
+        assert_eq!(answers(&x), answers(&y));
+        assert_eq!(x.marked_indexes(Mark::Towrite), vec![6]);
+        assert_eq!(
+            x.find_range(3, 7, 2),
+            vec![(4, 40), (6, 60)],
+            "max honoured"
+        );
+        assert!(x.find_marked(Mark::Dirty, 0, 8, 0).is_empty() && y.find_range(0, 8, 0).is_empty());
+        // An entry in another node: the node moves into the general form, marks and all.
+        assert!(x.insert(700, 70));
+        assert!(matches!(x.repr, Repr::Many(_)));
+        assert_eq!(x.marked_indexes(Mark::Dirty), vec![2, 6]);
+        assert_eq!(x.marked_indexes(Mark::Writeback), vec![4]);
+        assert_eq!(x.get(700), Some(70));
+        assert!(x.remove(700, 70));
+        assert_eq!(answers(&x), answers(&y));
+        // Removals down to one entry go back into the head, keeping its marks.
+        let mut z = XArray::default();
+        assert!(z.insert(10, 1) && z.insert(11, 2));
+        z.set_mark(11, 2, Mark::Dirty, true);
+        assert!(z.remove(10, 1));
+        assert!(matches!(
+            z.repr,
+            Repr::One {
+                index: 11,
+                pfn: 2,
+                marks: 1
+            }
+        ));
     }
 
     #[test]

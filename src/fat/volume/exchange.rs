@@ -163,8 +163,9 @@ impl Volume {
             }
             return Err(e);
         }
-        nodes.detach(a.node.ino);
-        nodes.detach(b.node.ino);
+        // Both out before either goes in: each takes the other's i_pos.
+        nodes.detach(&a.node);
+        nodes.detach(&b.node);
         nodes.attach(&a.node, b.pos);
         nodes.attach(&b.node, a.pos);
         Ok(())
