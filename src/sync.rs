@@ -113,7 +113,7 @@ pub(crate) mod unchecked {
     pub(crate) use parking_lot::MutexGuard;
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
     pub(crate) use parking_lot::{MappedRwLockWriteGuard, RwLockWriteGuard};
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 }
 
 /// A small number naming the calling thread in event histories and reports.

@@ -129,10 +129,10 @@ pub fn mark_mapping_dirty(bdi: &Weak<Bdi>, mapping: &Weak<AddressSpace>) {
         return;
     };
     let listed = m.on_dirty_list();
-    if listed.load(std::sync::atomic::Ordering::SeqCst) {
+    if listed.load(Ordering::SeqCst) {
         return;
     }
-    if listed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if listed.swap(true, Ordering::SeqCst) {
         return;
     }
     // No flusher (read-only use, or the mount is going away): nothing to queue, and the
@@ -387,9 +387,7 @@ impl Bdi {
             return;
         };
         // Off the list before looking at the tags: see the module doc.
-        mapping
-            .on_dirty_list()
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        mapping.on_dirty_list().store(false, Ordering::SeqCst);
         let mut wbc = WritebackControl::background(MAX_WRITEBACK_PAGES);
         let r = do_writepages(&mapping, &mut wbc);
         let written = MAX_WRITEBACK_PAGES - wbc.nr_to_write.max(0);
@@ -402,11 +400,7 @@ impl Bdi {
             // moves on as the kernel's does.
             log::debug!("writeback: background writeback failed: {e}");
         }
-        if mapping.tagged(Tag::Dirty)
-            && !mapping
-                .on_dirty_list()
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if mapping.tagged(Tag::Dirty) && !mapping.on_dirty_list().swap(true, Ordering::SeqCst) {
             // Still dirty: out of budget keeps its age (requeue_io); redirtied under
             // writeback, or pages skipped because they were under writeback, go to the
             // tail with a fresh age (redirty_tail).

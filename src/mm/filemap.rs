@@ -145,9 +145,9 @@ pub struct AddressSpace {
     aops: Arc<dyn AddressSpaceOps>,
     /// On its flusher's dirty list (see [`AddressSpace::on_dirty_list`]). Here rather than in a
     /// per-inode object of the writeback layer: the mapping's allocation has room for it (same
-    /// malloc size class), and a file then needs no separate list-place allocation. A std
-    /// atomic: the flusher's bookkeeping, which the mm models never exercise.
-    on_dirty_list: std::sync::atomic::AtomicBool,
+    /// malloc size class), and a file then needs no separate list-place allocation. Unchecked:
+    /// the flusher's bookkeeping, which the mm models never exercise.
+    on_dirty_list: unchecked::AtomicBool,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -171,13 +171,13 @@ impl AddressSpace {
             cache: Arc::clone(cache),
             core,
             aops,
-            on_dirty_list: std::sync::atomic::AtomicBool::new(false),
+            on_dirty_list: unchecked::AtomicBool::new(false),
         }
     }
 
     /// Whether the inode is on its flusher's dirty list (I_DIRTY_PAGES list membership); the
-    /// writeback layer sets and clears it (see `crate::fs::fs_writeback`).
-    pub fn on_dirty_list(&self) -> &std::sync::atomic::AtomicBool {
+    /// writeback layer above sets and clears it.
+    pub fn on_dirty_list(&self) -> &unchecked::AtomicBool {
         &self.on_dirty_list
     }
 
