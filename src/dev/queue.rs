@@ -379,7 +379,8 @@ impl IoQueue {
         st.queue.len() + st.in_flight
     }
 
-    /// Requests completed so far.
+    /// Requests completed so far, each counted once its end_io has returned: a thread that its
+    /// end_io woke (an unlocked page) may not see it counted yet; [`IoQueue::drain`] first.
     pub fn completed(&self) -> u64 {
         self.shared.completed.load(Ordering::Relaxed)
     }

@@ -1222,6 +1222,9 @@ mod tests {
         block_read_full_page(&**ino.data(), &f.cache, &page).expect("readpage");
         lock_page(page.page());
         assert!(page.uptodate());
+        // A request is counted complete after its end_io returns, and the last end_io's unlock
+        // is what let us in: wait for the completions to finish before counting them.
+        f.queue.drain();
         assert_eq!(f.queue.completed(), 3, "one bio per contiguous extent");
         let got = page.with_data(|d| d.to_vec());
         unlock_page(page.page());
@@ -1370,6 +1373,9 @@ mod tests {
                 "round {round}"
             );
             unlock_page(page.page());
+            // Counted after its end_io, whose unlock let read_page_locked in: see
+            // readpage_gathers_the_extents_of_a_page_and_zeroes_the_tail.
+            f.queue.drain();
             assert_eq!(f.queue.completed(), 1, "one read, round {round}");
         }
     }
@@ -1456,6 +1462,8 @@ mod tests {
         unlock_page(page.page());
         assert!(got[..100].iter().all(|b| *b == 9), "inside the size");
         assert!(got[100..].iter().all(|b| *b == 0), "zeroed past the size");
+        // Counted after their end_io: see readpage_gathers_the_extents_of_a_page_and_zeroes_the_tail.
+        f.queue.drain();
         assert_eq!(f.queue.completed(), 2, "one bio per page");
     }
 }
