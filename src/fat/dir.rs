@@ -179,6 +179,12 @@ impl Directory {
         self.slot_at(offset)
     }
 
+    /// Whether a live file/dir entry is named `name` (as [`Directory::lookup`], without building
+    /// the slot).
+    pub fn contains(&self, name: &str) -> bool {
+        self.lookup_offset(name).is_some()
+    }
+
     /// The offset of the live file/dir entry named `name`.
     fn lookup_offset(&self, name: &str) -> Option<usize> {
         let slots = &self.slots;
@@ -268,7 +274,7 @@ impl Directory {
         name: &str,
         template: &DirEntry,
     ) -> Result<Slot, FsError> {
-        if self.lookup_offset(name).is_some() {
+        if self.contains(name) {
             return Err(FsError::Exists);
         }
         let (index, slots) = (&self.index, &self.slots);

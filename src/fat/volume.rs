@@ -907,13 +907,13 @@ impl Volume {
 
     fn lookup_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
         let d = dir.dir()?;
-        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?;
         self.node_for(dir, &d, &slot)
     }
 
     fn child_at_inner(&self, dir: &Node, offset: usize) -> Result<Arc<Node>, FsError> {
         let d = dir.dir()?;
-        let slot = d.slot_at(offset).ok_or(FsError::NotFound)?.clone();
+        let slot = d.slot_at(offset).ok_or(FsError::NotFound)?;
         if slot.kind != SlotKind::Entry {
             return Err(FsError::NotFound);
         }
@@ -1192,7 +1192,7 @@ impl Volume {
     fn create_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
         self.check_writable()?;
         let mut d = dir.live_dir()?;
-        if d.lookup(name).is_some() {
+        if d.contains(name) {
             return Err(FsError::Exists);
         }
         let template = DirEntry::stamped(ATTR_ARCH, self.now_stamp());
@@ -1207,7 +1207,7 @@ impl Volume {
     fn mkdir_inner(&self, dir: &Node, name: &str) -> Result<Arc<Node>, FsError> {
         self.check_writable()?;
         let mut d = dir.live_dir()?;
-        if d.lookup(name).is_some() {
+        if d.contains(name) {
             return Err(FsError::Exists);
         }
         // A bad name fails before a cluster is spent on it.
@@ -1235,7 +1235,7 @@ impl Volume {
     fn unlink_inner(&self, dir: &Node, name: &str) -> Result<(), FsError> {
         self.check_writable()?;
         let mut d = dir.dir()?;
-        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?;
         if slot.entry.is_dir() {
             return Err(FsError::IsDir);
         }
@@ -1253,7 +1253,7 @@ impl Volume {
     fn rmdir_inner(&self, dir: &Node, name: &str) -> Result<(), FsError> {
         self.check_writable()?;
         let mut d = dir.dir()?;
-        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?;
         if !slot.entry.is_dir() {
             return Err(FsError::NotDir);
         }
@@ -1324,7 +1324,7 @@ impl Volume {
         let _serial = self.rename_lock.lock();
         let same = old_dir.ino == new_dir.ino;
         let (mut od, mut nd) = self.lock_parents(old_dir, new_dir)?;
-        let oslot = od.lookup(old_name).ok_or(FsError::NotFound)?.clone();
+        let oslot = od.lookup(old_name).ok_or(FsError::NotFound)?;
         let node = self.node_for(old_dir, &od, &oslot)?;
         if node.is_dir() && (node.ino == new_dir.ino || self.is_ancestor(node.ino, new_dir.ino)) {
             // A directory cannot move into itself.

@@ -131,7 +131,7 @@ impl Volume {
     /// The node `name` names in `dir` (locked in `parents`), with where its entry is.
     fn side(&self, dir: &Node, parents: &mut Parents<'_>, name: &str) -> Result<Side, FsError> {
         let d = parents.dir(dir.ino);
-        let slot = d.lookup(name).ok_or(FsError::NotFound)?.clone();
+        let slot = d.lookup(name).ok_or(FsError::NotFound)?;
         let pos = Pos {
             parent: dir.ino,
             offset: slot.offset,
