@@ -45,6 +45,16 @@ pub enum BioOp {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// Write each `(offset, data)` part in turn, each on the device before the next starts,
+    /// as one request: a process killed meanwhile leaves a prefix of the parts written.
+    /// `end_io` gets the first error, and the parts after a failed one are not written.
+    /// Never merged with its neighbours. This is fatcache's, not the block layer's: the
+    /// ordered metadata write uses it for blocks that must land in a given order, paying one
+    /// trip through the queue instead of one per step.
+    WriteChain {
+        /// The parts, in the order they are written.
+        parts: Vec<(u64, Vec<u8>)>,
+    },
     /// Make completed writes durable.
     Flush,
 }
@@ -153,7 +163,7 @@ thread_local! {
 
 /// Whether a bio is a write (what [`MAX_WRITES`] counts).
 fn is_write(bio: &Bio) -> bool {
-    matches!(bio.op, BioOp::Write { .. })
+    matches!(bio.op, BioOp::Write { .. } | BioOp::WriteChain { .. })
 }
 
 /// An active plug on the current thread; dropping it queues the held writes (blk_finish_plug).
@@ -481,12 +491,12 @@ fn extent(op: &BioOp) -> Option<(bool, u64, usize)> {
         BioOp::Read { offset, len } => Some((false, *offset, *len)),
         BioOp::ReadInto { offset, buf } => Some((false, *offset, buf.len())),
         BioOp::Write { offset, data } => Some((true, *offset, data.len())),
-        BioOp::Flush => None,
+        BioOp::WriteChain { .. } | BioOp::Flush => None,
     }
 }
 
 /// `first` and the requests at the head of `queue` that continue it on the device in the same
-/// direction (a back merge), within the merge limits. A flush never merges, and nothing
+/// direction (a back merge), within the merge limits. A flush or a chain never merges, and nothing
 /// queued behind a request that does not continue the run is taken, so the order of
 /// overlapping writes is kept.
 fn take_merges(queue: &mut VecDeque<Bio>, first: Bio) -> Vec<Bio> {
@@ -528,6 +538,14 @@ fn carry_out(s: &Shared, op: &BioOp) -> Result<Vec<u8>, FsError> {
             s.bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             s.dev.write_at(*offset, data).map(|()| Vec::new())
+        }
+        BioOp::WriteChain { parts } => {
+            for (offset, data) in parts {
+                s.dev.write_at(*offset, data)?;
+                s.bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Vec::new())
         }
         BioOp::Flush => s.dev.flush().map(|()| Vec::new()),
     }

@@ -3,6 +3,8 @@
 //! FAT sectors are read and written through [`Bdev`], so they are cached, dirtied and written
 //! back like any other page, in the cache's era.
 
+use std::ops::Range;
+
 use crate::error::FsError;
 use crate::fat::table::FatStore;
 use crate::fs::bdev::Bdev;
@@ -23,6 +25,10 @@ impl FatStore for Bdev {
 
     fn barrier(&self) -> Result<(), FsError> {
         Bdev::write_ordered(self)
+    }
+
+    fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
+        Bdev::order_writes(self, first, then)
     }
 
     fn write_epoch(&self) -> u64 {
@@ -51,6 +57,10 @@ impl<T: FatStore + ?Sized> FatStore for Arc<T> {
 
     fn barrier(&self) -> Result<(), FsError> {
         T::barrier(self)
+    }
+
+    fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
+        T::order_writes(self, first, then)
     }
 
     fn write_epoch(&self) -> u64 {

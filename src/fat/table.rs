@@ -32,6 +32,12 @@
 //! * A freed cluster is not handed out again until the FAT change that freed it is on the
 //!   disk (see [`Held`]); the kernel reuses it at once and relies on the buffer cache
 //!   writing the FAT sectors before a crash can matter.
+//! * A link into new clusters lands no earlier than the new clusters' entries, and the
+//!   freeing of a cut-off tail no earlier than the kept part's new end, even when they lie
+//!   in different blocks ([`FatStore::order_writes`]; a barrier when the store cannot
+//!   promise it). A metadata write sends its FAT blocks all at once, so the order of the
+//!   changes in the cache alone says nothing about what a kill lands. The kernel orders
+//!   them in the cache only.
 
 use std::fmt;
 use std::ops::Range;
@@ -64,10 +70,18 @@ pub trait FatStore: Send + Sync {
     /// (clean_bdev_aliases). Nothing to do for a store without a write-back cache.
     fn clean_aliases(&self, _offset: u64, _len: u64) {}
     /// Puts every change written so far on the disk, in its crash-safe order, before the
-    /// caller frees clusters: the entries that stop naming them must land before the FAT
-    /// says they are free. Nothing to do for a store without a write-back cache.
+    /// caller makes a change that must not land without them: the entries that stop naming
+    /// clusters before the FAT says they are free; a change [`FatStore::order_writes`]
+    /// could not order. Nothing to do for a store without a write-back cache.
     fn barrier(&self) -> Result<(), FsError> {
         Ok(())
+    }
+    /// Promises that bytes `first`, as written so far, reach the disk no later than changes
+    /// to bytes `then` written after this call; false when the store cannot promise it
+    /// (then the caller takes a [`FatStore::barrier`] in between). A store without a
+    /// write-back cache lands writes in the order they are made: true.
+    fn order_writes(&self, _first: Range<u64>, _then: Range<u64>) -> bool {
+        true
     }
     /// How many crash-safe metadata writes have started so far; every change written before
     /// this call is on the disk once [`FatStore::durable_epoch`] exceeds the value. A store
@@ -665,12 +679,16 @@ impl<S: FatStore> FatTable<S> {
     /// Allocates `count` clusters and links them after `last`, the end of an existing chain;
     /// returns the new clusters. Nothing changes on `NoSpace`.
     ///
+    /// The new clusters' entries land on the disk no later than the link to them (see
+    /// [`FatTable::order_entries`]): otherwise a kill could leave the file's chain running
+    /// into clusters free on the disk. A crash in between leaks the new clusters instead.
+    ///
     /// Models: fs/fat/misc.c fat_chain_add() (v5.10), the allocation done first.
     pub fn extend(&self, last: u32, count: u32) -> Result<Vec<u32>, FsError> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        self.with_barriers(&mut |st| {
+        let (new, ordered) = self.with_barriers(&mut |st| {
             let tail = self.get(last)?;
             if tail != FatEntry::Eoc {
                 return corrupt("extending a chain from its middle", last, tail);
@@ -678,16 +696,68 @@ impl<S: FatStore> FatTable<S> {
             let Some(new) = self.alloc_locked(st, count, Some(last))? else {
                 return Ok(None);
             };
-            if let Err(e) = self.put_entry(st, last, new[0]) {
-                // Only a failed mirror leaves the primary FAT linked; then the clusters are
-                // used.
-                if self.get(last).ok() != Some(FatEntry::Next(new[0])) {
-                    self.release(st, &new);
-                }
+            if !self.order_entries(&new, &[last]) {
+                return Ok(Some((new, false)));
+            }
+            self.link(st, last, &new)?;
+            Ok(Some((new, true)))
+        })?;
+        if !ordered {
+            // Outside fat_lock, as in with_barriers. The caller's lock on the chain keeps
+            // `last` its end meanwhile; the new clusters are allocated, so nobody takes them.
+            if let Err(e) = self.store.barrier() {
+                self.release(&mut self.fat_lock.lock(), &new);
                 return Err(e);
             }
-            Ok(Some(new))
-        })
+            self.link(&mut self.fat_lock.lock(), last, &new)?;
+        }
+        Ok(new)
+    }
+
+    /// Points `last`, a chain's end, at `new`, the chain just allocated for it; on failure
+    /// the new clusters are freed again unless the primary FAT has the link.
+    fn link(&self, st: &mut AllocState, last: u32, new: &[u32]) -> Result<(), FsError> {
+        if let Err(e) = self.put_entry(st, last, new[0]) {
+            // Only a failed mirror leaves the primary FAT linked; then the clusters are used.
+            if self.get(last).ok() != Some(FatEntry::Next(new[0])) {
+                self.release(st, new);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Asks the store to land the entries of `first`, as written so far, no later than the
+    /// changes to the entries of `then` made next, in every FAT written; false when it
+    /// cannot, and then the caller takes a barrier between the two.
+    fn order_entries(&self, first: &[u32], then: &[u32]) -> bool {
+        let (first, then) = (self.entry_ranges(first), self.entry_ranges(then));
+        std::iter::once(self.primary)
+            .chain(self.mirrors.iter().copied())
+            .all(|base| {
+                first.iter().all(|f| {
+                    then.iter().all(|t| {
+                        self.store.order_writes(
+                            base + f.start..base + f.end,
+                            base + t.start..base + t.end,
+                        )
+                    })
+                })
+            })
+    }
+
+    /// The byte ranges, from a FAT's start, of the entries of `clusters`, neighbours merged.
+    fn entry_ranges(&self, clusters: &[u32]) -> Vec<Range<u64>> {
+        let len = self.entry_len() as u64;
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for &c in clusters {
+            let at = self.entry_offset(c);
+            match out.last_mut() {
+                Some(r) if (r.start..=r.end).contains(&at) => r.end = r.end.max(at + len),
+                _ => out.push(at..at + len),
+            }
+        }
+        out
     }
 
     /// Frees the whole chain from `start`, checked first; returns how many were freed.
@@ -708,11 +778,19 @@ impl<S: FatStore> FatTable<S> {
         if keep >= chain.len() {
             return Ok(0);
         }
-        if let Some(&end) = keep.checked_sub(1).and_then(|i| chain.get(i)) {
-            // End the kept part first, so the chain never runs into freed clusters.
-            self.put_entry(&mut st, end, FatEntry::Eoc.to_raw(self.ty))?;
-        }
         let tail = &chain[keep..];
+        if let Some(&end) = keep.checked_sub(1).and_then(|i| chain.get(i)) {
+            // End the kept part first, so the chain never runs into freed clusters: on the
+            // disk too (see FatTable::order_entries).
+            self.put_entry(&mut st, end, FatEntry::Eoc.to_raw(self.ty))?;
+            if !self.order_entries(&[end], tail) {
+                // Outside fat_lock, as in with_barriers; the caller's lock on the chain keeps
+                // the tail, now cut off, from changing meanwhile.
+                drop(st);
+                self.store.barrier()?;
+                st = self.fat_lock.lock();
+            }
+        }
         for &c in tail {
             self.put_entry(&mut st, c, 0)?;
         }
@@ -1118,6 +1196,171 @@ mod tests {
         // Impossible hints are dropped: the count is scanned, the search starts at 2.
         let t = FatTable::new(&bpb, zeroed(&bpb), fsinfo(Some(99_999), Some(1))).expect("t");
         assert_eq!((t.free_count(), t.next_free()), (1000, None));
+    }
+
+    /// A write-back store as the mount's block-device mapping is across a kill: writes dirty
+    /// 512-byte blocks of a cache, and a barrier sends them all at once, so a kill during it
+    /// may land any subset of them that keeps the orders promised by `order_writes` (a block
+    /// ordered after another never lands without it). Every image a kill could leave is kept
+    /// for the test to judge. `promise: false` makes it refuse every order, as a store whose
+    /// recorded orders would form a cycle does.
+    struct KillStore {
+        cache: MemFat,
+        disk: Mutex<Vec<u8>>,
+        dirty: Mutex<std::collections::BTreeSet<u64>>,
+        /// (first, then): block `then` never lands without block `first`.
+        orders: Mutex<Vec<(u64, u64)>>,
+        promise: bool,
+        /// Every image a kill during a barrier so far could have left.
+        seen: Mutex<Vec<Vec<u8>>>,
+        barriers: Mutex<usize>,
+    }
+
+    const BLOCK: u64 = 512;
+
+    impl KillStore {
+        fn new(bytes: Vec<u8>, promise: bool) -> Self {
+            KillStore {
+                cache: MemFat::new(bytes.clone()),
+                disk: Mutex::new(bytes),
+                dirty: Mutex::new(std::collections::BTreeSet::new()),
+                orders: Mutex::new(Vec::new()),
+                promise,
+                seen: Mutex::new(Vec::new()),
+                barriers: Mutex::new(0),
+            }
+        }
+
+        /// The disk with each subset of the dirty blocks that keeps the orders landed from
+        /// the cache.
+        fn kill_images(&self) -> Vec<Vec<u8>> {
+            let cache = self.cache.to_vec();
+            let disk = self.disk.lock().clone();
+            let dirty: Vec<u64> = self.dirty.lock().iter().copied().collect();
+            let orders = self.orders.lock().clone();
+            assert!(dirty.len() < 16, "a few blocks per barrier: {dirty:?}");
+            let landed = |subset: u32, b: u64| {
+                dirty
+                    .iter()
+                    .position(|&d| d == b)
+                    .is_none_or(|i| subset & 1 << i != 0)
+            };
+            (0..1u32 << dirty.len())
+                .filter(|&subset| {
+                    orders
+                        .iter()
+                        .all(|&(first, then)| !landed(subset, then) || landed(subset, first))
+                })
+                .map(|subset| {
+                    let mut img = disk.clone();
+                    for (i, &b) in dirty.iter().enumerate() {
+                        if subset & 1 << i != 0 {
+                            let r = usize::try_from(b * BLOCK).expect("small")
+                                ..usize::try_from((b + 1) * BLOCK).expect("small");
+                            img[r.clone()].copy_from_slice(&cache[r]);
+                        }
+                    }
+                    img
+                })
+                .collect()
+        }
+    }
+
+    impl FatStore for KillStore {
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+            self.cache.read(offset, buf)
+        }
+
+        fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
+            self.cache.write(offset, buf)?;
+            let end = offset + buf.len() as u64;
+            self.dirty
+                .lock()
+                .extend(offset / BLOCK..end.div_ceil(BLOCK));
+            Ok(())
+        }
+
+        fn barrier(&self) -> Result<(), FsError> {
+            let images = self.kill_images();
+            self.seen.lock().extend(images);
+            *self.disk.lock() = self.cache.to_vec();
+            self.dirty.lock().clear();
+            self.orders.lock().clear();
+            *self.barriers.lock() += 1;
+            Ok(())
+        }
+
+        fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
+            let blocks = |r: &Range<u64>| r.start / BLOCK..r.end.div_ceil(BLOCK);
+            let pairs: Vec<(u64, u64)> = blocks(&first)
+                .flat_map(|a| blocks(&then).filter(move |&b| b != a).map(move |b| (a, b)))
+                .collect();
+            // A block is always ordered with itself: it is written whole.
+            if !self.promise && !pairs.is_empty() {
+                return false;
+            }
+            self.orders.lock().extend(pairs);
+            true
+        }
+    }
+
+    /// The chain from `start` of the primary FAT in every image a kill could have left in
+    /// `store` (barriers so far and the writes since): never a free cluster.
+    fn assert_no_kill_reaches_free(bpb: &Bpb, store: &KillStore, start: u32, what: &str) {
+        let mut images = std::mem::take(&mut *store.seen.lock());
+        images.extend(store.kill_images());
+        for (i, img) in images.into_iter().enumerate() {
+            let t = FatTable::new(bpb, MemFat::new(img), None).expect("table");
+            if let Err(e) = t.chain(start) {
+                panic!("{what}: kill image {i}: the chain from {start} is {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_kill_never_leaves_a_chain_running_into_a_free_cluster() {
+        let _ = env_logger::builder().is_test(true).try_init();
+        for promise in [true, false] {
+            // FAT32: 128 entries a block, the entries of clusters 0..=127 in the FAT's first.
+            let bpb = bpb_for(Kind::F32);
+            let t = FatTable::new(&bpb, KillStore::new(zeroed(&bpb).to_vec(), promise), None)
+                .expect("t");
+            assert_eq!(
+                t.alloc(126, None).expect("alloc"),
+                (2..128).collect::<Vec<_>>()
+            );
+            let settle = || {
+                t.store().barrier().expect("durable");
+                t.store().seen.lock().clear();
+                *t.store().barriers.lock() = 0;
+            };
+            settle();
+            // The new clusters' entries lie in the next block, the link in the first.
+            assert_eq!(t.extend(127, 2).expect("extend"), [128, 129]);
+            assert_no_kill_reaches_free(&bpb, t.store(), 2, "extend across blocks");
+            assert_eq!(*t.store().barriers.lock(), usize::from(!promise));
+            settle();
+            // The new end in the first block, the freed entries in the next.
+            assert_eq!(t.truncate_chain(2, 126).expect("truncate"), 2);
+            assert_no_kill_reaches_free(&bpb, t.store(), 2, "truncate across blocks");
+            assert_eq!(t.chain(2).expect("chain"), (2..128).collect::<Vec<_>>());
+            assert_eq!(*t.store().barriers.lock(), usize::from(!promise));
+            settle();
+            // Within one block the write is whole: nothing to order, no barrier.
+            assert_eq!(t.truncate_chain(2, 100).expect("truncate"), 26);
+            assert_eq!(t.extend(101, 3).expect("extend"), [102, 103, 104]);
+            assert_no_kill_reaches_free(&bpb, t.store(), 2, "inside a block");
+            assert_eq!(*t.store().barriers.lock(), 0, "promise: {promise}");
+        }
+    }
+
+    #[test]
+    fn entry_ranges_merge_neighbours_only() {
+        let (_, t) = table(Kind::F32);
+        assert_eq!(t.entry_ranges(&[5, 6, 7, 3, 9]), [20..32, 12..16, 36..40]);
+        let (_, t) = table(Kind::F12);
+        // FAT12 entries overlap by a byte: 4 at 6..8, 5 at 7..9.
+        assert_eq!(t.entry_ranges(&[4, 5, 2]), [6..9, 3..5]);
     }
 
     #[test]

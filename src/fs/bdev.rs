@@ -17,11 +17,13 @@
 //! back would put this page's stale copy of the file's sectors over the file's data, so
 //! writepage writes only the blocks [`Bdev::write`] dirtied.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::dev::{Bio, BioOp, IoQueue};
 use crate::error::FsError;
 use crate::fs::fs_writeback::{Bdi, WbInode};
+use crate::fs::order::BlockOrder;
 use crate::mm::filemap::Tag;
 use crate::mm::filemap::{
     AddressSpace, end_page_writeback, filemap_check_errors, filemap_fdatawait_range,
@@ -66,6 +68,9 @@ pub struct BdevAops {
     ordered_lock: Mutex<()>,
     /// The count of ordered metadata writes (see [`OrderedEpochs`]).
     epochs: Mutex<OrderedEpochs>,
+    /// Orders between dirty blocks that the next ordered metadata write keeps (see
+    /// [`Bdev::order_writes`]). A leaf lock: nothing is taken while it is held.
+    order: Mutex<BlockOrder>,
 }
 
 /// The count of ordered metadata writes, for callers that must know when a change they made
@@ -86,7 +91,7 @@ struct OrderedEpochs {
 }
 
 /// The order in which a metadata write sends dirty blocks, each group waited for before the
-/// next starts.
+/// next starts (and within a phase, the waves of [`BlockOrder::waves`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     /// The boot sector, FSInfo and FAT region: chains before the entries that name them.
@@ -117,6 +122,7 @@ impl BdevAops {
             ordered: false,
             ordered_lock: Mutex::new(()),
             epochs: Mutex::new(OrderedEpochs::default()),
+            order: Mutex::new(BlockOrder::default()),
         }
     }
 
@@ -283,40 +289,73 @@ impl BdevAops {
                 break;
             }
         }
-        let mut parts: Vec<(Phase, u64, Vec<u8>)> = Vec::new();
+        // The blocks copied, and the wave of each under the orders recorded among them.
+        let blocks: rustc_hash::FxHashSet<u64> = runs
+            .iter()
+            .flat_map(|(start, data)| {
+                let first = start / BDEV_BLOCK as u64;
+                first..(start + data.len() as u64).div_ceil(BDEV_BLOCK as u64)
+            })
+            .collect();
+        let waves = self.order.lock().waves(&blocks);
+        let key = |at: u64| {
+            let wave = waves.get(&(at / BDEV_BLOCK as u64)).copied().unwrap_or(0);
+            (self.phase(at), wave)
+        };
+        let mut parts: Vec<((Phase, u32), u64, Vec<u8>)> = Vec::new();
         for (start, data) in runs {
-            // Split the run where the phase changes.
+            // Split the run where the phase or the wave changes (runs start on a block).
             let n = data.len();
             let mut from = 0;
             while from < n {
-                let phase = self.phase(start + from as u64);
+                let k = key(start + from as u64);
                 let mut to = (from + BDEV_BLOCK).min(n);
-                while to < n && self.phase(start + to as u64) == phase {
+                while to < n && key(start + to as u64) == k {
                     to = (to + BDEV_BLOCK).min(n);
                 }
-                parts.push((phase, start + from as u64, data[from..to].to_vec()));
+                parts.push((k, start + from as u64, data[from..to].to_vec()));
                 from = to;
             }
         }
-        for phase in [Phase::Tables, Phase::Entries] {
+        let (tables, entries): (Vec<_>, Vec<_>) =
+            parts.into_iter().partition(|p| p.0.0 == Phase::Tables);
+        for (phase, mut parts) in [(Phase::Tables, tables), (Phase::Entries, entries)] {
             if first.is_err() {
                 // A failed phase stops the later ones: they must not land without it.
                 break;
             }
             let mut waits = Vec::new();
-            for (_, at, data) in parts.iter().filter(|p| p.0 == phase) {
+            let mut submit = |op: BioOp, at: u64| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 self.queue.submit(Bio {
-                    op: BioOp::Write {
-                        offset: *at,
-                        data: data.clone(),
-                    },
+                    op,
                     end_io: Box::new(move |r| {
                         // The receiver waits below; if it is gone nobody is left to tell.
                         let _ = tx.send(r.map(|_| ()));
                     }),
                 });
-                waits.push((*at, rx));
+                waits.push((at, rx));
+            };
+            // Stable: within a wave the parts keep their (ascending) order.
+            parts.sort_by_key(|p| p.0.1);
+            let waves = parts.last().map_or(0, |p| p.0.1) + 1;
+            if waves > 1 {
+                // Blocks ordered among themselves: one chain of writes, wave by wave, instead
+                // of a trip through the queue per wave. The writers of these blocks wait on
+                // their pages for the whole write, behind whatever data the queue holds, so
+                // each trip costs them: a trip per wave (nine per 4 MiB) cost a sequential
+                // write a quarter of its speed.
+                log::debug!(
+                    "bdev: ordered write {number}: {} parts of {phase:?} in {waves} waves",
+                    parts.len()
+                );
+                let at = parts.first().map_or(0, |p| p.1);
+                let parts = parts.into_iter().map(|(_, at, data)| (at, data)).collect();
+                submit(BioOp::WriteChain { parts }, at);
+            } else {
+                for (_, offset, data) in parts {
+                    submit(BioOp::Write { offset, data }, offset);
+                }
             }
             for (at, rx) in waits {
                 let r = match rx.recv_timeout(Duration::from_secs(600)) {
@@ -331,6 +370,9 @@ impl BdevAops {
                 }
             }
         }
+        // Spent even if a wave failed: the blocks' dirty records are gone, so no later write
+        // carries these changes (and the failure stops durable_epoch for good).
+        self.order.lock().written(&blocks);
         {
             let mut e = self.epochs.lock();
             if first.is_ok() && !e.failed {
@@ -660,6 +702,20 @@ impl Bdev {
         self.aops.write_blocks_ordered(&self.mapping)
     }
 
+    /// Records that the blocks holding device bytes `first`, as they are now, reach the disk
+    /// no later than the blocks holding `then` once the caller has changed them: every
+    /// ordered metadata write from now on sends them in that order (see
+    /// [`BlockOrder::waves`]). Call it after making the change in `first` and before the one
+    /// in `then`. False, with nothing promised, when the orders already recorded require
+    /// the reverse; the caller then puts `first` on the disk with [`Bdev::write_ordered`]
+    /// before it changes `then`.
+    pub fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
+        let blocks =
+            |r: &Range<u64>| r.start / BDEV_BLOCK as u64..r.end.div_ceil(BDEV_BLOCK as u64);
+        let mut order = self.aops.order.lock();
+        blocks(&first).all(|a| blocks(&then).all(|b| order.add(a, b)))
+    }
+
     /// The number of ordered metadata writes started so far ([`Bdev::write_ordered`], or
     /// the flusher's and sync's writeback of this mapping). Every block written through
     /// [`Bdev::write`] before this call is on the disk once [`Bdev::durable_epoch`] exceeds
@@ -962,5 +1018,42 @@ mod tests {
         dev.1.lock().clear();
         b.sync().expect("sync");
         assert!(dev.1.lock().is_empty(), "nothing written twice");
+    }
+
+    #[test]
+    fn an_ordered_block_is_written_after_the_block_it_waits_for() {
+        let dev = Arc::new(Recording(
+            MemDevice::new(8 * PAGE_SIZE),
+            crate::sync::unchecked::Mutex::new(Vec::new()),
+        ));
+        // One I/O thread, first in first out: sent together, the lower block would land
+        // first.
+        let q = Arc::new(IoQueue::new(dev.clone(), 1, Duration::ZERO).expect("queue"));
+        let cache = PageCache::new(CacheConfig {
+            on_bug: OnBug::Panic,
+            ..CacheConfig::new(Era::V5_11, 16)
+        })
+        .expect("cache");
+        let b = Bdev::new(&cache, Arc::clone(&q));
+        b.set_order_boundary(4 * PAGE_SIZE as u64);
+        // A chain's new entries in block 3, then the link to them in block 0, as FAT's
+        // extend does; block 1 is unrelated and goes with the first wave.
+        b.write(1536, &[1u8; 8]).expect("new entries");
+        assert!(b.order_writes(1536..1544, 16..20));
+        b.write(16, &[2u8; 4]).expect("link");
+        b.write(600, &[3u8; 4]).expect("unrelated");
+        // The reverse would be a cycle: refused, nothing recorded.
+        assert!(!b.order_writes(16..20, 1536..1544));
+        b.write_ordered().expect("write");
+        let order = dev.1.lock().clone();
+        assert_eq!(order, [512, 1536, 0], "the link's block last");
+        assert!(b.aops.order.lock().is_empty(), "the order is spent");
+        // Spent: the same blocks again go in one wave, by address.
+        dev.1.lock().clear();
+        b.write(1536, &[4u8; 8]).expect("again");
+        b.write(16, &[5u8; 4]).expect("again");
+        b.write_ordered().expect("write");
+        assert_eq!(*dev.1.lock(), [0, 1536]);
+        assert_eq!(&dev.0.snapshot()[1536..1544], &[4u8; 8]);
     }
 }
