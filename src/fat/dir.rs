@@ -311,13 +311,15 @@ impl Directory {
     }
 
     /// Removes the entry whose short entry is at `offset`: each 32-byte slot of its span gets
-    /// 0xE5 in its first byte; index and free-space bookkeeping follow.
+    /// 0xE5 in its first byte, the long-name slots first; index and free-space bookkeeping
+    /// follow.
     ///
     /// Models: fs/fat/dir.c fat_remove_entries() (v5.10).
     ///
-    /// `NotFound` if no live entry is there, `Invalid` for `.` and `..`. Once the short entry
-    /// is marked the entry is gone: a failure on its LFN slots is logged, not returned (the
-    /// kernel does the same), so the caller goes on to free the clusters.
+    /// `NotFound` if no live entry is there, `Invalid` for `.` and `..`. A failure on its LFN
+    /// slots is logged, not returned (the kernel does the same), and the short entry is
+    /// marked all the same, so the caller goes on to free the clusters; a failure on the
+    /// short entry is returned, with the long name put back.
     pub fn remove<S: FatStore>(
         &mut self,
         table: &FatTable<S>,
@@ -329,7 +331,37 @@ impl Directory {
             Some(_) => return Err(FsError::Invalid("'.' and '..' cannot be removed")),
         }
         let store = table.store();
-        self.write_bytes(store, offset, &[DIR_ENTRY_DELETED])?;
+        let lfn_slots = self
+            .slots
+            .get(offset)
+            .map_or(0, |r| usize::from(r.lfn_slots));
+        let lfn_offset = offset - lfn_slots * E;
+        // The long-name slots go first, and land on the disk no later than the short entry's
+        // deletion even in another block: a kill in between leaves the entry under its short
+        // name, never long-name slots without their entry (which fsck reports as orphans).
+        // The kernel marks the short entry first; both are fine in the cache, only the disk
+        // order matters. The bytes are read first, which also brings both blocks into the
+        // cache, so the short entry's write cannot fail on a read.
+        let mut old = vec![0u8; offset + E - lfn_offset];
+        self.read_bytes(store, lfn_offset, &mut old)?;
+        let mut freed = offset;
+        for at in (lfn_offset..offset).step_by(E).rev() {
+            if let Err(e) = self.write_bytes(store, at, &[DIR_ENTRY_DELETED]) {
+                log::warn!("fat: {}: orphan long-name slots at {at}: {e}", self.loc);
+                break;
+            }
+            freed = at;
+        }
+        let marked = self
+            .order(store, freed..offset, offset..offset + E)
+            .and_then(|()| self.write_bytes(store, offset, &[DIR_ENTRY_DELETED]));
+        if let Err(e) = marked {
+            // Put the long name back (best effort): the entry is still there.
+            if let Err(e2) = self.write_bytes(store, lfn_offset, &old[..offset - lfn_offset]) {
+                log::error!("fat: {}: cannot restore long-name slots: {e2}", self.loc);
+            }
+            return Err(e);
+        }
         let slot = self
             .slots
             .remove(offset, self.mode)
@@ -337,14 +369,6 @@ impl Directory {
         self.index.remove(&slot);
         if slot.entry.is_dir() {
             self.subdirs = self.subdirs.saturating_sub(1);
-        }
-        let mut freed = offset;
-        for at in (slot.lfn_offset..offset).step_by(E).rev() {
-            if let Err(e) = self.write_bytes(store, at, &[DIR_ENTRY_DELETED]) {
-                log::warn!("fat: {}: orphan long-name slots at {at}: {e}", self.loc);
-                break;
-            }
-            freed = at;
         }
         self.free_span(freed..offset + E);
         Ok(slot)
@@ -505,11 +529,59 @@ impl Directory {
             let mut first = [0u8; 1];
             self.read_bytes(store, after, &mut first)?;
             if first[0] != DIR_ENTRY_FREE {
-                // Before the run covers the old marker, or stale entries would turn live.
+                // Before the run covers the old marker, or stale entries would turn live; on
+                // the disk too.
                 self.write_bytes(store, after, &[0u8; E])?;
+                self.order(store, after..after + E, at..after)?;
             }
         }
-        self.write_bytes(store, at, run)
+        // The short entry before the long-name slots, on the disk too: a kill in between
+        // leaves the entry under its short name (or, past the old end marker, not there at
+        // all, its clusters leaked), never long-name slots without their entry, which fsck
+        // reports as orphans. The kernel writes the run in one go.
+        let short = after - E;
+        self.write_bytes(store, short, &run[short - at..])?;
+        if short > at {
+            let lfn = self
+                .order(store, short..after, at..short)
+                .and_then(|()| self.write_bytes(store, at, &run[..short - at]));
+            if let Err(e) = lfn {
+                // The caller keeps nothing of the entry: take the short entry back too.
+                if let Err(e2) = self.write_bytes(store, short, &[DIR_ENTRY_DELETED]) {
+                    log::error!(
+                        "fat: {}: cannot take back a short entry at {short}: {e2}",
+                        self.loc
+                    );
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory bytes `first`, as written so far, reach the disk no later than the changes
+    /// to bytes `then` made next: the store promises it (a metadata write sends the blocks
+    /// in that order), or else everything written so far goes to the disk now.
+    fn order<S: FatStore>(
+        &self,
+        store: &S,
+        first: Range<usize>,
+        then: Range<usize>,
+    ) -> Result<(), FsError> {
+        let pieces = |r: Range<usize>| {
+            let mut out: Vec<Range<u64>> = Vec::new();
+            self.each_piece(r.start, r.len(), |dev, p| {
+                out.push(dev..dev + p.len() as u64);
+                Ok(())
+            })
+            .map(|()| out)
+        };
+        let (first, then) = (pieces(first)?, pieces(then)?);
+        let promised = first.iter().all(|f| {
+            then.iter()
+                .all(|t| store.order_writes(f.clone(), t.clone()))
+        });
+        if promised { Ok(()) } else { store.barrier() }
     }
 
     /// Bookkeeping for `count` entries now used at `at`, a hole's start or the tail.
@@ -871,6 +943,7 @@ mod tests {
     use crate::fat::dirent::{ATTR_ARCH, ATTR_DIR, ATTR_RO, DOT_NAME, DOTDOT_NAME};
     use crate::fat::name::ShortName;
     use crate::fat::table::MemFat;
+    use crate::fat::table::testing::KillStore;
     use crate::fat::time::{dos_date, dos_time};
     use crate::sync::Mutex;
     use ShortnameMode::Mixed;
@@ -1558,6 +1631,64 @@ mod tests {
         }
     }
 
+    /// Every image a kill could have left in `store` so far: no live long-name slot of `dir`
+    /// is followed by anything but its live short entry.
+    fn assert_no_kill_orphans_a_long_name(dir: &Directory, store: &KillStore, what: &str) {
+        let mut images = std::mem::take(&mut *store.seen.lock());
+        images.extend(store.kill_images());
+        let at = |img: &[u8], pos: usize| {
+            let dev = usize::try_from(dir.dev_offset(pos).expect("offset")).expect("small");
+            img[dev..dev + E].to_vec()
+        };
+        for (i, img) in images.iter().enumerate() {
+            let mut in_lfn = false;
+            for pos in (0..dir.len()).step_by(E) {
+                let e = at(img, pos);
+                let live = e[0] != DIR_ENTRY_FREE && e[0] != DIR_ENTRY_DELETED;
+                let lfn = e[11] == 0x0F;
+                if in_lfn && !lfn {
+                    assert!(
+                        live,
+                        "{what}: kill image {i}: long name before {pos} orphaned"
+                    );
+                }
+                in_lfn = live && lfn;
+            }
+            assert!(
+                !in_lfn,
+                "{what}: kill image {i}: long name at the end orphaned"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kill_never_leaves_long_name_slots_without_their_entry() {
+        let _ = env_logger::builder().is_test(true).try_init();
+        for promise in [true, false] {
+            let bpb = bpb_for(Kind::Fat16);
+            let bytes = vec![0; bpb.total_sectors() as usize * 512];
+            let table = FatTable::new(&bpb, KillStore::new(bytes, promise), None).expect("t");
+            let mut dir = subdir(&bpb, &table);
+            for i in 0..4 {
+                add(&mut dir, &table, &format!("Name number {i}.txt"));
+            }
+            let settle = || {
+                table.store().barrier().expect("durable");
+                table.store().seen.lock().clear();
+            };
+            settle();
+            // Slots 14 and 15 of the first 512-byte cluster for the long name, the short
+            // entry in the cluster the directory grows by.
+            let slot = add(&mut dir, &table, "Across a block.txt");
+            assert_eq!((slot.lfn_offset, slot.offset), (14 * E, 16 * E));
+            assert_no_kill_orphans_a_long_name(&dir, table.store(), "add");
+            settle();
+            dir.remove(&table, slot.offset).expect("remove");
+            assert_no_kill_orphans_a_long_name(&dir, table.store(), "remove");
+            assert_round_trip(&dir, &bpb, &table);
+        }
+    }
+
     #[test]
     fn failed_writes_leave_memory_in_step_with_disk() {
         let _ = env_logger::builder().is_test(true).try_init();
@@ -1596,6 +1727,14 @@ mod tests {
         assert_eq!(dir.remove(&table, victim.offset).expect("gone"), *victim);
         assert!(dir.lookup(&victim.name).is_none());
         assert_eq!(dir.holes, BTreeMap::from([(victim.lfn_offset + E, 2)]));
+        assert_round_trip(&dir, &bpb, &table);
+        // The short entry cannot be marked: the entry stays, long name and all.
+        let kept = &slots[2];
+        let short = dir.dev_offset(kept.offset).expect("offset");
+        *table.store().fail.lock() = short..short + 1;
+        let e = dir.remove(&table, kept.offset);
+        assert!(matches!(e, Err(FsError::Io(_))), "{e:?}");
+        assert_eq!(dir.lookup(&kept.name).as_ref(), Some(kept));
         assert_round_trip(&dir, &bpb, &table);
         *table.store().fail.lock() = 0..0;
         add(&mut dir, &table, "Needs growth.txt");

@@ -876,6 +876,124 @@ impl FatStore for MemFat {
     }
 }
 
+/// Stores for tests of crash ordering.
+#[cfg(all(test, not(loom)))]
+pub(crate) mod testing {
+    use std::ops::Range;
+
+    use super::{FatStore, MemFat};
+    use crate::error::FsError;
+    use crate::sync::Mutex;
+
+    /// A write-back store as the mount's block-device mapping is across a kill: writes dirty
+    /// 512-byte blocks of a cache, and a barrier sends them all at once, so a kill during it
+    /// may land any subset of them that keeps the orders promised by `order_writes` (a block
+    /// ordered after another never lands without it). Every image a kill could leave is kept
+    /// for the test to judge. `promise: false` makes it refuse every order, as a store whose
+    /// recorded orders would form a cycle does.
+    pub(crate) struct KillStore {
+        pub(crate) cache: MemFat,
+        pub(crate) disk: Mutex<Vec<u8>>,
+        pub(crate) dirty: Mutex<std::collections::BTreeSet<u64>>,
+        /// (first, then): block `then` never lands without block `first`.
+        pub(crate) orders: Mutex<Vec<(u64, u64)>>,
+        pub(crate) promise: bool,
+        /// Every image a kill during a barrier so far could have left.
+        pub(crate) seen: Mutex<Vec<Vec<u8>>>,
+        pub(crate) barriers: Mutex<usize>,
+    }
+
+    /// The unit a kill lands whole (the block-device mapping's dirty block).
+    pub(crate) const BLOCK: u64 = 512;
+
+    impl KillStore {
+        /// A store over `bytes`, on the disk and in the cache alike.
+        pub(crate) fn new(bytes: Vec<u8>, promise: bool) -> Self {
+            KillStore {
+                cache: MemFat::new(bytes.clone()),
+                disk: Mutex::new(bytes),
+                dirty: Mutex::new(std::collections::BTreeSet::new()),
+                orders: Mutex::new(Vec::new()),
+                promise,
+                seen: Mutex::new(Vec::new()),
+                barriers: Mutex::new(0),
+            }
+        }
+
+        /// The disk with each subset of the dirty blocks that keeps the orders landed from
+        /// the cache.
+        pub(crate) fn kill_images(&self) -> Vec<Vec<u8>> {
+            let cache = self.cache.to_vec();
+            let disk = self.disk.lock().clone();
+            let dirty: Vec<u64> = self.dirty.lock().iter().copied().collect();
+            let orders = self.orders.lock().clone();
+            assert!(dirty.len() < 16, "a few blocks per barrier: {dirty:?}");
+            let landed = |subset: u32, b: u64| {
+                dirty
+                    .iter()
+                    .position(|&d| d == b)
+                    .is_none_or(|i| subset & 1 << i != 0)
+            };
+            (0..1u32 << dirty.len())
+                .filter(|&subset| {
+                    orders
+                        .iter()
+                        .all(|&(first, then)| !landed(subset, then) || landed(subset, first))
+                })
+                .map(|subset| {
+                    let mut img = disk.clone();
+                    for (i, &b) in dirty.iter().enumerate() {
+                        if subset & 1 << i != 0 {
+                            let r = usize::try_from(b * BLOCK).expect("small")
+                                ..usize::try_from((b + 1) * BLOCK).expect("small");
+                            img[r.clone()].copy_from_slice(&cache[r]);
+                        }
+                    }
+                    img
+                })
+                .collect()
+        }
+    }
+
+    impl FatStore for KillStore {
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+            self.cache.read(offset, buf)
+        }
+
+        fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
+            self.cache.write(offset, buf)?;
+            let end = offset + buf.len() as u64;
+            self.dirty
+                .lock()
+                .extend(offset / BLOCK..end.div_ceil(BLOCK));
+            Ok(())
+        }
+
+        fn barrier(&self) -> Result<(), FsError> {
+            let images = self.kill_images();
+            self.seen.lock().extend(images);
+            *self.disk.lock() = self.cache.to_vec();
+            self.dirty.lock().clear();
+            self.orders.lock().clear();
+            *self.barriers.lock() += 1;
+            Ok(())
+        }
+
+        fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
+            let blocks = |r: &Range<u64>| r.start / BLOCK..r.end.div_ceil(BLOCK);
+            let pairs: Vec<(u64, u64)> = blocks(&first)
+                .flat_map(|a| blocks(&then).filter(move |&b| b != a).map(move |b| (a, b)))
+                .collect();
+            // A block is always ordered with itself: it is written whole.
+            if !self.promise && !pairs.is_empty() {
+                return false;
+            }
+            self.orders.lock().extend(pairs);
+            true
+        }
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -1198,115 +1316,9 @@ mod tests {
         assert_eq!((t.free_count(), t.next_free()), (1000, None));
     }
 
-    /// A write-back store as the mount's block-device mapping is across a kill: writes dirty
-    /// 512-byte blocks of a cache, and a barrier sends them all at once, so a kill during it
-    /// may land any subset of them that keeps the orders promised by `order_writes` (a block
-    /// ordered after another never lands without it). Every image a kill could leave is kept
-    /// for the test to judge. `promise: false` makes it refuse every order, as a store whose
-    /// recorded orders would form a cycle does.
-    struct KillStore {
-        cache: MemFat,
-        disk: Mutex<Vec<u8>>,
-        dirty: Mutex<std::collections::BTreeSet<u64>>,
-        /// (first, then): block `then` never lands without block `first`.
-        orders: Mutex<Vec<(u64, u64)>>,
-        promise: bool,
-        /// Every image a kill during a barrier so far could have left.
-        seen: Mutex<Vec<Vec<u8>>>,
-        barriers: Mutex<usize>,
-    }
-
-    const BLOCK: u64 = 512;
-
-    impl KillStore {
-        fn new(bytes: Vec<u8>, promise: bool) -> Self {
-            KillStore {
-                cache: MemFat::new(bytes.clone()),
-                disk: Mutex::new(bytes),
-                dirty: Mutex::new(std::collections::BTreeSet::new()),
-                orders: Mutex::new(Vec::new()),
-                promise,
-                seen: Mutex::new(Vec::new()),
-                barriers: Mutex::new(0),
-            }
-        }
-
-        /// The disk with each subset of the dirty blocks that keeps the orders landed from
-        /// the cache.
-        fn kill_images(&self) -> Vec<Vec<u8>> {
-            let cache = self.cache.to_vec();
-            let disk = self.disk.lock().clone();
-            let dirty: Vec<u64> = self.dirty.lock().iter().copied().collect();
-            let orders = self.orders.lock().clone();
-            assert!(dirty.len() < 16, "a few blocks per barrier: {dirty:?}");
-            let landed = |subset: u32, b: u64| {
-                dirty
-                    .iter()
-                    .position(|&d| d == b)
-                    .is_none_or(|i| subset & 1 << i != 0)
-            };
-            (0..1u32 << dirty.len())
-                .filter(|&subset| {
-                    orders
-                        .iter()
-                        .all(|&(first, then)| !landed(subset, then) || landed(subset, first))
-                })
-                .map(|subset| {
-                    let mut img = disk.clone();
-                    for (i, &b) in dirty.iter().enumerate() {
-                        if subset & 1 << i != 0 {
-                            let r = usize::try_from(b * BLOCK).expect("small")
-                                ..usize::try_from((b + 1) * BLOCK).expect("small");
-                            img[r.clone()].copy_from_slice(&cache[r]);
-                        }
-                    }
-                    img
-                })
-                .collect()
-        }
-    }
-
-    impl FatStore for KillStore {
-        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
-            self.cache.read(offset, buf)
-        }
-
-        fn write(&self, offset: u64, buf: &[u8]) -> Result<(), FsError> {
-            self.cache.write(offset, buf)?;
-            let end = offset + buf.len() as u64;
-            self.dirty
-                .lock()
-                .extend(offset / BLOCK..end.div_ceil(BLOCK));
-            Ok(())
-        }
-
-        fn barrier(&self) -> Result<(), FsError> {
-            let images = self.kill_images();
-            self.seen.lock().extend(images);
-            *self.disk.lock() = self.cache.to_vec();
-            self.dirty.lock().clear();
-            self.orders.lock().clear();
-            *self.barriers.lock() += 1;
-            Ok(())
-        }
-
-        fn order_writes(&self, first: Range<u64>, then: Range<u64>) -> bool {
-            let blocks = |r: &Range<u64>| r.start / BLOCK..r.end.div_ceil(BLOCK);
-            let pairs: Vec<(u64, u64)> = blocks(&first)
-                .flat_map(|a| blocks(&then).filter(move |&b| b != a).map(move |b| (a, b)))
-                .collect();
-            // A block is always ordered with itself: it is written whole.
-            if !self.promise && !pairs.is_empty() {
-                return false;
-            }
-            self.orders.lock().extend(pairs);
-            true
-        }
-    }
-
     /// The chain from `start` of the primary FAT in every image a kill could have left in
     /// `store` (barriers so far and the writes since): never a free cluster.
-    fn assert_no_kill_reaches_free(bpb: &Bpb, store: &KillStore, start: u32, what: &str) {
+    fn assert_no_kill_reaches_free(bpb: &Bpb, store: &testing::KillStore, start: u32, what: &str) {
         let mut images = std::mem::take(&mut *store.seen.lock());
         images.extend(store.kill_images());
         for (i, img) in images.into_iter().enumerate() {
@@ -1323,8 +1335,8 @@ mod tests {
         for promise in [true, false] {
             // FAT32: 128 entries a block, the entries of clusters 0..=127 in the FAT's first.
             let bpb = bpb_for(Kind::F32);
-            let t = FatTable::new(&bpb, KillStore::new(zeroed(&bpb).to_vec(), promise), None)
-                .expect("t");
+            let store = testing::KillStore::new(zeroed(&bpb).to_vec(), promise);
+            let t = FatTable::new(&bpb, store, None).expect("t");
             assert_eq!(
                 t.alloc(126, None).expect("alloc"),
                 (2..128).collect::<Vec<_>>()
