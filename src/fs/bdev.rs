@@ -713,7 +713,11 @@ impl Bdev {
         let blocks =
             |r: &Range<u64>| r.start / BDEV_BLOCK as u64..r.end.div_ceil(BDEV_BLOCK as u64);
         let mut order = self.aops.order.lock();
-        blocks(&first).all(|a| blocks(&then).all(|b| order.add(a, b)))
+        let promised = blocks(&first).all(|a| blocks(&then).all(|b| order.add(a, b)));
+        if !promised {
+            log::debug!("bdev: cannot order {first:?} before {then:?}: it would close a cycle");
+        }
+        promised
     }
 
     /// The number of ordered metadata writes started so far ([`Bdev::write_ordered`], or
