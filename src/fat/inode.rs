@@ -1413,6 +1413,38 @@ mod tests {
     }
 
     #[test]
+    fn random_reads_through_a_smaller_cache_read_only_their_own_pages() {
+        let f = fixture();
+        // 40 pages through the 16-frame cache: misses reclaim, as the mount benchmark's
+        // 256 MiB file does in a 64 MiB cache.
+        let ino = f.paged_file(100, 40, 4);
+        // From page 5 in steps of 17 (mod 40): every page once, never the page after the
+        // last one read, and stopping before page 0 (a read from the start is sequential).
+        let order: Vec<u64> = std::iter::successors(Some(5u64), |p| Some((p + 17) % 40))
+            .take_while(|&p| p != 0)
+            .collect();
+        assert_eq!(order.len(), 35);
+        for (i, &page) in order.iter().enumerate() {
+            let mut b = [0u8; 4];
+            assert_eq!(ino.read(page * PAGE_SIZE as u64, &mut b).expect("read"), 4);
+            f.queue.drain();
+            assert_eq!(b, [page as u8 + 1; 4], "page {page}");
+            // Each read is a miss that reads its own page and nothing more: no readahead on
+            // a random pattern, as the kernel's ondemand readahead does none there either.
+            assert_eq!(
+                f.queue.bytes().0,
+                (i as u64 + 1) * 4096,
+                "after page {page}"
+            );
+        }
+        assert!(ino.mapping().nrpages() <= 16);
+        assert!(
+            f.cache.stats().reclaimed > 0,
+            "the file does not fit the cache"
+        );
+    }
+
+    #[test]
     fn readahead_reads_a_window_as_merged_requests() {
         let f = fixture();
         // One contiguous run of clusters: the window is one stretch of the device.
