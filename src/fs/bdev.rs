@@ -980,19 +980,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn metadata_writeback_sends_the_tables_before_the_directories() {
+    /// An 8-page [`Recording`] device behind `threads` I/O threads, and its block-device
+    /// mapping in a 16-frame cache.
+    fn recording_bdev(threads: usize) -> (Arc<Recording>, Bdev) {
         let dev = Arc::new(Recording(
             MemDevice::new(8 * PAGE_SIZE),
             crate::sync::unchecked::Mutex::new(Vec::new()),
         ));
-        let q = Arc::new(IoQueue::new(dev.clone(), 4, Duration::ZERO).expect("queue"));
+        let q = Arc::new(IoQueue::new(dev.clone(), threads, Duration::ZERO).expect("queue"));
         let cache = PageCache::new(CacheConfig {
             on_bug: OnBug::Panic,
             ..CacheConfig::new(Era::V5_11, 16)
         })
         .expect("cache");
-        let b = Bdev::new(&cache, Arc::clone(&q));
+        (dev, Bdev::new(&cache, q))
+    }
+
+    #[test]
+    fn metadata_writeback_sends_the_tables_before_the_directories() {
+        let (dev, b) = recording_bdev(4);
         let boundary = 2 * PAGE_SIZE as u64;
         b.set_order_boundary(boundary);
         // An entry (page 5) changed after the FAT sector it depends on (page 0), and a
@@ -1026,19 +1032,9 @@ mod tests {
 
     #[test]
     fn an_ordered_block_is_written_after_the_block_it_waits_for() {
-        let dev = Arc::new(Recording(
-            MemDevice::new(8 * PAGE_SIZE),
-            crate::sync::unchecked::Mutex::new(Vec::new()),
-        ));
         // One I/O thread, first in first out: sent together, the lower block would land
         // first.
-        let q = Arc::new(IoQueue::new(dev.clone(), 1, Duration::ZERO).expect("queue"));
-        let cache = PageCache::new(CacheConfig {
-            on_bug: OnBug::Panic,
-            ..CacheConfig::new(Era::V5_11, 16)
-        })
-        .expect("cache");
-        let b = Bdev::new(&cache, Arc::clone(&q));
+        let (dev, b) = recording_bdev(1);
         b.set_order_boundary(4 * PAGE_SIZE as u64);
         // A chain's new entries in block 3, then the link to them in block 0, as FAT's
         // extend does; block 1 is unrelated and goes with the first wave.
