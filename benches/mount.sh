@@ -10,10 +10,12 @@
 #               tree) takes 20-40 minutes on 2 cores.
 #   --out F     the JSON result (default target/bench-mount.json); the table goes to stdout.
 #   --only L    a comma-separated subset of: tmpfs null-cached null-direct null-store
-#               fatcache-direct fatcache-kernel fusefat (default: all, in that order).
-#               null-store is nullfs --direct-io --store: FUSE plus a pwrite/pread of every
-#               byte to a file next to the FAT images, the ceiling of a FUSE filesystem that
-#               keeps its data on the device fatcache writes to (null-direct stores nothing).
+#               null-store-cached fatcache-direct fatcache-kernel fusefat (default: all, in
+#               that order). null-store is nullfs --direct-io --store: FUSE plus a
+#               pwrite/pread of every byte to a file next to the FAT images, the ceiling of a
+#               FUSE filesystem that keeps its data on the device fatcache writes to
+#               (null-direct stores nothing); null-store-cached is the same with the kernel's
+#               page cache in front, as cache=kernel (null-cached stores nothing).
 #   --workloads L  a comma-separated subset of the rows to run (seq_write, seq_read,
 #               rand_read, rand_write, create, stat, cp_tree, tar_x), e.g. for --perf.
 #   --img-dir D where the FAT images live (default /dev/shm: the image is RAM, so the
@@ -41,7 +43,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 OUT="$ROOT/target/bench-mount.json"
-ONLY="tmpfs,null-cached,null-direct,null-store,fatcache-direct,fatcache-kernel,fusefat"
+ONLY="tmpfs,null-cached,null-direct,null-store,null-store-cached,fatcache-direct,fatcache-kernel,fusefat"
 IMG_DIR=/dev/shm
 PERF=0
 WANT_WL="seq_write,seq_read,rand_read,rand_write,create,stat,cp_tree,tar_x"
@@ -353,8 +355,10 @@ mount_fs() {
             "$NULLFS" "$MNT" $flag >"$WORK/$FS.log" 2>&1 &
             DAEMON=$!
             ;;
-        null-store)
-            "$NULLFS" "$MNT" --direct-io --store "$SHM/null-store.img" >"$WORK/$FS.log" 2>&1 &
+        null-store|null-store-cached)
+            local flag=""
+            [ "$FS" = null-store ] && flag=--direct-io
+            "$NULLFS" "$MNT" $flag --store "$SHM/null-store.img" >"$WORK/$FS.log" 2>&1 &
             DAEMON=$!
             ;;
         fatcache-direct|fatcache-kernel)
@@ -415,7 +419,7 @@ unmount_fs() {
                 || say "$FS: fsck.fat -n finds problems: $(head -3 "$WORK/$FS.fsck" | tr '\n' ' ')"
             rm -f "$SHM/fat.img"
             ;;
-        null-store)
+        null-store|null-store-cached)
             rm -f "$SHM/null-store.img"
             ;;
     esac
@@ -488,6 +492,7 @@ for fc in fatcache-direct fatcache-kernel; do
     [ "$fc" = fatcache-direct ] && null=null-direct
     has "$null" && PAIRS+=("$fc:$null")
     [ "$fc" = fatcache-direct ] && has null-store && PAIRS+=("$fc:null-store")
+    [ "$fc" = fatcache-kernel ] && has null-store-cached && PAIRS+=("$fc:null-store-cached")
     has fusefat && PAIRS+=("$fc:fusefat")
 done
 short() { echo "$1" | sed 's/fatcache-/fc-/; s/null-/null-/'; }
@@ -549,6 +554,17 @@ for fc in fatcache-direct fatcache-kernel; do
         "$((CACHE_MB + 32))"
 done
 
+# What storing the bytes costs by itself: the storing null filesystem's speed over the null
+# one's of the same mode. A filesystem that keeps its data on the image's device cannot do
+# better than its mode's storing null, so this bounds fatcache's ratio to the null ceiling.
+BOUNDS=()
+for pair in null-store:null-direct null-store-cached:null-cached; do
+    has "${pair%%:*}" && has "${pair#*:}" || continue
+    for wl in seq_write seq_read; do
+        BOUNDS+=("${pair%%:*} $wl over ${pair#*:}|$(speed_ratio $wl "${pair%%:*}" "${pair#*:}")")
+    done
+done
+
 report() {
     printf '\nfatcache mount benchmark (%s): seq %s MiB, random %s s on %s MiB, files %s/%s,' \
         "$([ "$QUICK" = 1 ] && echo quick || echo full)" "$SEQ_MB" "$RAND_SECS" "$RAND_MB" \
@@ -565,6 +581,10 @@ report() {
         IFS='|' read -r name cond ok <<<"$t"
         printf '  %-11s %-50s %s\n' "$ok" "$name" "$cond"
     done
+    if [ ${#BOUNDS[@]} -gt 0 ]; then
+        printf '\nthe cost of storing (a storing null over the null ceiling of its mode):\n'
+        for t in "${BOUNDS[@]}"; do printf '  %-50s %s\n' "${t%%|*}" "${t#*|}"; done
+    fi
     printf '\ncells: ">N" timed out after N s, "err" failed (workload log: kept in %s)\n' \
         "$(dirname "$OUT")/bench-mount.log"
 }
@@ -628,7 +648,13 @@ write_json() {
         first=0
         printf '    {"target": "%s", "check": "%s", "result": "%s"}' "$name" "$cond" "$ok"
     done
-    printf '\n  ]\n}\n'
+    printf '\n  ],\n  "storing_cost": {'
+    sep=""
+    for t in "${BOUNDS[@]}"; do
+        printf '%s"%s": %s' "$sep" "${t%%|*}" "$(json_val "${t#*|}")"
+        sep=", "
+    done
+    printf '}\n}\n'
 }
 
 mkdir -p "$(dirname "$OUT")"
