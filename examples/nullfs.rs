@@ -13,7 +13,8 @@
 //! fatcache's `threads=`), one cloned /dev/fuse descriptor per thread, 1 MiB max_write and
 //! max_readahead, a 1 s entry and attribute TTL, `default_permissions`. `--direct-io` opens
 //! files FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES, as fatcache's `cache=direct`; without
-//! it the kernel caches pages, as `cache=kernel`. So the time fatcache spends above nullfs is
+//! it the kernel caches pages, as `cache=kernel`, with the 512 KiB readahead fatcache sets
+//! there (`--read-ahead-kb`). So the time fatcache spends above nullfs is
 //! fatcache's own, not FUSE's.
 //!
 //! With `--store FILE` it keeps the bytes, in FILE (created, or truncated to empty): file
@@ -71,6 +72,10 @@ struct Args {
     /// Keep file data in this file (created or truncated), one 4 GiB region per inode.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// The kernel's readahead on the mount in KiB (its bdi's read_ahead_kb, root only);
+    /// default 512 without --direct-io, as fatcache sets for cache=kernel, else untouched.
+    #[arg(long)]
+    read_ahead_kb: Option<u32>,
 }
 
 /// Bytes of the store reserved for each inode (its region starts at `ino << STORE_SHIFT`).
@@ -679,6 +684,31 @@ impl Filesystem for NullFs {
     }
 }
 
+/// The readahead a cached mount gets unless told otherwise: what `fatcache mount` sets with
+/// `cache=kernel`, so the ceiling is mounted as the filesystem it bounds.
+const DEFAULT_READ_AHEAD_KB: u32 = 512;
+
+/// Sets the mount's readahead once the kernel has taken the INIT reply (which lowers it to the
+/// max_readahead of the reply, never above the kernel's 128 KiB offer): a stat of the mount
+/// point waits for that. On a thread, so the main loop keeps watching for signals.
+fn set_read_ahead(mountpoint: PathBuf, kb: u32) {
+    std::thread::spawn(move || {
+        use std::os::unix::fs::MetadataExt;
+        let dev = match std::fs::metadata(&mountpoint) {
+            Ok(m) => m.dev(),
+            Err(e) => return eprintln!("nullfs: read_ahead_kb not set: {e}"),
+        };
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        if let Err(e) = std::fs::write(&knob, format!("{kb}\n")) {
+            eprintln!("nullfs: read_ahead_kb not set: {knob}: {e}");
+        }
+    });
+}
+
 /// EIO, for an I/O error without an errno.
 fn libc_eio() -> i32 {
     nix::errno::Errno::EIO as i32
@@ -720,6 +750,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let read_ahead = args
+        .read_ahead_kb
+        .or((!args.direct_io).then_some(DEFAULT_READ_AHEAD_KB));
+    if let Some(kb) = read_ahead {
+        set_read_ahead(args.mountpoint.clone(), kb);
+    }
     // Until an unmount from outside ends the session, or a signal asks us to end it.
     let ended = loop {
         if signals.pending().next().is_some() {

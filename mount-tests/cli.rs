@@ -2,8 +2,9 @@
 //! mountinfo.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::harness::{Fat, Mounted, describe, is_mounted, mount_type};
+use crate::harness::{Fat, MOUNT_TIMEOUT, Mounted, describe, is_mounted, mount_device, mount_type};
 
 /// `fatcache mount --help-options` lists the options without an image or mount point, as its
 /// help text says ("List every mount option and exit").
@@ -71,4 +72,35 @@ fn mountinfo_type_is_fuse() {
         matches!(shown.as_deref(), Some("fuse" | "fuse.fatcache")),
         "type in /proc/self/mountinfo: {shown:?}"
     );
+}
+
+/// The kernel's readahead on the mount (its bdi's read_ahead_kb) is fatcache's largest request
+/// with `cache=kernel`, and what `read_ahead_kb=` says when given, in either cache mode. The
+/// daemon sets it once the kernel has taken the INIT reply, which may be a moment after the
+/// mount appears, so this waits for it (up to the harness's mount timeout).
+#[test]
+fn readahead_is_set_on_the_mount() {
+    for (i, (opts, want)) in [
+        ("cache=kernel", "512"),
+        ("cache=kernel,read_ahead_kb=64", "64"),
+        ("read_ahead_kb=0", "0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = Mounted::new(Fat::F12, &format!("readahead{i}"), opts);
+        let dev = mount_device(&m.dir).expect("the mount is in mountinfo");
+        let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        let start = Instant::now();
+        let got = loop {
+            let got = std::fs::read_to_string(&knob).expect("read read_ahead_kb");
+            if got.trim() == want || start.elapsed() > MOUNT_TIMEOUT {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let log = m.log();
+        m.finish();
+        assert_eq!(got.trim(), want, "-o {opts}: {knob}; log:\n{log}");
+    }
 }

@@ -22,7 +22,7 @@ use crate::common::TempDir;
 use crate::common::readers::{Node, Tree, fsck_clean};
 
 /// Longest wait for the mount to appear.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Longest wait for the daemon to exit once unmounted or signalled: it writes everything back
 /// first.
@@ -477,13 +477,27 @@ pub(crate) fn is_mounted(dir: &Path) -> bool {
 
 /// The filesystem type `/proc/self/mountinfo` shows for the mount on `dir`.
 pub(crate) fn mount_type(dir: &Path) -> Option<String> {
+    mountinfo_line(dir)?
+        .split(" - ")
+        .nth(1)?
+        .split(' ')
+        .next()
+        .map(str::to_owned)
+}
+
+/// The `major:minor` of the mount on `dir` (its backing device, as in /sys/class/bdi).
+pub(crate) fn mount_device(dir: &Path) -> Option<String> {
+    mountinfo_line(dir)?.split(' ').nth(2).map(str::to_owned)
+}
+
+/// The last (topmost) `/proc/self/mountinfo` line of a mount on `dir`.
+fn mountinfo_line(dir: &Path) -> Option<String> {
     let want = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let want = want.to_string_lossy();
     let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     info.lines()
-        .filter(|l| unescape_mountinfo(l.split(' ').nth(4).unwrap_or_default()) == want.as_ref())
-        .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_owned))
-        .next_back()
+        .rfind(|l| unescape_mountinfo(l.split(' ').nth(4).unwrap_or_default()) == want.as_ref())
+        .map(str::to_owned)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).

@@ -44,7 +44,7 @@ const TTL: Duration = Duration::from_secs(1);
 /// at 512 KiB). Halving it cost no measurable CPU (daemon ticks for a 512 MiB dd write + read,
 /// three alternated runs: 101/69/84 + 42/42/53 at 1 MiB, 74/76/68 + 36/47/36 at 512 KiB): the
 /// per-request cost is small against copying half a MiB.
-const MAX_WRITE: u32 = 1 << 19;
+pub(crate) const MAX_WRITE: u32 = 1 << 19;
 
 /// The names of the virtual xattrs on the root.
 const XATTRS: [&str; 3] = [

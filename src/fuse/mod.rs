@@ -59,6 +59,11 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
     .map_err(|e| format!("cannot watch for signals: {e}"))?;
     let handle = signals.handle();
     let log = opts.log.clone();
+    let read_ahead = opts
+        .read_ahead_kb()
+        .map(|kb| (kb, opts.read_ahead_kb.is_some()));
+    // Resolved before the mount: afterwards that would ask the mount itself.
+    let resolved = std::fs::canonicalize(mountpoint);
     let fs = FatFuse::new(Arc::clone(&vol), opts);
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
@@ -67,6 +72,9 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         image.display(),
         mountpoint.display()
     );
+    if let (Some((kb, asked)), Ok(at)) = (read_ahead, resolved) {
+        start_read_ahead(at, kb, asked);
+    }
     if let Some(path) = &log {
         // After the mount: errors up to here still reach whoever started us.
         if let Err(e) = redirect_stderr(path) {
@@ -125,6 +133,46 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Sets the mount's readahead to `kb` KiB once the kernel has taken the INIT reply, on a thread
+/// of its own. Not before: the kernel lowers the readahead to the INIT reply's max_readahead,
+/// which fuser cannot raise above the kernel's offer (its current readahead, 128 KiB). A stat
+/// of the mount point is the wait: the kernel holds it until INIT is done, and the workers
+/// answer it. Not on the main thread, which must keep watching for signals even if the stat
+/// never returns. A reader that starts at once may see the old readahead for a moment: it is
+/// only slower. `asked`: the user gave `read_ahead_kb=`, so a failure is a warning.
+fn start_read_ahead(mountpoint: std::path::PathBuf, kb: u32, asked: bool) {
+    let set = move || {
+        use std::os::unix::fs::MetadataExt;
+        let r = std::fs::metadata(&mountpoint)
+            .map_err(|e| format!("{}: {e}", mountpoint.display()))
+            .and_then(|m| set_read_ahead(m.dev(), kb));
+        match r {
+            Ok(()) => log::debug!("fatcache: read_ahead_kb={kb} set"),
+            // Only root may write the knob; the mount works without it, only slower.
+            Err(e) if asked => log::warn!("fatcache: read_ahead_kb={kb} not set: {e}"),
+            Err(e) => log::info!("fatcache: read_ahead_kb={kb} not set: {e}"),
+        }
+    };
+    let started = std::thread::Builder::new()
+        .name("fatcache-readahead".to_owned())
+        .spawn(set);
+    if let Err(e) = started {
+        log::warn!("fatcache: read_ahead_kb={kb} not set: no thread: {e}");
+    }
+}
+
+/// Sets the readahead of the FUSE mount whose device is `dev` (the mount point's st_dev, which
+/// the kernel fills in, not fatcache) to `kb` KiB, through the `read_ahead_kb` of the backing
+/// device FUSE registers under that number, as `blockdev --setra` or a udev rule would.
+fn set_read_ahead(dev: u64, kb: u32) -> Result<(), String> {
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    std::fs::write(&knob, format!("{kb}\n")).map_err(|e| format!("{knob}: {e}"))
 }
 
 /// Makes `errors=panic` stop the process: the panic it raises in a FUSE worker would only end
