@@ -35,7 +35,8 @@ pub const PAGEVEC_SIZE: usize = 15;
 /// The part of a mapping that I/O completion reaches through the frame's owner id.
 #[derive(Debug)]
 pub(crate) struct MappingCore {
-    id: u64,
+    /// The mapping's id, unique for the life of the cache (never reused).
+    pub(crate) id: u64,
     pub(crate) i_pages: Mutex<XArray>,
     /// AS_EIO | AS_ENOSPC.
     errors: AtomicU32,
