@@ -1,10 +1,12 @@
 //! The command line around a mount: `--help-options`, refused options, how the mount shows in
-//! mountinfo.
+//! mountinfo, and what the daemon sets up with the kernel (readahead, killpriv).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Fat, MOUNT_TIMEOUT, Mounted, describe, is_mounted, mount_device, mount_type};
+use crate::harness::{
+    Fat, MOUNT_TIMEOUT, Mounted, describe, field, is_mounted, mount_device, mount_type, stats,
+};
 
 /// `fatcache mount --help-options` lists the options without an image or mount point, as its
 /// help text says ("List every mount option and exit").
@@ -103,4 +105,26 @@ fn readahead_is_set_on_the_mount() {
         m.finish();
         assert_eq!(got.trim(), want, "-o {opts}: {knob}; log:\n{log}");
     }
+}
+
+/// Buffered writes (`cache=kernel`) do not each cost a getxattr of security.capability: the
+/// mount takes FUSE_HANDLE_KILLPRIV_V2 (FAT has no suid bits or capabilities to kill), so the
+/// kernel stops asking. Without it every one of these 200 writes brought one.
+#[test]
+fn buffered_writes_ask_for_no_xattr() {
+    use std::os::unix::fs::FileExt;
+    const WRITES: u64 = 200;
+    let m = Mounted::new(Fat::F32, "killpriv", "cache=kernel");
+    let f = std::fs::File::create(m.path("f")).expect("create");
+    for i in 0..WRITES {
+        f.write_all_at(&[i as u8; 4096], i * 4096).expect("write");
+    }
+    drop(f);
+    let json = stats(&m);
+    m.finish();
+    let asked = field(&json, "getxattr");
+    assert!(
+        asked < WRITES / 10,
+        "{asked} getxattr requests for {WRITES} writes: {json}"
+    );
 }

@@ -464,6 +464,22 @@ impl Drop for Mounted {
     }
 }
 
+/// The mount's stats JSON (`user.fatcache.stats`).
+pub(crate) fn stats(m: &Mounted) -> String {
+    let v = xattr::get(&m.dir, "user.fatcache.stats")
+        .expect("getxattr user.fatcache.stats")
+        .expect("user.fatcache.stats is there");
+    String::from_utf8(v).expect("stats are UTF-8")
+}
+
+/// A numeric field of the stats JSON.
+pub(crate) fn field(json: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    json.split_once(&key)
+        .and_then(|(_, rest)| rest.split([',', '}']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+}
+
 /// Whether something is mounted on `dir`, by `/proc/self/mountinfo`.
 pub(crate) fn is_mounted(dir: &Path) -> bool {
     let want = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());

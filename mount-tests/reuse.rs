@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Fat, Mounted, Rng};
+use crate::harness::{Fat, Mounted, Rng, field, stats};
 
 /// Mount options of the scenario (the era is appended).
 const OPTS: &str =
@@ -35,14 +35,6 @@ const FIXED: Duration = Duration::from_secs(5);
 /// The frame-generation check in end_page_writeback, as the stats name its site.
 const REUSE_SITE: &str = "page.generation() != generation";
 
-/// The mount's stats JSON (`user.fatcache.stats`).
-fn stats(m: &Mounted) -> String {
-    let v = xattr::get(&m.dir, "user.fatcache.stats")
-        .expect("getxattr user.fatcache.stats")
-        .expect("user.fatcache.stats is there");
-    String::from_utf8(v).expect("stats are UTF-8")
-}
-
 /// Hits at the reuse site so far, from the `bugs` object of the stats.
 fn reuse_hits(json: &str) -> u64 {
     let Some((_, bugs)) = json.split_once("\"bugs\":{") else {
@@ -55,14 +47,6 @@ fn reuse_hits(json: &str) -> u64 {
         .filter(|entry| entry.contains(REUSE_SITE))
         .filter_map(|entry| entry.rsplit(':').next()?.trim().parse::<u64>().ok())
         .sum()
-}
-
-/// A numeric field of the stats JSON.
-fn field(json: &str, name: &str) -> u64 {
-    let key = format!("\"{name}\":");
-    json.split_once(&key)
-        .and_then(|(_, rest)| rest.split([',', '}']).next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {json}"))
 }
 
 /// Runs the workload for at most `limit`, or until the reuse site fired when `until_hit`;
