@@ -551,6 +551,12 @@ impl Drop for Volume {
 /// `ihash`, which keeps the i_pos from moving (rename) while the entry is written.
 ///
 /// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
+/// Byte offset of the attribute byte in a short entry: everything before it is the name.
+const OFF_ATTR: u64 = 11;
+
+/// Byte offset of the NT case byte in a short entry.
+const OFF_CASE: u64 = 12;
+
 fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> Result<(), FsError> {
     let Some(dev) = nodes.pos_of(node) else {
         node.meta.lock().dirty = false;
@@ -569,15 +575,16 @@ fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> R
         }
         meta.dirty = false;
     }
+    // Every field but the name (bytes 0-10) and the case byte (12), as fat_write_inode sets
+    // the fields one by one and never the name. Not a read of the whole entry and a write of
+    // it back: a rename or unlink that marked the entry deleted between the two had its mark
+    // overwritten by the live name read before it (two entries on one chain after a clean
+    // unmount). The two writes are in one 512-byte block (entries never straddle one).
     let written = (|| {
-        let mut entry = node.entry();
         let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
-        bdev.read(dev, &mut raw)?;
-        let disk = DirEntry::parse(&raw, fat32);
-        entry.name = disk.name;
-        entry.nt_case = disk.nt_case;
-        entry.serialize(&mut raw, fat32);
-        bdev.write(dev, &raw)
+        node.entry().serialize(&mut raw, fat32);
+        bdev.write(dev + OFF_ATTR, &raw[OFF_ATTR as usize..OFF_CASE as usize])?;
+        bdev.write(dev + OFF_CASE + 1, &raw[OFF_CASE as usize + 1..])
     })();
     if written.is_err() {
         // Not written: still dirty, for the next try (and unmount's check).
@@ -1379,6 +1386,14 @@ impl Volume {
             // The node's copy too, or its next write_inode would clear the bit again.
             node.meta.lock().entry.attr |= ATTR_ARCH;
         }
+        // Out of the table by position before the old entry goes, as vfat_rename moves
+        // i_pos before it removes the old slots: a write_inode (the flusher's, an fsync's)
+        // holds `ihash` over its write and finds the node nowhere until `rehome` files it at
+        // its new entry, so nothing is written at the old place once its removal has begun.
+        // Attached, a racing write_inode put the entry's fields over the long-name slots a
+        // same-directory rename had just put there. A write_inode meanwhile only clears the
+        // dirty flag; it is set again, and the entry written, below.
+        self.ihash.lock().detach(&node);
         // The old entry goes first, and is on the disk before the new one is written. vfat
         // has no journal, and the two changes are in different directory blocks (often
         // different directories), which a kill can split. Old first, a split loses the name
@@ -1388,7 +1403,12 @@ impl Volume {
         // old one's removal lost). A new spelling of the same name (case) needs the old
         // entry gone first anyway, or the two would clash. If the add fails, the old name
         // comes back.
-        od.remove(&self.table, oslot.offset)?;
+        if let Err(e) = od.remove(&self.table, oslot.offset) {
+            // A failed remove leaves the short entry where it was.
+            self.rehome(&node, old_dir.ino, &od, oslot.offset)?;
+            node.meta.lock().dirty = true;
+            return Err(e);
+        }
         let added = self.bdev.write_ordered().and_then(|()| {
             let ndir: &mut Directory = nd.as_deref_mut().unwrap_or(&mut od);
             ndir.add(&self.table, new_name, &entry)
@@ -1398,14 +1418,15 @@ impl Volume {
             Err(e) => {
                 let back = od.add(&self.table, old_name, &entry)?;
                 self.rehome(&node, old_dir.ino, &od, back.offset)?;
+                node.meta.lock().dirty = true;
                 return Err(e);
             }
         };
         let ndir: &Directory = nd.as_deref().unwrap_or(&od);
         self.rehome(&node, new_dir.ino, ndir, nslot.offset)?;
         // A writer of the file may have changed its size after the write_inode above, and
-        // an fsync or the flusher may have written that change at the old position and
-        // called the node clean: write the node again, now at its new position.
+        // a write_inode while the node was detached called it clean without writing: write
+        // the node again, now at its new position.
         node.meta.lock().dirty = true;
         self.write_inode(&node)?;
         if node.is_dir() && !same {
@@ -2125,5 +2146,140 @@ mod tests {
     #[test]
     fn concurrent_operations_on_a_sync_mount_neither_hang_nor_lose_count() {
         stress(true);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod entry_vs_write_inode {
+    use super::*;
+    use crate::fat::mkfs::{MkfsOptions, mkfs};
+    use crate::fat::name::{ATTR_LONG_NAME, DIR_ENTRY_DELETED};
+
+    /// Renames or unlinks per test, each racing a thread that writes the file's entry back
+    /// as fast as it can: the window is a few microseconds each.
+    const ROUNDS: usize = 3000;
+
+    /// What takes the entry away from its place.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Move {
+        /// A rename to another directory.
+        Across,
+        /// A rename within the directory, between a short name and a long one, whose slots
+        /// then land where the short entry was.
+        Within,
+        /// An unlink (of a file created again each round).
+        Unlink,
+    }
+
+    /// A write_inode (the flusher's, an fsync's) racing a rename or unlink of the same file
+    /// must not write anything at the entry's old place once it is being taken away: not the
+    /// live name over its deletion mark (two entries on one chain after a clean unmount: the
+    /// soak's "share clusters", v6.9 async, seen once; or an entry naming freed clusters),
+    /// and not the entry's fields over long-name slots the new name put in that place.
+    /// After each round the old place must hold a deletion mark, a long-name slot, or the
+    /// moved entry itself.
+    fn race(how: Move) {
+        let dir = std::env::temp_dir().join(format!(
+            "fatcache-vol-revive-{}-{}",
+            how as u8,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let img = dir.join("v.img");
+        mkfs(
+            &img,
+            &MkfsOptions {
+                size: 8 << 20,
+                ..MkfsOptions::default()
+            },
+        )
+        .expect("mkfs");
+        let vol = Volume::mount(
+            &img,
+            MountOptions {
+                cache_frames: 256,
+                on_bug: OnBug::Panic,
+                ..MountOptions::default()
+            },
+        )
+        .expect("mount");
+        let root = vol.root();
+        let a = vol.mkdir(&root, "a").expect("mkdir a");
+        let b = vol.mkdir(&root, "b").expect("mkdir b");
+        let names = match how {
+            Move::Within => ["f", "a name long enough for slots.txt"],
+            Move::Across | Move::Unlink => ["f", "f"],
+        };
+        let make = || {
+            let f = vol.create(&a, names[0]).expect("create");
+            vol.write(&f, 0, &[1u8; 3000]).expect("write");
+            f
+        };
+        let current = Mutex::new(make());
+        let stop = AtomicBool::new(false);
+        let bad = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // Relaxed: a stop flag; the scope's join orders everything else.
+                while !stop.load(Ordering::Relaxed) {
+                    let f = Arc::clone(&current.lock());
+                    f.meta.lock().dirty = true;
+                    vol.write_inode(&f).expect("write_inode");
+                }
+            });
+            let mut bad = None;
+            for i in 0..ROUNDS {
+                let f = Arc::clone(&current.lock());
+                let old = vol.ihash.lock().pos_of(&f).expect("attached");
+                let (from, to) = match (how, i % 2) {
+                    (Move::Across, 0) => (&a, &b),
+                    (Move::Across, _) => (&b, &a),
+                    _ => (&a, &a),
+                };
+                if how == Move::Unlink {
+                    vol.unlink(from, names[0]).expect("unlink");
+                } else {
+                    let (old_name, new_name) = (names[i % 2], names[(i + 1) % 2]);
+                    vol.rename(from, old_name, to, new_name, false)
+                        .expect("rename");
+                }
+                let new = vol.ihash.lock().pos_of(&f);
+                let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+                vol.bdev.read(old, &mut raw).expect("read the old place");
+                let fine = raw[0] == DIR_ENTRY_DELETED
+                    || raw[usize::try_from(OFF_ATTR).unwrap_or(11)] == ATTR_LONG_NAME
+                    || new == Some(old);
+                if !fine {
+                    bad = Some((i, raw));
+                    break;
+                }
+                if how == Move::Unlink {
+                    *current.lock() = make();
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            bad
+        });
+        drop((current, a, b, root));
+        let _ = vol.unmount();
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Some((i, raw)) = bad {
+            panic!("round {i} left the old place holding {raw:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_racing_write_inode_never_revives_an_entry_renamed_to_another_directory() {
+        race(Move::Across);
+    }
+
+    #[test]
+    fn a_racing_write_inode_never_writes_over_the_slots_of_the_new_name() {
+        race(Move::Within);
+    }
+
+    #[test]
+    fn a_racing_write_inode_never_revives_an_unlinked_entry() {
+        race(Move::Unlink);
     }
 }
