@@ -50,7 +50,10 @@ pub const DOT_NAME: ShortName = ShortName(*b".          ");
 /// Name field of the `..` entry.
 pub const DOTDOT_NAME: ShortName = ShortName(*b"..         ");
 
-const OFF_ATTR: usize = 11;
+/// Byte offset of a short entry's attribute byte: everything before it is the name.
+pub(crate) const OFF_ATTR: usize = 11;
+/// Byte offset of a short entry's NT case byte (lower-case base and extension bits).
+pub(crate) const OFF_NT_CASE: usize = 12;
 const OFF_LFN_CHECKSUM: usize = 13;
 
 /// One raw directory entry.
@@ -112,7 +115,7 @@ impl DirEntry {
         Self {
             name: ShortName::from_entry(raw),
             attr: raw[OFF_ATTR],
-            nt_case: raw[12],
+            nt_case: raw[OFF_NT_CASE],
             create_centis: raw[13],
             create_time: get16(raw, 14),
             create_date: get16(raw, 16),
@@ -128,7 +131,7 @@ impl DirEntry {
     pub fn serialize(&self, raw: &mut RawEntry, fat32: bool) {
         raw[..SHORT_NAME_LEN].copy_from_slice(&self.name.0);
         raw[OFF_ATTR] = self.attr;
-        raw[12] = self.nt_case;
+        raw[OFF_NT_CASE] = self.nt_case;
         raw[13] = self.create_centis;
         put16(raw, 14, self.create_time);
         put16(raw, 16, self.create_date);

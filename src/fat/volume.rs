@@ -45,7 +45,9 @@ use crate::dev::{FileDevice, IoQueue, Placement};
 use crate::error::FsError;
 use crate::fat::bpb::{Bpb, FatType, FsInfo};
 use crate::fat::dir::{DirLocation, Directory, alloc_new_dir};
-use crate::fat::dirent::{ATTR_ARCH, ATTR_DIR, DirEntry, RawEntry, Slot, SlotKind};
+use crate::fat::dirent::{
+    ATTR_ARCH, ATTR_DIR, DirEntry, OFF_ATTR, OFF_NT_CASE, RawEntry, Slot, SlotKind,
+};
 use crate::fat::inode::{FAT_MAX_FILE_SIZE, FatInode, FileShared};
 use crate::fat::name::{DIR_ENTRY_SIZE, ShortnameMode, vfat_valid_longname};
 use crate::fat::table::FatTable;
@@ -547,16 +549,11 @@ impl Drop for Volume {
     }
 }
 
-/// fat_write_inode: writes `node`'s entry at its i_pos if it changed. The caller holds
-/// `ihash`, which keeps the i_pos from moving (rename) while the entry is written.
+/// fat_write_inode: writes `node`'s entry at its i_pos if it changed, every field but the
+/// name and case byte. The caller holds `ihash`, which keeps the i_pos from moving (rename)
+/// while the entry is written.
 ///
 /// Models: fs/fat/inode.c __fat_write_inode() (v5.10).
-/// Byte offset of the attribute byte in a short entry: everything before it is the name.
-const OFF_ATTR: u64 = 11;
-
-/// Byte offset of the NT case byte in a short entry.
-const OFF_CASE: u64 = 12;
-
 fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> Result<(), FsError> {
     let Some(dev) = nodes.pos_of(node) else {
         node.meta.lock().dirty = false;
@@ -583,8 +580,8 @@ fn write_inode_locked(bdev: &Bdev, fat32: bool, nodes: &Nodes, node: &Node) -> R
     let written = (|| {
         let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
         node.entry().serialize(&mut raw, fat32);
-        bdev.write(dev + OFF_ATTR, &raw[OFF_ATTR as usize..OFF_CASE as usize])?;
-        bdev.write(dev + OFF_CASE + 1, &raw[OFF_CASE as usize + 1..])
+        bdev.write(dev + OFF_ATTR as u64, &raw[OFF_ATTR..OFF_NT_CASE])?;
+        bdev.write(dev + OFF_NT_CASE as u64 + 1, &raw[OFF_NT_CASE + 1..])
     })();
     if written.is_err() {
         // Not written: still dirty, for the next try (and unmount's check).
@@ -2247,7 +2244,7 @@ mod entry_vs_write_inode {
                 let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
                 vol.bdev.read(old, &mut raw).expect("read the old place");
                 let fine = raw[0] == DIR_ENTRY_DELETED
-                    || raw[usize::try_from(OFF_ATTR).unwrap_or(11)] == ATTR_LONG_NAME
+                    || raw[OFF_ATTR] == ATTR_LONG_NAME
                     || new == Some(old);
                 if !fine {
                     bad = Some((i, raw));

@@ -72,8 +72,14 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: FuseOptions) -> Result<(), S
         image.display(),
         mountpoint.display()
     );
-    if let (Some((kb, asked)), Ok(at)) = (read_ahead, resolved) {
-        start_read_ahead(at, kb, asked);
+    if let Some((kb, asked)) = read_ahead {
+        match resolved {
+            Ok(at) => start_read_ahead(at, kb, asked),
+            Err(e) => log::info!(
+                "fatcache: read_ahead_kb={kb} not set: {}: {e}",
+                mountpoint.display()
+            ),
+        }
     }
     if let Some(path) = &log {
         // After the mount: errors up to here still reach whoever started us.

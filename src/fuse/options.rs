@@ -140,9 +140,9 @@ norelatime strictatime nodiratime diratime auto noauto user nouser users _netdev
 const VALUED_NAMES: &str = "\
 uid gid umask fmask dmask allow_utime shortname utf8 iocharset codepage check tz \
 time_offset errors nfs uni_xlate nonumtail conv fat blocksize cvf_format cvf_options era \
-on_bug history cache_mb cache threads read_ahead_kb io_threads io_latency_us wake_delay_us dirty_expire_ms \
-writeback_interval_ms dirty_ratio dirty_background_ratio offset partition fsname subtype \
-log";
+on_bug history cache_mb cache threads read_ahead_kb io_threads io_latency_us wake_delay_us \
+dirty_expire_ms writeback_interval_ms dirty_ratio dirty_background_ratio offset partition \
+fsname subtype log";
 
 /// Longest accepted `dirty_expire_ms=` and `writeback_interval_ms=`: a day. Deadlines are
 /// computed as `Instant + Duration`, which panics on overflow; a day also catches typos.
@@ -245,8 +245,8 @@ impl FuseOptions {
     /// kernel's default (128 KiB for a FUSE mount, whatever fatcache asks at INIT). With
     /// `cache=kernel` the kernel reads ahead of a sequential reader in requests of at most
     /// its readahead, so its default sends a 512 MiB read as 4,096 requests of 128 KiB, which
-    /// four workers take out of order; at 512 KiB a `dd` read took 0.33-0.40 s against
-    /// 0.46-0.53 s, and the null FUSE filesystem gains as much (benches/mount.sh sets the same
+    /// four workers take out of order; at 512 KiB a `dd` read took 0.35-0.43 s against
+    /// 0.45-0.56 s, and the null FUSE filesystem gains as much (benches/mount.sh sets the same
     /// on it). `cache=direct` has no kernel page cache, so nothing to set unless asked.
     pub fn read_ahead_kb(&self) -> Option<u32> {
         match self.cache {
