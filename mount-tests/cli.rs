@@ -128,3 +128,24 @@ fn buffered_writes_ask_for_no_xattr() {
         "{asked} getxattr requests for {WRITES} writes: {json}"
     );
 }
+
+/// Setting an extended attribute fails with EOPNOTSUPP, the first time (the daemon answers
+/// ENOSYS, which the kernel turns into EOPNOTSUPP and remembers) and every time after (the
+/// kernel answers by itself), on files and directories alike.
+#[test]
+fn setting_an_xattr_is_not_supported_every_time() {
+    let m = Mounted::new(Fat::F16, "setxattr", "");
+    std::fs::write(m.path("f"), b"x").expect("create");
+    std::fs::create_dir(m.path("d")).expect("mkdir");
+    let tries: Vec<(String, Option<i32>)> = ["f", "d", "f", "."]
+        .iter()
+        .map(|p| {
+            let r = xattr::set(m.path(p), "user.test", b"x");
+            ((*p).to_owned(), r.err().and_then(|e| e.raw_os_error()))
+        })
+        .collect();
+    m.finish();
+    for (p, errno) in tries {
+        assert_eq!(errno, Some(libc::EOPNOTSUPP), "setxattr on {p}");
+    }
+}
