@@ -2144,139 +2144,113 @@ mod tests {
     fn concurrent_operations_on_a_sync_mount_neither_hang_nor_lose_count() {
         stress(true);
     }
-}
 
-#[cfg(all(test, not(loom)))]
-mod entry_vs_write_inode {
-    use super::*;
-    use crate::fat::mkfs::{MkfsOptions, mkfs};
-    use crate::fat::name::{ATTR_LONG_NAME, DIR_ENTRY_DELETED};
+    mod entry_vs_write_inode {
+        use super::*;
+        use crate::fat::name::{ATTR_LONG_NAME, DIR_ENTRY_DELETED};
 
-    /// Renames or unlinks per test, each racing a thread that writes the file's entry back
-    /// as fast as it can: the window is a few microseconds each.
-    const ROUNDS: usize = 3000;
+        /// Renames or unlinks per test, each racing a thread that writes the file's entry back
+        /// as fast as it can: the window is a few microseconds each.
+        const ROUNDS: usize = 3000;
 
-    /// What takes the entry away from its place.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Move {
-        /// A rename to another directory.
-        Across,
-        /// A rename within the directory, between a short name and a long one, whose slots
-        /// then land where the short entry was.
-        Within,
-        /// An unlink (of a file created again each round).
-        Unlink,
-    }
-
-    /// A write_inode (the flusher's, an fsync's) racing a rename or unlink of the same file
-    /// must not write anything at the entry's old place once it is being taken away: not the
-    /// live name over its deletion mark (two entries on one chain after a clean unmount: the
-    /// soak's "share clusters", v6.9 async, seen once; or an entry naming freed clusters),
-    /// and not the entry's fields over long-name slots the new name put in that place.
-    /// After each round the old place must hold a deletion mark, a long-name slot, or the
-    /// moved entry itself.
-    fn race(how: Move) {
-        let dir = std::env::temp_dir().join(format!(
-            "fatcache-vol-revive-{}-{}",
-            how as u8,
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let img = dir.join("v.img");
-        mkfs(
-            &img,
-            &MkfsOptions {
-                size: 8 << 20,
-                ..MkfsOptions::default()
-            },
-        )
-        .expect("mkfs");
-        let vol = Volume::mount(
-            &img,
-            MountOptions {
-                cache_frames: 256,
-                on_bug: OnBug::Panic,
-                ..MountOptions::default()
-            },
-        )
-        .expect("mount");
-        let root = vol.root();
-        let a = vol.mkdir(&root, "a").expect("mkdir a");
-        let b = vol.mkdir(&root, "b").expect("mkdir b");
-        let names = match how {
-            Move::Within => ["f", "a name long enough for slots.txt"],
-            Move::Across | Move::Unlink => ["f", "f"],
-        };
-        let make = || {
-            let f = vol.create(&a, names[0]).expect("create");
-            vol.write(&f, 0, &[1u8; 3000]).expect("write");
-            f
-        };
-        let current = Mutex::new(make());
-        let stop = AtomicBool::new(false);
-        let bad = std::thread::scope(|sc| {
-            sc.spawn(|| {
-                // Relaxed: a stop flag; the scope's join orders everything else.
-                while !stop.load(Ordering::Relaxed) {
-                    let f = Arc::clone(&current.lock());
-                    f.meta.lock().dirty = true;
-                    vol.write_inode(&f).expect("write_inode");
-                }
-            });
-            let mut bad = None;
-            for i in 0..ROUNDS {
-                let f = Arc::clone(&current.lock());
-                let old = vol.ihash.lock().pos_of(&f).expect("attached");
-                let (from, to) = match (how, i % 2) {
-                    (Move::Across, 0) => (&a, &b),
-                    (Move::Across, _) => (&b, &a),
-                    _ => (&a, &a),
-                };
-                if how == Move::Unlink {
-                    vol.unlink(from, names[0]).expect("unlink");
-                } else {
-                    let (old_name, new_name) = (names[i % 2], names[(i + 1) % 2]);
-                    vol.rename(from, old_name, to, new_name, false)
-                        .expect("rename");
-                }
-                let new = vol.ihash.lock().pos_of(&f);
-                let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
-                vol.bdev.read(old, &mut raw).expect("read the old place");
-                let fine = raw[0] == DIR_ENTRY_DELETED
-                    || raw[OFF_ATTR] == ATTR_LONG_NAME
-                    || new == Some(old);
-                if !fine {
-                    bad = Some((i, raw));
-                    break;
-                }
-                if how == Move::Unlink {
-                    *current.lock() = make();
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-            bad
-        });
-        drop((current, a, b, root));
-        let _ = vol.unmount();
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Some((i, raw)) = bad {
-            panic!("round {i} left the old place holding {raw:02x?}");
+        /// What takes the entry away from its place.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Move {
+            /// A rename to another directory.
+            Across,
+            /// A rename within the directory, between a short name and a long one, whose slots
+            /// then land where the short entry was.
+            Within,
+            /// An unlink (of a file created again each round).
+            Unlink,
         }
-    }
 
-    #[test]
-    fn a_racing_write_inode_never_revives_an_entry_renamed_to_another_directory() {
-        race(Move::Across);
-    }
+        /// A write_inode (the flusher's, an fsync's) racing a rename or unlink of the same file
+        /// must not write anything at the entry's old place once it is being taken away: not the
+        /// live name over its deletion mark (two entries on one chain after a clean unmount: the
+        /// soak's "share clusters", v6.9 async, seen once; or an entry naming freed clusters),
+        /// and not the entry's fields over long-name slots the new name put in that place.
+        /// After each round the old place must hold a deletion mark, a long-name slot, or the
+        /// moved entry itself.
+        fn race(how: Move) {
+            let s = Scratch::new(&format!("revive-{}", how as u8));
+            let vol = s.mount(ErrorsPolicy::default());
+            let root = vol.root();
+            let a = vol.mkdir(&root, "a").expect("mkdir a");
+            let b = vol.mkdir(&root, "b").expect("mkdir b");
+            let names = match how {
+                Move::Within => ["f", "a name long enough for slots.txt"],
+                Move::Across | Move::Unlink => ["f", "f"],
+            };
+            let make = || {
+                let f = vol.create(&a, names[0]).expect("create");
+                vol.write(&f, 0, &[1u8; 3000]).expect("write");
+                f
+            };
+            let current = Mutex::new(make());
+            let stop = AtomicBool::new(false);
+            let bad = std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    // Relaxed: a stop flag; the scope's join orders everything else.
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = Arc::clone(&current.lock());
+                        f.meta.lock().dirty = true;
+                        vol.write_inode(&f).expect("write_inode");
+                    }
+                });
+                let mut bad = None;
+                for i in 0..ROUNDS {
+                    let f = Arc::clone(&current.lock());
+                    let old = vol.ihash.lock().pos_of(&f).expect("attached");
+                    let (from, to) = match (how, i % 2) {
+                        (Move::Across, 0) => (&a, &b),
+                        (Move::Across, _) => (&b, &a),
+                        _ => (&a, &a),
+                    };
+                    if how == Move::Unlink {
+                        vol.unlink(from, names[0]).expect("unlink");
+                    } else {
+                        let (old_name, new_name) = (names[i % 2], names[(i + 1) % 2]);
+                        vol.rename(from, old_name, to, new_name, false)
+                            .expect("rename");
+                    }
+                    let new = vol.ihash.lock().pos_of(&f);
+                    let mut raw: RawEntry = [0; DIR_ENTRY_SIZE];
+                    vol.bdev.read(old, &mut raw).expect("read the old place");
+                    let fine = raw[0] == DIR_ENTRY_DELETED
+                        || raw[OFF_ATTR] == ATTR_LONG_NAME
+                        || new == Some(old);
+                    if !fine {
+                        bad = Some((i, raw));
+                        break;
+                    }
+                    if how == Move::Unlink {
+                        *current.lock() = make();
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                bad
+            });
+            drop((current, a, b, root));
+            let _ = vol.unmount();
+            if let Some((i, raw)) = bad {
+                panic!("round {i} left the old place holding {raw:02x?}");
+            }
+        }
 
-    #[test]
-    fn a_racing_write_inode_never_writes_over_the_slots_of_the_new_name() {
-        race(Move::Within);
-    }
+        #[test]
+        fn a_racing_write_inode_never_revives_an_entry_renamed_to_another_directory() {
+            race(Move::Across);
+        }
 
-    #[test]
-    fn a_racing_write_inode_never_revives_an_unlinked_entry() {
-        race(Move::Unlink);
+        #[test]
+        fn a_racing_write_inode_never_writes_over_the_slots_of_the_new_name() {
+            race(Move::Within);
+        }
+
+        #[test]
+        fn a_racing_write_inode_never_revives_an_unlinked_entry() {
+            race(Move::Unlink);
+        }
     }
 }
