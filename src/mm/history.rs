@@ -534,10 +534,15 @@ pub fn explain_stale_wake(
     let waiter = u16::try_from(waiter).ok()?;
     let is = |e: &Event, op: Op| e.op == op && e.thread == waiter && e.bit == writeback_bit;
     let end = events.iter().rposition(|e| is(e, Op::WaitEnd))?;
+    // The stale wake is the waiter's last event before its wait ended. Other threads' events
+    // may fall between the two: the waker records its own wake after walking the queue, which
+    // can land after the woken thread noted the stale wake and before it noted the end (CI
+    // saw #23 stale wake, #24 the waker's wake, #25 end of wait, and the report lost its
+    // interleaving section when this asked for the two to be adjacent).
     let stale = events[..end]
         .iter()
         .rposition(|e| is(e, Op::StaleWake))
-        .filter(|&i| end - i <= 1)?;
+        .filter(|&i| events[i + 1..end].iter().all(|e| e.thread != waiter))?;
     // Both sides are epochs modulo 2^16 (the history keeps no more of either).
     let old_epoch = events[stale].arg as u16;
     let waker = u16::try_from(events[end].arg).ok()?;
@@ -924,6 +929,53 @@ mod tests {
         assert!(why.contains("(epoch 0)"), "{why}");
         let text = render_events(&events, l, &|r| r);
         assert!(text.contains("waker-epoch=65535"), "{text}");
+    }
+
+    /// The waker's own wake record may come between the waiter's stale wake and its end of
+    /// wait; the roles are read off all the same. A stale wake followed by another event of
+    /// the waiter before the end is not the one that ended the wait.
+    #[test]
+    fn stale_wake_roles_are_found_with_the_wakers_record_in_between() {
+        let l = &LAYOUT_CLASSIC;
+        let wb = l.mask(PG::Writeback);
+        let wbit = l.bit(PG::Writeback);
+        let (old, new) = (1u64, 2u64);
+        for waiter_between in [false, true] {
+            let h = History::default();
+            let count = AtomicU32::new(0);
+            let ev = |seq, op, bit, before, after, arg, thread| {
+                let r = rec(op, bit, before, after, arg);
+                put(
+                    &h,
+                    &count,
+                    seq,
+                    r,
+                    thread,
+                    NOW - 100_000 + u64::from(seq) * 1000,
+                );
+            };
+            let (w, n) = (wb | new << 32, new << 32);
+            ev(1, Op::ClearWriteback, 0, wb | old << 32, old << 32, 0, 2);
+            ev(2, Op::SetWriteback, 0, old << 32, w, new as u32, 4);
+            ev(3, Op::WaitStart, wbit, w, w, 0, 3);
+            ev(4, Op::StaleWake, wbit, w, w, old as u32, 3);
+            ev(5, Op::Wake, wbit, w, w, 1, 2);
+            if waiter_between {
+                ev(6, Op::Lock, 0, w, w, 0, 3);
+            } else {
+                ev(6, Op::SetDirty, 0, n, n, 0, 4);
+            }
+            ev(7, Op::WaitEnd, wbit, w, w, 2, 3);
+            let events = events_at(&h, &count, NOW);
+            let why = explain_stale_wake(&events, 3, wbit, &|r| r);
+            if waiter_between {
+                assert!(why.is_none(), "{why:?}");
+            } else {
+                let why = why.expect("the roles are found");
+                assert!(why.contains("ends writeback epoch 1"), "{why}");
+                assert!(why.contains("starts writeback epoch 2"), "{why}");
+            }
+        }
     }
 
     /// One writer records events whose every field is a function of their number while two
