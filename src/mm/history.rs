@@ -638,6 +638,22 @@ mod tests {
         h.record(seq, rec, thread, t_raw);
     }
 
+    /// Records event `seq` (`rec`'s fields) of `thread` at 1 us per number, ending before NOW.
+    #[allow(clippy::too_many_arguments)]
+    fn put_at_seq(
+        h: &History,
+        count: &AtomicU32,
+        seq: u32,
+        (op, bit): (Op, u8),
+        before: u64,
+        after: u64,
+        arg: u32,
+        thread: u32,
+    ) {
+        let t = NOW - 100_000 + u64::from(seq) * 1000;
+        put(h, count, seq, rec(op, bit, before, after, arg), thread, t);
+    }
+
     fn events_at(h: &History, count: &AtomicU32, now: u64) -> Vec<Event> {
         h.events(&classic(), count, &|| now)
     }
@@ -891,15 +907,7 @@ mod tests {
         let h = History::default();
         let count = AtomicU32::new(0);
         let ev = |seq, op, bit, before, after, arg, thread| {
-            let r = rec(op, bit, before, after, arg);
-            put(
-                &h,
-                &count,
-                seq,
-                r,
-                thread,
-                NOW - 100_000 + u64::from(seq) * 1000,
-            );
+            put_at_seq(&h, &count, seq, (op, bit), before, after, arg, thread);
         };
         ev(1, Op::ClearWriteback, 0, wb | old << 32, old << 32, 0, 2);
         ev(
@@ -944,15 +952,7 @@ mod tests {
             let h = History::default();
             let count = AtomicU32::new(0);
             let ev = |seq, op, bit, before, after, arg, thread| {
-                let r = rec(op, bit, before, after, arg);
-                put(
-                    &h,
-                    &count,
-                    seq,
-                    r,
-                    thread,
-                    NOW - 100_000 + u64::from(seq) * 1000,
-                );
+                put_at_seq(&h, &count, seq, (op, bit), before, after, arg, thread);
             };
             let (w, n) = (wb | new << 32, new << 32);
             ev(1, Op::ClearWriteback, 0, wb | old << 32, old << 32, 0, 2);
