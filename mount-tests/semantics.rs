@@ -8,7 +8,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::fcntl::{AT_FDCWD, RenameFlags};
+use nix::dir::Dir;
+use nix::fcntl::{AT_FDCWD, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
 
 use crate::basic::{Model, expect_errno, readers_agree};
 use crate::common::readers::{Node, Tree, exchange_in_tree};
@@ -203,6 +205,41 @@ fn assert_links(m: &Mounted, t: &Tree, when: &str) {
         let got: Vec<&str> = out.lines().collect();
         assert_eq!(got, dirs, "{when}: {find}");
     }
+}
+
+/// getdents names a directory's "." and ".." by the inode numbers stat gives the directory
+/// and its parent, and ".." follows the directory when a rename moves it.
+#[test]
+fn dot_and_dotdot_carry_the_directory_and_its_parent_fat32() {
+    let m = Mounted::new(Fat::F32, "dots", "");
+    for d in ["a", "a/b", "c"] {
+        fs::create_dir(m.path(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+    }
+    let ino = |rel: &str| fs::metadata(m.path(rel)).expect("stat").ino();
+    // From getdents itself: `ls -ai` stats "." and ".." instead of trusting it.
+    let dots = |rel: &str| {
+        let mut dir = Dir::open(
+            &m.path(rel),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("opendir {rel}: {e}"));
+        let mut found = (None, None);
+        for e in dir.iter() {
+            let e = e.unwrap_or_else(|err| panic!("readdir {rel}: {err}"));
+            match e.file_name().to_bytes() {
+                b"." => found.0 = Some(e.ino()),
+                b".." => found.1 = Some(e.ino()),
+                _ => {}
+            }
+        }
+        (found.0.expect("a \".\""), found.1.expect("a \"..\""))
+    };
+    assert_eq!(dots("a"), (ino("a"), ino("")), "a");
+    assert_eq!(dots("a/b"), (ino("a/b"), ino("a")), "a/b");
+    fs::rename(m.path("a/b"), m.path("c/b")).expect("rename a/b c/b");
+    assert_eq!(dots("c/b"), (ino("c/b"), ino("c")), "c/b after the move");
+    drop(m.finish());
 }
 
 /// Link counts follow mkdir, rmdir, rename and exchange, as stat, `ls -ld` and `find` see

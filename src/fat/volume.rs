@@ -1689,6 +1689,13 @@ impl Volume {
         self.fs_error(self.lookup_inner(dir, name))
     }
 
+    /// The inode number of the directory holding `dir`'s entry, what its ".." names: the
+    /// root's own for the root (and for a directory already removed, whose ".." leads
+    /// nowhere).
+    pub fn parent_ino(&self, dir: &Node) -> u64 {
+        self.ihash.lock().parent_of(dir.ino).unwrap_or(ROOT_INO)
+    }
+
     /// The node whose short entry is at `offset` in `dir` (from a [`DirItem`]).
     pub fn child_at(&self, dir: &Node, offset: usize) -> Result<Arc<Node>, FsError> {
         self.fs_error(self.child_at_inner(dir, offset))

@@ -820,7 +820,7 @@ impl Filesystem for FatFuse {
         let r = (|| {
             let dir = self.node(ino)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-            let dots = [(ino.0, "."), (ino.0, "..")];
+            let dots = [(ino.0, "."), (self.vol.parent_ino(&dir), "..")];
             for (i, (n, name)) in dots.iter().enumerate().skip(skip) {
                 if reply.add(INodeNo(*n), i as u64 + 1, FileType::Directory, name) {
                     return Ok(());
@@ -863,9 +863,21 @@ impl Filesystem for FatFuse {
         let r = (|| {
             let dir = self.node(ino)?;
             let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+            // The kernel links neither dot entry (no lookup is counted), but their attr.ino
+            // is what getdents shows: the directory's and its parent's.
             let dir_attr = self.attr(&dir);
-            for (i, name) in [".", ".."].iter().enumerate().skip(skip) {
-                if reply.add(ino, i as u64 + 1, name, &TTL, &dir_attr, Generation(0)) {
+            let parent = INodeNo(self.vol.parent_ino(&dir));
+            let parent_attr = self.node(parent).map_or(
+                FileAttr {
+                    ino: parent,
+                    ..dir_attr
+                },
+                |p| self.attr(&p),
+            );
+            let dots = [(".", dir_attr), ("..", parent_attr)];
+            for (i, (name, attr)) in dots.iter().enumerate().skip(skip) {
+                let ino = INodeNo(attr.ino.0);
+                if reply.add(ino, i as u64 + 1, name, &TTL, attr, Generation(0)) {
                     return Ok(());
                 }
             }
