@@ -243,11 +243,17 @@ impl Shared {
             return;
         }
         let writes = bios.iter().filter(|b| is_write(b)).count();
+        // One completion thread per request the batch merges into: a readahead window of
+        // 64 neighbouring pages is one request, and waking every thread for it woke all but
+        // one for nothing. Waking fewer cannot strand work: a thread that finishes a request
+        // takes the next queued one before it sleeps, so queued work waits at most for a
+        // busy thread, and a batch that merges into k requests still gets k threads.
+        let requests = requests_in(&bios);
         self.lock_with_room(writes).queue.extend(bios);
-        if n == 1 {
-            self.work.notify_one();
-        } else {
-            self.work.notify_all();
+        for _ in 0..requests {
+            if !self.work.notify_one() {
+                break;
+            }
         }
     }
 }
@@ -537,23 +543,69 @@ fn extent(op: &BioOp) -> Option<(bool, u64, usize)> {
 /// queued behind a request that does not continue the run is taken, so the order of
 /// overlapping writes is kept.
 fn take_merges(queue: &mut VecDeque<Bio>, first: Bio) -> Vec<Bio> {
-    let mut batch = vec![first];
-    let Some((write, start, len)) = extent(&batch[0].op) else {
-        return batch;
+    let Some(mut run) = Run::start(&first) else {
+        return vec![first];
     };
-    let (mut end, mut bytes) = (start + len as u64, len);
-    while batch.len() < MAX_MERGE_BIOS {
-        match queue.front().and_then(|b| extent(&b.op)) {
-            Some((w, off, l)) if w == write && off == end && bytes + l <= MAX_MERGE_BYTES => {}
-            _ => break,
-        }
-        let Some(b) = queue.pop_front() else { break };
-        let l = extent(&b.op).map_or(0, |e| e.2);
-        end += l as u64;
-        bytes += l;
-        batch.push(b);
+    let mut batch = vec![first];
+    while queue.front().is_some_and(|b| run.extend(b)) {
+        batch.extend(queue.pop_front());
     }
     batch
+}
+
+/// A merged request being built: what the next bio must be to join it.
+struct Run {
+    write: bool,
+    /// Device byte where the run ends.
+    end: u64,
+    bytes: usize,
+    bios: usize,
+}
+
+impl Run {
+    /// A run starting with `bio`, or `None` for a bio that never merges (a flush, a chain).
+    fn start(bio: &Bio) -> Option<Run> {
+        let (write, at, len) = extent(&bio.op)?;
+        Some(Run {
+            write,
+            end: at + len as u64,
+            bytes: len,
+            bios: 1,
+        })
+    }
+
+    /// Adds `bio` if it continues the run (same direction, next byte) within the merge
+    /// limits; says whether it did.
+    fn extend(&mut self, bio: &Bio) -> bool {
+        match extent(&bio.op) {
+            Some((w, at, len))
+                if w == self.write
+                    && at == self.end
+                    && self.bios < MAX_MERGE_BIOS
+                    && self.bytes + len <= MAX_MERGE_BYTES =>
+            {
+                self.end += len as u64;
+                self.bytes += len;
+                self.bios += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How many requests `bios` makes once merged as the completion threads merge them: the
+/// completion threads worth waking for it.
+fn requests_in(bios: &[Bio]) -> usize {
+    let mut run: Option<Run> = None;
+    let mut requests = 0;
+    for bio in bios {
+        if !run.as_mut().is_some_and(|r| r.extend(bio)) {
+            requests += 1;
+            run = Run::start(bio);
+        }
+    }
+    requests
 }
 
 /// One request on the device.
@@ -915,6 +967,49 @@ mod tests {
         };
         let mut q: VecDeque<Bio> = (1..600).map(big).collect();
         assert_eq!(take_merges(&mut q, big(0)).len(), MAX_MERGE_BYTES / 8192);
+    }
+
+    #[test]
+    fn a_batch_wakes_one_completion_thread_per_request_it_merges_into() {
+        let write = |sector: u64| Bio {
+            op: BioOp::Write {
+                offset: sector * 512,
+                data: vec![0; 512],
+            },
+            end_io: Box::new(|_| {}),
+        };
+        let read = |sector: u64| Bio {
+            op: BioOp::Read {
+                offset: sector * 512,
+                len: 512,
+            },
+            end_io: Box::new(|_| {}),
+        };
+        let flush = || Bio {
+            op: BioOp::Flush,
+            end_io: Box::new(|_| {}),
+        };
+        let count = |bios: Vec<Bio>| requests_in(&bios);
+        assert_eq!(count((0..64).map(read).collect()), 1, "a readahead window");
+        assert_eq!(count(vec![read(0), read(1), read(5), read(6)]), 2, "a gap");
+        assert_eq!(count(vec![write(0), read(1)]), 2, "a change of direction");
+        assert_eq!(
+            count(vec![write(0), flush(), write(1)]),
+            3,
+            "a flush merges with nothing"
+        );
+        assert_eq!(
+            count((0..2 * MAX_MERGE_BIOS as u64).map(write).collect()),
+            2,
+            "the merge limit"
+        );
+        // And what take_merges makes of the same batch, request by request.
+        let mut q: VecDeque<Bio> = [0, 1, 5, 6, 7].map(read).into_iter().collect();
+        let mut taken = Vec::new();
+        while let Some(first) = q.pop_front() {
+            taken.push(take_merges(&mut q, first).len());
+        }
+        assert_eq!(taken, [2, 3]);
     }
 
     #[test]
