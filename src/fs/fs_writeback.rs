@@ -332,7 +332,7 @@ impl Bdi {
                 std::mem::take(&mut st.kicked)
             };
             if kicked || self.over_background() {
-                self.background_pass();
+                self.background_pass(next_kupdate);
             }
             if next_kupdate.is_some_and(|at| Instant::now() >= at) {
                 self.kupdate_pass();
@@ -354,9 +354,16 @@ impl Bdi {
     /// the kernel's b_io holds the inodes queued when the slice began); stop when a round
     /// wrote nothing (every page left is under writeback, which WB_SYNC_NONE skips: the next
     /// kick or kupdate comes back to them) or the list is empty.
-    fn background_pass(&self) {
+    ///
+    /// It also stops at `kupdate`, when a kupdate pass is due. The kernel's background
+    /// writeback writes each inode's metadata with its pages; ours leaves that to the kupdate
+    /// pass, which a writer keeping the count over the threshold would otherwise put off for
+    /// as long as it writes. The caller runs the kupdate pass, and the writers' kicks (or the
+    /// count, looked at after every wake-up) bring the background pass back.
+    fn background_pass(&self, kupdate: Option<Instant>) {
         self.stats.background_passes.fetch_add(1, Ordering::Relaxed);
-        while self.over_background() && !self.stopping() {
+        let due = || kupdate.is_some_and(|at| Instant::now() >= at);
+        while self.over_background() && !self.stopping() && !due() {
             let start = Instant::now();
             let mut turns = self.state.lock().dirty.len();
             let mut wrote = 0;
@@ -595,6 +602,84 @@ mod tests {
         let s = bdi.stats();
         assert_eq!((s.background_passes, s.pages_written), (1, 30));
         assert!(files.iter().all(|(_, a)| a.inner.written().len() == 1));
+    }
+
+    /// SyncAops whose every writepage dirties a new page of the next file, as a writer that
+    /// keeps the dirty count where it is however fast the flusher writes.
+    struct RedirtyingAops {
+        inner: SyncAops,
+        wb: Arc<WbInode>,
+        next: OnceLock<Weak<AddressSpace>>,
+        next_index: std::sync::atomic::AtomicU64,
+    }
+
+    impl AddressSpaceOps for RedirtyingAops {
+        fn writepage(
+            &self,
+            mapping: &AddressSpace,
+            page: &PageRef<'_>,
+            wbc: &mut WritebackControl,
+        ) -> Result<(), FsError> {
+            let r = self.inner.writepage(mapping, page, wbc);
+            if let Some(next) = self.next.get().and_then(Weak::upgrade) {
+                let i = self
+                    .next_index
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                dirty(&next, i..i + 1);
+            }
+            r
+        }
+        fn dirty_inode(&self) {
+            self.wb.mark_dirty();
+        }
+    }
+
+    #[test]
+    fn a_writer_that_keeps_the_count_up_does_not_put_off_kupdate() {
+        // Four files in a ring, 20 dirty pages against a threshold of 10, and every page
+        // written dirties a new one: the background pass never gets under the threshold. It
+        // must still give way to the kupdate pass when one is due, which writes the inodes'
+        // metadata (the background pass writes pages only).
+        let cache = cache_for(Era::V5_11, 100);
+        let bdi = Bdi::new(
+            &cache,
+            WritebackConfig {
+                interval: Duration::from_millis(20),
+                ..WritebackConfig::default()
+            },
+        );
+        let files: Vec<_> = (0..4)
+            .map(|_| {
+                let wb = WbInode::new(Some(&bdi));
+                let aops = Arc::new(RedirtyingAops {
+                    inner: SyncAops::default(),
+                    wb: Arc::clone(&wb),
+                    next: OnceLock::new(),
+                    next_index: std::sync::atomic::AtomicU64::new(5),
+                });
+                let mapping = Arc::new(AddressSpace::new(&cache, aops.clone()));
+                wb.attach(Arc::downgrade(&mapping));
+                (mapping, aops)
+            })
+            .collect();
+        for (i, (m, aops)) in files.iter().enumerate() {
+            let _ = aops
+                .next
+                .set(Arc::downgrade(&files[(i + 1) % files.len()].0));
+            dirty(m, 0..5);
+        }
+        bdi.start(no_super()).expect("start");
+        balance_dirty_pages_ratelimited(&files[0].0);
+        wait_for("background writeback", || bdi.stats().pages_written > 100);
+        let before = bdi.stats().kupdate_passes;
+        wait_for("kupdate passes while the count stays up", || {
+            bdi.stats().kupdate_passes >= before + 2
+        });
+        assert!(
+            cache.stats().nr_dirty > cache.dirty_thresholds().0,
+            "the writer kept the count over the threshold"
+        );
+        bdi.stop();
     }
 
     #[test]
