@@ -514,6 +514,18 @@ mod tests {
         }
     }
 
+    /// A flusher over `cache` with a kupdate pass every `interval` (zero: none) and the
+    /// default knobs otherwise; not started.
+    fn flusher_every(cache: &Arc<PageCache>, interval: Duration) -> Arc<Bdi> {
+        Bdi::new(
+            cache,
+            WritebackConfig {
+                interval,
+                ..WritebackConfig::default()
+            },
+        )
+    }
+
     fn no_super() -> Weak<dyn SuperOps> {
         Weak::<NoSuper>::new() as Weak<dyn SuperOps>
     }
@@ -550,13 +562,7 @@ mod tests {
     #[test]
     fn periodic_writeback_off_leaves_young_pages_alone_until_kicked() {
         let cache = cache_for(Era::V5_11, 100);
-        let bdi = Bdi::new(
-            &cache,
-            WritebackConfig {
-                interval: Duration::ZERO,
-                ..WritebackConfig::default()
-            },
-        );
+        let bdi = flusher_every(&cache, Duration::ZERO);
         let (m, aops) = file(&cache, &bdi);
         bdi.start(no_super()).expect("start");
         dirty(&m, 0..5);
@@ -583,13 +589,7 @@ mod tests {
         // kick started another pass for one more page; the kernel's writes them all in one
         // slice.
         let cache = cache_for(Era::V5_11, 100);
-        let bdi = Bdi::new(
-            &cache,
-            WritebackConfig {
-                interval: Duration::ZERO,
-                ..WritebackConfig::default()
-            },
-        );
+        let bdi = flusher_every(&cache, Duration::ZERO);
         let files: Vec<_> = (0..30).map(|_| file(&cache, &bdi)).collect();
         for (m, _) in &files {
             dirty(m, 0..1);
@@ -641,13 +641,7 @@ mod tests {
         // must still give way to the kupdate pass when one is due, which writes the inodes'
         // metadata (the background pass writes pages only).
         let cache = cache_for(Era::V5_11, 100);
-        let bdi = Bdi::new(
-            &cache,
-            WritebackConfig {
-                interval: Duration::from_millis(20),
-                ..WritebackConfig::default()
-            },
-        );
+        let bdi = flusher_every(&cache, Duration::from_millis(20));
         let files: Vec<_> = (0..4)
             .map(|_| {
                 let wb = WbInode::new(Some(&bdi));
@@ -691,13 +685,7 @@ mod tests {
             ..CacheConfig::new(Era::V5_11, 100)
         })
         .expect("cache");
-        let bdi = Bdi::new(
-            &cache,
-            WritebackConfig {
-                interval: Duration::ZERO,
-                ..WritebackConfig::default()
-            },
-        );
+        let bdi = flusher_every(&cache, Duration::ZERO);
         let (m, aops) = file(&cache, &bdi);
         bdi.start(no_super()).expect("start");
         dirty(&m, 0..30);
@@ -751,13 +739,7 @@ mod tests {
             }
         }
         let cache = cache_for(Era::V5_11, 16);
-        let bdi = Bdi::new(
-            &cache,
-            WritebackConfig {
-                interval: Duration::from_millis(5),
-                ..WritebackConfig::default()
-            },
-        );
+        let bdi = flusher_every(&cache, Duration::from_millis(5));
         let sb = Arc::new(Counting(AtomicU64::new(0)));
         let weak: Weak<dyn SuperOps> = Arc::downgrade(&sb) as Weak<dyn SuperOps>;
         bdi.start(weak).expect("start");
