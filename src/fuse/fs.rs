@@ -876,8 +876,7 @@ impl Filesystem for FatFuse {
             );
             let dots = [(".", dir_attr), ("..", parent_attr)];
             for (i, (name, attr)) in dots.iter().enumerate().skip(skip) {
-                let ino = INodeNo(attr.ino.0);
-                if reply.add(ino, i as u64 + 1, name, &TTL, attr, Generation(0)) {
+                if reply.add(attr.ino, i as u64 + 1, name, &TTL, attr, Generation(0)) {
                     return Ok(());
                 }
             }
