@@ -360,6 +360,13 @@ impl Mounted {
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {pid}: {sent}");
         let status = self.wait_exit(&format!("SIG{signal}"));
+        if !status.success() {
+            // The caller's assertion on the status cannot show why: the log goes with `self`.
+            eprintln!(
+                "the daemon exited with {status} on SIG{signal}; log:\n{}",
+                self.log()
+            );
+        }
         assert!(
             !is_mounted(&self.dir),
             "{} still mounted after the daemon exited with {status} on SIG{signal}; log:\n{}",
