@@ -120,6 +120,9 @@ const MBR_TYPE_GPT: u8 = 0xEE;
 /// MBR partition types of extended partitions (logical partitions are not supported).
 const MBR_TYPES_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 const SECTOR: u64 = 512;
+/// Most iovecs one preadv/pwritev takes (Linux's UIO_MAXIOV); a longer request is carried out
+/// in several calls, each continuing where the last stopped.
+const IOV_MAX: usize = 1024;
 
 fn read_sector(file: &File, lba: u64, size: u64) -> Result<Vec<u8>, FsError> {
     let mut buf = vec![0u8; size as usize];
@@ -279,10 +282,15 @@ impl BlockDevice for FileDevice {
         }
         let (mut first, mut skip) = (0, 0);
         while first < bufs.len() {
-            let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() - first);
+            let mut iov: Vec<IoSliceMut<'_>> =
+                Vec::with_capacity((bufs.len() - first).min(IOV_MAX));
             if let Some((head, tail)) = bufs[first..].split_first_mut() {
                 iov.push(IoSliceMut::new(&mut head[skip..]));
-                iov.extend(tail.iter_mut().map(|b| IoSliceMut::new(b)));
+                iov.extend(
+                    tail.iter_mut()
+                        .take(IOV_MAX - 1)
+                        .map(|b| IoSliceMut::new(b)),
+                );
             }
             let r = uio::preadv(&self.file, &mut iov, to_off(at)?);
             let Some(n) = moved(r, std::io::ErrorKind::UnexpectedEof)? else {
@@ -307,9 +315,14 @@ impl BlockDevice for FileDevice {
         }
         let (mut first, mut skip) = (0, 0);
         while first < bufs.len() {
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len() - first);
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity((bufs.len() - first).min(IOV_MAX));
             iov.push(IoSlice::new(&bufs[first][skip..]));
-            iov.extend(bufs[first + 1..].iter().map(|b| IoSlice::new(b)));
+            iov.extend(
+                bufs[first + 1..]
+                    .iter()
+                    .take(IOV_MAX - 1)
+                    .map(|b| IoSlice::new(b)),
+            );
             let r = uio::pwritev(&self.file, &iov, to_off(at)?);
             let Some(n) = moved(r, std::io::ErrorKind::WriteZero)? else {
                 continue;
@@ -478,6 +491,25 @@ mod tests {
         // Past the filesystem's end: refused before any byte moves.
         let mut z = vec![0u8; 8000];
         assert!(d.read_vectored_at(0, &mut [&mut z]).is_err());
+    }
+
+    #[test]
+    fn a_request_of_more_buffers_than_one_call_takes_is_carried_out_whole() {
+        let t = TempImage::new("manyvec.img", &[0u8; 8192]);
+        let d = FileDevice::open(&t.0, Placement::default()).expect("open");
+        // 2.5 times UIO_MAXIOV buffers of two bytes: one pwritev/preadv would be EINVAL.
+        let n = IOV_MAX * 5 / 2;
+        let data: Vec<[u8; 2]> = (0..n).map(|i| [(i % 251) as u8, (i % 13) as u8]).collect();
+        let views: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+        d.write_vectored_at(0, &views)
+            .expect("pwritev of many buffers");
+        let raw = std::fs::read(&t.0).expect("read back");
+        assert_eq!(&raw[..2 * n], data.concat().as_slice());
+        let mut back = vec![[0u8; 2]; n];
+        let mut views: Vec<&mut [u8]> = back.iter_mut().map(|b| &mut b[..]).collect();
+        d.read_vectored_at(0, &mut views)
+            .expect("preadv of many buffers");
+        assert_eq!(back, data);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod queue;
 
 pub use file::{FileDevice, Placement};
 pub use mem::MemDevice;
-pub use queue::{Bio, BioOp, BlkPlug, IoBuf, IoQueue};
+pub use queue::{Bio, BioOp, BlkPlug, IoBuf, IoQueue, IoSeg};
 
 use crate::error::FsError;
 

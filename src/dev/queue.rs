@@ -20,7 +20,9 @@ use std::time::Duration;
 use crate::dev::BlockDevice;
 use crate::error::FsError;
 use crate::sync::Arc;
-use crate::sync::unchecked::{AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::unchecked::{
+    AtomicU64, Condvar, MappedRwLockWriteGuard, Mutex, MutexGuard, Ordering,
+};
 
 /// What a request does.
 #[derive(Debug)]
@@ -61,17 +63,24 @@ pub enum BioOp {
     Flush,
 }
 
-/// Memory a read lands in without a copy (a page frame under a read). The device borrows it
-/// only while the transfer runs, on the completion thread, before `end_io`.
+/// One segment of an [`IoBuf`] borrowed for a transfer: bytes of a frame, held by the frame's
+/// data lock until the transfer ends.
+pub type IoSeg<'a> = MappedRwLockWriteGuard<'a, [u8]>;
+
+/// Memory a read lands in without a copy: part of a page frame, or whole frames one after
+/// another on the device (a multi-page bio). The device borrows it only while the transfer
+/// runs, on the completion thread, before `end_io`.
 pub trait IoBuf: Send {
-    /// Its length in bytes.
+    /// Its length in bytes: the sum of its segments'.
     fn len(&self) -> usize;
     /// Whether it is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The bytes, borrowed for the transfer.
-    fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_>;
+    /// Borrows the bytes for the transfer: pushes its segments onto `out` in device order.
+    /// A segment each, not a box each: a merged request of 256 pages borrows them into one
+    /// vector (a boxed guard per page was a malloc and a free per page read).
+    fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSeg<'s>>);
 }
 
 impl std::fmt::Debug for dyn IoBuf {
@@ -125,6 +134,11 @@ struct Shared {
     /// Requests carried out on the device: a merged run counts once.
     dispatched: AtomicU64,
 }
+
+/// Longest read carried out on its submitter (see [`IoQueue::submit_batch`]): a page. A
+/// longer one is a readahead bio, which a completion thread carries out while the reader
+/// copies what it has.
+const INLINE_READ_MAX: usize = 4096;
 
 /// Longest merged request (the order of the block layer's max_sectors_kb).
 const MAX_MERGE_BYTES: usize = 1 << 20;
@@ -343,10 +357,10 @@ impl IoQueue {
 
     /// Queue `bios` at once, in order, so that neighbours can be merged (a readahead window).
     ///
-    /// A batch of one read into caller memory (one page's readpage, a random reader's miss)
-    /// on a device with no injected latency is the exception: it is carried out at once on
-    /// the calling thread, its `end_io` included, as brd (the RAM disk) completes a bio within
-    /// submit_bio. A completion thread would buy nothing for it (the submitter waits for the
+    /// A batch of one read of at most a page into caller memory (one page's readpage, a
+    /// random reader's miss) on a device with no injected latency is the exception: it is
+    /// carried out at once on the calling thread, its `end_io` included, as brd (the RAM
+    /// disk) completes a bio within submit_bio. A completion thread would buy nothing for it (the submitter waits for the
     /// page next, and there is nothing to merge it with) and costs two context switches per
     /// read: the thread is woken, preempts the submitter on its CPU, preads, sleeps again.
     /// Those were the largest part of the daemon's CPU per random 4 KiB read through FUSE
@@ -359,9 +373,9 @@ impl IoQueue {
         let lone_read = matches!(
             bios.as_slice(),
             [Bio {
-                op: BioOp::ReadInto { .. },
+                op: BioOp::ReadInto { buf, .. },
                 ..
-            }]
+            }] if buf.len() <= INLINE_READ_MAX
         );
         // Relaxed: an injection knob read once per request, as the completion threads do.
         if lone_read
@@ -619,9 +633,16 @@ fn carry_out(s: &Shared, op: &BioOp) -> Result<Vec<u8>, FsError> {
         }
         BioOp::ReadInto { offset, buf } => {
             s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            s.dev
-                .read_at(*offset, &mut buf.borrow_mut())
-                .map(|()| Vec::new())
+            let mut segs = Vec::new();
+            buf.borrow_segments(&mut segs);
+            let r = match segs.as_mut_slice() {
+                [one] => s.dev.read_at(*offset, one),
+                many => {
+                    let mut views: Vec<&mut [u8]> = many.iter_mut().map(|g| &mut **g).collect();
+                    s.dev.read_vectored_at(*offset, &mut views)
+                }
+            };
+            r.map(|()| Vec::new())
         }
         BioOp::Write { offset, data } => {
             s.bytes_written
@@ -660,24 +681,27 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
                 })
                 .collect();
             let r = {
-                let mut borrowed: Vec<Box<dyn std::ops::DerefMut<Target = [u8]> + '_>> = batch
-                    .iter()
-                    .filter_map(|b| match &b.op {
-                        BioOp::ReadInto { buf, .. } => Some(buf.borrow_mut()),
-                        _ => None,
-                    })
-                    .collect();
-                let mut borrowed = borrowed.iter_mut();
-                let mut views: Vec<&mut [u8]> = Vec::with_capacity(batch.len());
-                for (b, o) in batch.iter().zip(own.iter_mut()) {
+                // Every ReadInto's segments in one vector, and where each bio's end there.
+                let mut segs: Vec<IoSeg<'_>> = Vec::with_capacity(batch.len());
+                let mut ends = Vec::with_capacity(batch.len());
+                for b in batch {
+                    if let BioOp::ReadInto { buf, .. } = &b.op {
+                        buf.borrow_segments(&mut segs);
+                    }
+                    ends.push(segs.len());
+                }
+                let mut segs = segs.iter_mut();
+                let mut views: Vec<&mut [u8]> =
+                    Vec::with_capacity(ends.last().map_or(0, |&n| n) + batch.len());
+                let mut start = 0;
+                for ((b, o), end) in batch.iter().zip(own.iter_mut()).zip(ends) {
                     match &b.op {
                         BioOp::ReadInto { .. } => {
-                            if let Some(g) = borrowed.next() {
-                                views.push(&mut **g);
-                            }
+                            views.extend(segs.by_ref().take(end - start).map(|g| &mut **g));
                         }
                         _ => views.push(o.as_mut_slice()),
                     }
+                    start = end;
                 }
                 let total: usize = views.iter().map(|v| v.len()).sum();
                 s.dev
@@ -720,6 +744,7 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
 mod tests {
     use super::*;
     use crate::dev::MemDevice;
+    use crate::sync::unchecked::{RwLock, RwLockWriteGuard};
     use std::sync::mpsc;
 
     #[test]
@@ -1014,17 +1039,17 @@ mod tests {
 
     #[test]
     fn a_lone_page_read_completes_on_its_submitter_unless_delayed_or_plugged() {
-        let dev = Arc::new(MemDevice::new(4096));
+        let dev = Arc::new(MemDevice::new(8192));
         dev.write_at(512, &[9; 512]).expect("seed");
         let q = IoQueue::new(dev, 1, Duration::ZERO).expect("queue");
         let me = std::thread::current().id();
         let (tx, rx) = mpsc::channel();
-        let read = |tx: &mpsc::Sender<bool>, buf: &Arc<Mutex<Vec<u8>>>| {
+        let read = |tx: &mpsc::Sender<bool>, buf: &Arc<RwLock<Vec<u8>>>| {
             let tx = tx.clone();
             vec![Bio {
                 op: BioOp::ReadInto {
                     offset: 512,
-                    buf: Box::new(Shared512(Arc::clone(buf))),
+                    buf: SegBuf::of(&[buf]),
                 },
                 end_io: Box::new(move |r| {
                     assert!(r.is_ok());
@@ -1032,11 +1057,11 @@ mod tests {
                 }),
             }]
         };
-        let buf = Arc::new(Mutex::new(vec![0u8; 512]));
+        let buf = seg(512);
         // No latency: done (end_io run here) by the time submit_batch returns.
         q.submit_batch(read(&tx, &buf));
         assert_eq!(rx.try_recv(), Ok(true), "completed inline, on this thread");
-        assert!(buf.lock().iter().all(|&x| x == 9));
+        assert!(buf.read().iter().all(|&x| x == 9));
         assert_eq!(
             (q.completed(), q.bytes().0),
             (1, 512),
@@ -1053,24 +1078,54 @@ mod tests {
         q.set_latency(Duration::from_nanos(1));
         q.submit_batch(read(&tx, &buf));
         assert_eq!(rx.recv(), Ok(false), "on a completion thread");
+        // Longer than a page (a readahead bio): on a completion thread even with no latency,
+        // so the reader copies out what it has while the device reads on.
+        q.set_latency(Duration::ZERO);
+        let (p0, p1) = (seg(4096), seg(4096));
+        let tx2 = tx.clone();
+        q.submit_batch(vec![Bio {
+            op: BioOp::ReadInto {
+                offset: 0,
+                buf: SegBuf::of(&[&p0, &p1]),
+            },
+            end_io: Box::new(move |r| {
+                assert!(r.is_ok());
+                tx2.send(std::thread::current().id() == me).expect("send");
+            }),
+        }]);
+        assert_eq!(
+            rx.recv(),
+            Ok(false),
+            "a two-page read: on a completion thread"
+        );
+        assert!(p0.read()[512..1024].iter().all(|&x| x == 9));
         q.drain();
-        assert_eq!(q.completed(), 3);
+        assert_eq!(q.completed(), 4);
     }
 
-    /// A caller-owned buffer for ReadInto.
-    struct Shared512(Arc<Mutex<Vec<u8>>>);
+    /// A caller-owned buffer for ReadInto: one segment per vector, in device order.
+    struct SegBuf(Vec<Arc<RwLock<Vec<u8>>>>);
 
-    impl IoBuf for Shared512 {
+    impl SegBuf {
+        fn of(segs: &[&Arc<RwLock<Vec<u8>>>]) -> Box<SegBuf> {
+            Box::new(SegBuf(segs.iter().map(|&a| Arc::clone(a)).collect()))
+        }
+    }
+
+    impl IoBuf for SegBuf {
         fn len(&self) -> usize {
-            512
+            self.0.iter().map(|v| v.read().len()).sum()
         }
 
-        fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_> {
-            Box::new(crate::sync::unchecked::MutexGuard::map(
-                self.0.lock(),
-                |v| v.as_mut_slice(),
-            ))
+        fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSeg<'s>>) {
+            for seg in &self.0 {
+                out.push(RwLockWriteGuard::map(seg.write(), |v| v.as_mut_slice()));
+            }
         }
+    }
+
+    fn seg(len: usize) -> Arc<RwLock<Vec<u8>>> {
+        Arc::new(RwLock::new(vec![0u8; len]))
     }
 
     #[test]
@@ -1079,11 +1134,9 @@ mod tests {
         dev.write_at(0, &[3; 512]).expect("seed");
         dev.write_at(512, &[4; 512]).expect("seed");
         dev.write_at(1024, &[5; 512]).expect("seed");
+        dev.write_at(1536, &[6; 512]).expect("seed");
         let q = IoQueue::new(dev, 1, Duration::ZERO).expect("queue");
-        let (a, b) = (
-            Arc::new(Mutex::new(vec![0u8; 512])),
-            Arc::new(Mutex::new(vec![0u8; 512])),
-        );
+        let (a, b, c) = (seg(512), seg(512), seg(512));
         let (tx, rx) = mpsc::channel();
         let done = |tx: &mpsc::Sender<usize>| {
             let tx = tx.clone();
@@ -1099,7 +1152,7 @@ mod tests {
             Bio {
                 op: BioOp::ReadInto {
                     offset: 0,
-                    buf: Box::new(Shared512(Arc::clone(&a))),
+                    buf: SegBuf::of(&[&a]),
                 },
                 end_io: done(&tx),
             },
@@ -1113,7 +1166,7 @@ mod tests {
             Bio {
                 op: BioOp::ReadInto {
                     offset: 1024,
-                    buf: Box::new(Shared512(Arc::clone(&b))),
+                    buf: SegBuf::of(&[&b, &c]),
                 },
                 end_io: done(&tx),
             },
@@ -1124,8 +1177,12 @@ mod tests {
             vec![0, 4, 0],
             "ReadInto completes with an empty vector"
         );
-        assert!(a.lock().iter().all(|&x| x == 3));
-        assert!(b.lock().iter().all(|&x| x == 5));
+        assert!(a.read().iter().all(|&x| x == 3));
+        assert!(b.read().iter().all(|&x| x == 5));
+        assert!(
+            c.read().iter().all(|&x| x == 6),
+            "a buffer's second segment gets the bytes after its first's"
+        );
         q.drain();
         assert_eq!(q.dispatched(), 1, "one device request for the three");
     }

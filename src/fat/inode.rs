@@ -24,8 +24,8 @@ use crate::error::FsError;
 use crate::fat::bpb::Bpb;
 use crate::fat::table::{FatStore, FatTable};
 use crate::fs::buffer::{
-    BlockMap, block_read_full_page, block_read_full_page_into, block_write_full_page,
-    cont_write_begin, generic_cont_expand_simple, write_end,
+    BlockMap, MpageRead, block_read_full_page, block_write_full_page, cont_write_begin,
+    generic_cont_expand_simple, write_end,
 };
 use crate::fs::fs_writeback::{Bdi, mark_mapping_dirty};
 use crate::mm::filemap::{AddressSpace, add_new_page, find_get_page, read_cache_page};
@@ -795,22 +795,21 @@ impl<S: FatStore + 'static> FatInode<S> {
     }
 
     /// Starts reads of the pages in `[start, stop)` that are not cached, never past the end
-    /// of the file, queued together so the device merges neighbours. The reader then waits
+    /// of the file, as multi-page bios the device can merge further. The reader then waits
     /// for each page's lock as usual: the pages are in flight together instead of one sleep
     /// per page.
     ///
-    /// Models: mm/readahead.c page_cache_ra_unbounded() + read_pages() (v5.10), reduced:
+    /// Models: mm/readahead.c page_cache_ra_unbounded() + read_pages() with fat_readahead's
+    /// mpage_readahead() (v5.10), reduced:
     /// the window is sized by the caller, with no ramp-up. Readahead is a hint: it stops at
     /// the first page it cannot allocate, skips a page someone else is adding, and a failed
     /// read is left for the reader's own read to meet.
     fn readahead(&self, start: u64, stop: u64) {
-        /// Pages per batch: the device starts on the first part of a long window while the
-        /// rest is still being set up.
-        const BATCH: usize = 64;
         let stop = stop.min(self.size().div_ceil(PAGE_SIZE as u64));
-        let cache = self.mapping.cache();
-        let mut bios = Vec::new();
-        let mut pages = 0;
+        // Pages whose bytes follow one another on the device share a bio of up to 64 pages,
+        // submitted as soon as it is full: the device starts on the first part of a long
+        // window while the rest is still being set up.
+        let mut reads = MpageRead::new(&*self.data, self.mapping.cache());
         for i in start..stop {
             if find_get_page(&self.mapping, i).is_some() {
                 continue;
@@ -821,18 +820,11 @@ impl<S: FatStore + 'static> FatInode<S> {
                 Err(_) => break,
             };
             // The read's completion unlocks the page (with PG_error on a failure).
-            if block_read_full_page_into(&*self.data, cache, &page, &mut bios).is_err() {
+            if reads.add(&page).is_err() {
                 break;
             }
-            pages += 1;
-            if pages % BATCH == 0 {
-                self.data
-                    .shared
-                    .queue
-                    .submit_batch(std::mem::take(&mut bios));
-            }
         }
-        self.data.shared.queue.submit_batch(bios);
+        reads.finish();
     }
 
     /// Buffered write of `data` at `pos` through write_begin / write_end, page by page;
@@ -1455,15 +1447,11 @@ mod tests {
         for (p, chunk) in buf.chunks(PAGE_SIZE).enumerate() {
             assert!(chunk.iter().all(|&b| b == p as u8 + 1), "page {p}");
         }
-        // 8 pages read (the request and a 4-page window behind it) as 8 bios, fewer device
-        // requests: each submission is a batch the completion threads merge.
+        // 8 pages read (the request and a 4-page window behind it) as two multi-page bios,
+        // one per readahead pass, where a bio per page made 8.
         assert_eq!(f.queue.bytes().0, 8 * 4096);
-        assert_eq!(f.queue.completed(), 8);
-        assert!(
-            f.queue.dispatched() < 8,
-            "no merging: {} requests",
-            f.queue.dispatched()
-        );
+        assert_eq!(f.queue.completed(), 2);
+        assert!(f.queue.dispatched() <= 2);
     }
 
     #[test]

@@ -15,11 +15,15 @@
 //!   size through write_begin / write_end, each page locked, zeroed, dirtied and unlocked in
 //!   turn, growing i_size page by page.
 //!
+//! Reads ahead go as the kernel's mpage_readahead sends them ([`MpageRead`], fs/mpage.c):
+//! whole pages that follow one another on the device share one bio.
+//!
 //! Deviation: a page is written with one bio per contiguous device extent of its own; the
-//! kernel's mpage path merges neighbouring pages into one bio. Completion order per page is
-//! the same (the last part ends the page's writeback).
+//! kernel's mpage_writepages merges neighbouring pages into one bio (here the I/O queue merges
+//! the requests instead). Completion order per page is the same (the last part ends the page's
+//! writeback).
 
-use crate::dev::{Bio, BioOp, IoBuf, IoQueue};
+use crate::dev::{Bio, BioOp, IoBuf, IoQueue, IoSeg};
 use crate::error::FsError;
 use crate::mm::filemap::{AddressSpace, end_page_writeback, grab_cache_page_write_begin};
 use crate::mm::waitqueue::{lock_page, unlock_page};
@@ -98,12 +102,34 @@ impl IoBuf for PageSpan {
         self.len
     }
 
-    fn borrow_mut(&self) -> Box<dyn std::ops::DerefMut<Target = [u8]> + '_> {
-        Box::new(
+    fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSeg<'s>>) {
+        out.push(
             self.cache
                 .page(self.pfn)
                 .data_for_read_io(self.at..self.at + self.len),
-        )
+        );
+    }
+}
+
+/// Whole pages under a read whose bytes follow one another on the device: one bio for all of
+/// them, as do_mpage_readpage builds. Each page stays locked and not uptodate until the bio's
+/// completion, so every frame stays its page's for the transfer (see `PageSpan`).
+struct PageRun {
+    cache: Arc<PageCache>,
+    pfns: Vec<Pfn>,
+}
+
+impl IoBuf for PageRun {
+    fn len(&self) -> usize {
+        self.pfns.len() * PAGE_SIZE
+    }
+
+    fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSeg<'s>>) {
+        out.extend(
+            self.pfns
+                .iter()
+                .map(|&pfn| self.cache.page(pfn).data_for_read_io(0..PAGE_SIZE)),
+        );
     }
 }
 
@@ -234,6 +260,165 @@ pub fn block_read_full_page_into(
         });
     }
     Ok(())
+}
+
+/// Pages per multi-page read bio: a readahead window of 64 pages (256 KiB) is one bio, which a
+/// completion thread starts on while the next is built. The kernel's limit is BIO_MAX_PAGES
+/// (256); the queue merges neighbouring bios up to its own request limit anyway.
+const MPAGE_MAX_PAGES: usize = 64;
+
+/// A readahead pass's reads being built. A whole page whose bytes continue the bio being built
+/// on the device joins it; any other page (one whose blocks are split on the device, the page
+/// at i_size, one the map cannot place) is read by bios of its own, as block_read_full_page
+/// reads it. One bio per 64 pages instead of one per page: a read of 512 MiB made 131,072
+/// bios, each with a boxed buffer, a boxed completion and two reference counts taken.
+///
+/// Dropping it submits what is built (so no page it took is left locked with no read coming);
+/// [`MpageRead::finish`] says so at the call site.
+///
+/// Models: fs/mpage.c mpage_readahead() / do_mpage_readpage() / mpage_end_io() (v5.10): the
+/// mapping found for one page is kept for the next (the kernel's map_bh), and a page that does
+/// not fit the bio is "confused" and read the buffer-head way.
+pub struct MpageRead<'a> {
+    map: &'a dyn BlockMap,
+    cache: &'a Arc<PageCache>,
+    /// The last mapping found: file byte, its device byte, and how many bytes from there are
+    /// contiguous on the device.
+    mapped: Option<(u64, u64, u64)>,
+    /// The bio being built: where it starts on the device, and its pages in order.
+    run: Option<(u64, Vec<Pfn>)>,
+    /// Built bios not yet submitted.
+    bios: Vec<Bio>,
+}
+
+impl std::fmt::Debug for MpageRead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpageRead")
+            .field("mapped", &self.mapped)
+            .field("run", &self.run)
+            .field("bios", &self.bios.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> MpageRead<'a> {
+    /// Reads of pages of the file `map` maps, into frames of `cache`.
+    pub fn new(map: &'a dyn BlockMap, cache: &'a Arc<PageCache>) -> Self {
+        MpageRead {
+            map,
+            cache,
+            mapped: None,
+            run: None,
+            bios: Vec::new(),
+        }
+    }
+
+    /// Adds the locked, not-uptodate `page` (just added to the cache, frame not zeroed) to
+    /// the reads; its completion sets PG_uptodate (or PG_error) and unlocks it. On an error
+    /// the page is unlocked with PG_error and the error returned (the readpage contract);
+    /// the pages added before it are still read.
+    pub fn add(&mut self, page: &PageRef<'_>) -> Result<(), FsError> {
+        let start = page.index() << PAGE_SHIFT;
+        let Some(dev) = self.whole_page_on_device(start) else {
+            // Confused: its own bios, after the run so far (device order helps the merge).
+            self.close_run();
+            let r = block_read_full_page_into(self.map, self.cache, page, &mut self.bios);
+            if self.bios.len() >= MPAGE_MAX_PAGES {
+                self.submit();
+            }
+            return r;
+        };
+        match &mut self.run {
+            Some((first, pfns)) if *first + (pfns.len() * PAGE_SIZE) as u64 == dev => {
+                pfns.push(page.pfn());
+            }
+            _ => {
+                self.close_run();
+                let mut pfns = Vec::with_capacity(MPAGE_MAX_PAGES);
+                pfns.push(page.pfn());
+                self.run = Some((dev, pfns));
+            }
+        }
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|(_, p)| p.len() >= MPAGE_MAX_PAGES)
+        {
+            self.close_run();
+            self.submit();
+        }
+        Ok(())
+    }
+
+    /// Submits everything built so far.
+    pub fn finish(self) {}
+
+    /// The device byte of file byte `start` when the whole page from there is below i_size
+    /// and contiguous on the device; `None` for a page that must be read piece by piece (or
+    /// whose mapping fails, which block_read_full_page then reports on the page).
+    fn whole_page_on_device(&mut self, start: u64) -> Option<u64> {
+        let end = start + PAGE_SIZE as u64;
+        if end > self.map.size() {
+            return None;
+        }
+        let known = self
+            .mapped
+            .filter(|&(file, _, len)| start >= file && end <= file + len);
+        let (file, dev, len) = match known {
+            Some(m) => m,
+            None => {
+                let (dev, len) = self.map.map(start).ok().flatten()?;
+                self.mapped = Some((start, dev, len));
+                (start, dev, len)
+            }
+        };
+        (end <= file + len).then_some(dev + (start - file))
+    }
+
+    /// Turns the run being built into a bio.
+    fn close_run(&mut self) {
+        let Some((dev, pfns)) = self.run.take() else {
+            return;
+        };
+        let cache = Arc::clone(self.cache);
+        let done = pfns.clone();
+        self.bios.push(Bio {
+            op: BioOp::ReadInto {
+                offset: dev,
+                buf: Box::new(PageRun {
+                    cache: Arc::clone(&cache),
+                    pfns,
+                }),
+            },
+            end_io: Box::new(move |r| {
+                if let Err(e) = &r {
+                    log::error!("buffer: read of {} pages at {dev} failed: {e}", done.len());
+                }
+                for pfn in done {
+                    let p = cache.page(pfn);
+                    if r.is_ok() {
+                        p.set_uptodate();
+                    } else {
+                        p.set_error();
+                    }
+                    unlock_page(p);
+                }
+            }),
+        });
+    }
+
+    fn submit(&mut self) {
+        self.map
+            .queue()
+            .submit_batch(std::mem::take(&mut self.bios));
+    }
+}
+
+impl Drop for MpageRead<'_> {
+    fn drop(&mut self) {
+        self.close_run();
+        self.submit();
+    }
 }
 
 /// writepage: write the locked, just-cleaned `page` through `map`.
@@ -486,7 +671,9 @@ mod tests {
     use super::*;
     use crate::bug::OnBug;
     use crate::dev::{BlockDevice, MemDevice};
-    use crate::mm::filemap::{filemap_fdatawait_range, filemap_fdatawrite_range, find_get_page};
+    use crate::mm::filemap::{
+        add_new_page, filemap_fdatawait_range, filemap_fdatawrite_range, find_get_page,
+    };
     use crate::mm::writeback::WritebackControl;
     use crate::mm::{AddressSpaceOps, CacheConfig, Era};
     use crate::sync::Mutex;
@@ -494,26 +681,39 @@ mod tests {
     /// A file laid out in fixed 512-byte blocks, block `i` at device byte
     /// `base + stride * i * 512`: with stride 2 every other block, so no two are contiguous
     /// and every page splits into 8 extents; with stride 1 contiguous, a page one extent.
+    /// Blocks from `break_at` on lie a further [`BREAK_GAP`] bytes on: the device run ends
+    /// there.
     struct Striped {
         queue: Arc<IoQueue>,
         base: u64,
         stride: u64,
+        break_at: u64,
         blocks: Mutex<u64>,
         size: crate::sync::AtomicU64,
         cap: u64,
     }
 
+    /// How far the blocks from `Striped::break_at` on are moved.
+    const BREAK_GAP: u64 = 8192;
+
     impl BlockMap for Striped {
         fn map(&self, offset: u64) -> Result<Option<(u64, u64)>, FsError> {
             let b = offset / 512;
-            if b >= *self.blocks.lock() {
+            let blocks = *self.blocks.lock();
+            if b >= blocks {
                 return Ok(None);
             }
+            let gap = if b >= self.break_at { BREAK_GAP } else { 0 };
+            // Contiguous: the run goes to the break or the last allocated block.
+            let run_end = if b < self.break_at {
+                blocks.min(self.break_at)
+            } else {
+                blocks
+            };
             Ok(Some((
-                self.base + self.stride * b * 512 + offset % 512,
+                self.base + gap + self.stride * b * 512 + offset % 512,
                 if self.stride == 1 {
-                    // Contiguous: the run goes to the last allocated block.
-                    (*self.blocks.lock() - b) * 512 - offset % 512
+                    (run_end - b) * 512 - offset % 512
                 } else {
                     512 - offset % 512
                 },
@@ -567,20 +767,27 @@ mod tests {
     }
 
     fn fixture_with(stride: u64) -> Fixture {
+        fixture_sized(stride, 32, 200, u64::MAX)
+    }
+
+    /// A cache of `frames`, a file of at most `cap` blocks, its device run broken at block
+    /// `break_at`.
+    fn fixture_sized(stride: u64, frames: usize, cap: u64, break_at: u64) -> Fixture {
         let dev = Arc::new(MemDevice::new(1 << 20));
         let queue = Arc::new(IoQueue::new(dev.clone(), 2, Duration::ZERO).expect("queue"));
         let cfg = CacheConfig {
             on_bug: OnBug::Panic,
-            ..CacheConfig::new(Era::V5_11, 32)
+            ..CacheConfig::new(Era::V5_11, frames)
         };
         let cache = PageCache::new(cfg).expect("cache");
         let map = Arc::new(Striped {
             queue,
             base: 4096,
             stride,
+            break_at,
             blocks: Mutex::new(0),
             size: crate::sync::AtomicU64::new(0),
-            cap: 200,
+            cap,
         });
         let mapping = AddressSpace::new(&cache, Arc::new(Aops(Arc::clone(&map))));
         Fixture { dev, map, mapping }
@@ -733,6 +940,89 @@ mod tests {
             assert!(p1.uptodate() && p1.with_data(|d| d.iter().all(|b| *b == 7)));
             crate::mm::waitqueue::unlock_page(p1.page());
         }
+    }
+
+    /// Writes `pages` pages and a 100-byte tail of numbered bytes through `f`, writes them
+    /// back, and returns the bytes and a mapping of the same file with nothing cached.
+    fn written_and_uncached(f: &Fixture, pages: usize) -> (Vec<u8>, AddressSpace) {
+        let data: Vec<u8> = (0..pages * PAGE_SIZE + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut allocated = 0;
+        f.write(0, &data, &mut allocated).expect("write");
+        f.sync();
+        let fresh = AddressSpace::new(f.mapping.cache(), Arc::new(Aops(Arc::clone(&f.map))));
+        (data, fresh)
+    }
+
+    /// Reads every page of `fresh` through one [`MpageRead`]; returns the bios it took.
+    fn mpage_read_all(f: &Fixture, fresh: &AddressSpace, pages: u64) -> u64 {
+        f.map.queue.drain();
+        let before = f.map.queue.completed();
+        let mut reads = MpageRead::new(&*f.map, fresh.cache());
+        for i in 0..pages {
+            let page = add_new_page(fresh, i)
+                .expect("a frame")
+                .expect("not cached");
+            reads.add(&page).expect("add");
+        }
+        reads.finish();
+        f.map.queue.drain();
+        f.map.queue.completed() - before
+    }
+
+    /// Every page of `fresh` is uptodate, unlocked and holds its part of `data`.
+    fn assert_read_back(fresh: &AddressSpace, data: &[u8], what: &str) {
+        for (i, want) in data.chunks(PAGE_SIZE).enumerate() {
+            let p = find_get_page(fresh, i as u64).expect("cached");
+            crate::mm::waitqueue::lock_page(p.page());
+            assert!(p.uptodate() && !p.error(), "{what}: page {i}");
+            p.with_data(|d| {
+                assert_eq!(&d[..want.len()], want, "{what}: page {i}'s bytes");
+                assert!(d[want.len()..].iter().all(|&b| b == 0), "{what}: tail {i}");
+            });
+            crate::mm::waitqueue::unlock_page(p.page());
+        }
+    }
+
+    #[test]
+    fn readahead_reads_pages_contiguous_on_the_device_as_one_bio_each_run() {
+        // 70 whole pages and a tail; the device run breaks after page 66.
+        let f = fixture_sized(1, 256, 1200, 66 * 8);
+        let (data, fresh) = written_and_uncached(&f, 70);
+        let bios = mpage_read_all(&f, &fresh, 71);
+        // Pages 0-63 (a full bio), 64-65 (up to the break), 66-69, and the tail page read
+        // the buffer-head way (one extent): four, where a bio per page made 71.
+        assert_eq!(bios, 4);
+        assert_read_back(&fresh, &data, "contiguous");
+    }
+
+    #[test]
+    fn readahead_reads_pages_split_on_the_device_piece_by_piece() {
+        // Every 512-byte block apart from the next: each page is read in eight pieces.
+        let f = fixture_sized(2, 64, 1200, u64::MAX);
+        let (data, fresh) = written_and_uncached(&f, 5);
+        assert_eq!(mpage_read_all(&f, &fresh, 6), 5 * 8 + 1);
+        assert_read_back(&fresh, &data, "striped");
+    }
+
+    #[test]
+    fn a_failed_multi_page_read_fails_every_page_of_its_bio_and_unlocks_them() {
+        let f = fixture_sized(1, 64, 1200, u64::MAX);
+        let (_, fresh) = written_and_uncached(&f, 8);
+        let (dev, _) = f.map.map(5 * 4096).expect("map").expect("mapped");
+        f.dev.fail_reads(dev, dev + 512);
+        assert_eq!(
+            mpage_read_all(&f, &fresh, 9),
+            2,
+            "one bio of eight, and the tail"
+        );
+        for i in 0..8 {
+            let p = find_get_page(&fresh, i).expect("cached");
+            assert!(p.error() && !p.uptodate() && !p.locked(), "page {i}");
+        }
+        let tail = find_get_page(&fresh, 8).expect("cached");
+        assert!(tail.uptodate() && !tail.locked());
     }
 
     #[test]
