@@ -360,13 +360,14 @@ impl IoQueue {
     /// A batch of one read of at most a page into caller memory (one page's readpage, a
     /// random reader's miss) on a device with no injected latency is the exception: it is
     /// carried out at once on the calling thread, its `end_io` included, as brd (the RAM
-    /// disk) completes a bio within submit_bio. A completion thread would buy nothing for it (the submitter waits for the
-    /// page next, and there is nothing to merge it with) and costs two context switches per
-    /// read: the thread is woken, preempts the submitter on its CPU, preads, sleeps again.
-    /// Those were the largest part of the daemon's CPU per random 4 KiB read through FUSE
-    /// (about 40% by perf). Writes, flushes, longer batches, plugged queues and every request
-    /// under `io_latency_us` still complete on a completion thread, so end_page_writeback
-    /// never runs on the thread that started the writeback.
+    /// disk) completes a bio within submit_bio. A completion thread would buy nothing for it
+    /// (the submitter waits for the page next, and there is nothing to merge it with) and
+    /// costs two context switches per read: the thread is woken, preempts the submitter on
+    /// its CPU, preads, sleeps again. Those were the largest part of the daemon's CPU per
+    /// random 4 KiB read through FUSE (about 40% by perf). Writes, flushes, longer batches
+    /// and reads (readahead's multi-page bios), plugged queues and every request under
+    /// `io_latency_us` still complete on a completion thread, so end_page_writeback never
+    /// runs on the thread that started the writeback.
     ///
     /// Models: drivers/block/brd.c brd_submit_bio() (v5.10) for the inline read.
     pub fn submit_batch(&self, bios: Vec<Bio>) {
@@ -681,7 +682,8 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
                 })
                 .collect();
             let r = {
-                // Every ReadInto's segments in one vector, and where each bio's end there.
+                // Every ReadInto's segments in one vector, and the index where each bio's
+                // segments end in it.
                 let mut segs: Vec<IoSeg<'_>> = Vec::with_capacity(batch.len());
                 let mut ends = Vec::with_capacity(batch.len());
                 for b in batch {

@@ -800,10 +800,10 @@ impl<S: FatStore + 'static> FatInode<S> {
     /// per page.
     ///
     /// Models: mm/readahead.c page_cache_ra_unbounded() + read_pages() with fat_readahead's
-    /// mpage_readahead() (v5.10), reduced:
-    /// the window is sized by the caller, with no ramp-up. Readahead is a hint: it stops at
-    /// the first page it cannot allocate, skips a page someone else is adding, and a failed
-    /// read is left for the reader's own read to meet.
+    /// mpage_readahead() (v5.10), reduced: the window is sized by the caller, with no
+    /// ramp-up. Readahead is a hint: it stops at the first page it cannot allocate, skips a
+    /// page someone else is adding, and a failed read is left for the reader's own read to
+    /// meet.
     fn readahead(&self, start: u64, stop: u64) {
         let stop = stop.min(self.size().div_ceil(PAGE_SIZE as u64));
         // Pages whose bytes follow one another on the device share a bio of up to 64 pages,

@@ -15,8 +15,8 @@
 //!   size through write_begin / write_end, each page locked, zeroed, dirtied and unlocked in
 //!   turn, growing i_size page by page.
 //!
-//! Reads ahead go as the kernel's mpage_readahead sends them ([`MpageRead`], fs/mpage.c):
-//! whole pages that follow one another on the device share one bio.
+//! Readahead's reads go out as the kernel's mpage_readahead sends them ([`MpageRead`],
+//! fs/mpage.c): whole pages that follow one another on the device share one bio.
 //!
 //! Deviation: a page is written with one bio per contiguous device extent of its own; the
 //! kernel's mpage_writepages merges neighbouring pages into one bio (here the I/O queue merges
