@@ -418,59 +418,29 @@ impl<S: FatStore> FatTable<S> {
         Ok(self.unpack(c, word(buf)))
     }
 
-    /// Writes entry `c` of the FAT at byte `base`, returning its old value.
-    fn write_raw(&self, base: u64, c: u32, value: u32) -> Result<u32, FsError> {
-        let at = base + self.entry_offset(c);
-        let len = self.entry_len();
-        let mut buf = [0u8; 4];
-        self.store.read(at, &mut buf[..len])?;
-        let old = word(&buf[..len]);
-        let new = self.repack(c, old, value).to_le_bytes();
-        self.store.write(at, &new[..len])?;
-        Ok(self.unpack(c, old))
-    }
-
     /// Writes entry `c` in every FAT written, following the free count by the primary FAT.
     ///
     /// # Context
     /// `fat_lock` held (`st` is its guarded state).
     fn put_entry(&self, st: &mut AllocState, c: u32, value: u32) -> Result<(), FsError> {
-        let old = self.write_raw(self.primary, c, value)?;
-        let freed = if c >= FAT_START_ENT {
-            let (old, new) = (self.decode(old), self.decode(value));
-            st.account(old, new);
-            old != FatEntry::Free && new == FatEntry::Free
-        } else {
-            false
-        };
-        // Keep trying the other copies after a failure: the fewer that differ, the better.
-        let mut result = Ok(());
-        for &base in &self.mirrors {
-            if let Err(e) = self.write_raw(base, c, value) {
-                log::error!("fat: cannot mirror entry {c} to the fat at byte {base}: {e}");
-                result = result.and(Err(e));
-            }
-        }
-        if freed {
-            // The epoch is read after every copy is written: each ordered write numbered
-            // above it sees them all.
-            st.held.hold(c, self.store.write_epoch());
-        }
-        result
+        self.put_entries(st, c, &[value])
     }
 
-    /// Writes `values[i]` into entry `first + i` in every FAT written, as
-    /// [`FatTable::put_entry`] does one entry at a time, with one read and one write per FAT
-    /// instead of one of each per entry per FAT (a 512 KiB write links 128 clusters: 512
-    /// trips through the metadata cache became 4). The entries must be whole bytes (FAT16,
-    /// FAT32) and lie in one store page in every FAT ([`FatTable::one_page_each`]), so each
-    /// FAT's change lands in its page under one page lock: writeback copies all of it or
-    /// none of it, as it copies one entry.
+    /// Writes `values[i]` into entry `first + i` in every FAT written, following the free
+    /// count by the primary FAT, with one read and one write per FAT instead of one of each
+    /// per entry per FAT (a 512 KiB write links 128 clusters: 512 trips through the metadata
+    /// cache became 4). Several entries must be whole bytes (FAT16, FAT32) and lie in one
+    /// store page in every FAT ([`FatTable::one_page_each`]), so each FAT's change lands in
+    /// its page under one page lock: writeback copies all of it or none of it, as it copies
+    /// one entry. A lone entry may be any (a FAT12 entry may straddle two pages).
     ///
     /// # Context
     /// `fat_lock` held (`st` is its guarded state).
     fn put_entries(&self, st: &mut AllocState, first: u32, values: &[u32]) -> Result<(), FsError> {
-        debug_assert!(self.ty != FatType::Fat12 && self.one_page_each(first, values.len()));
+        debug_assert!(
+            values.len() == 1
+                || (self.ty != FatType::Fat12 && self.one_page_each(first, values.len()))
+        );
         let len = self.entry_len();
         let mut buf = vec![0u8; values.len() * len];
         let mut old = Vec::with_capacity(values.len());
@@ -498,6 +468,7 @@ impl<S: FatStore> FatTable<S> {
                 }
             }
         }
+        // Keep trying the other copies after a failure: the fewer that differ, the better.
         let mut result = Ok(());
         for &base in &self.mirrors {
             if let Err(e) = write(base, None) {
@@ -509,7 +480,8 @@ impl<S: FatStore> FatTable<S> {
             }
         }
         if !freed.is_empty() {
-            // Read after every copy is written, as in put_entry.
+            // The epoch is read after every copy is written: each ordered write numbered
+            // above it sees them all.
             let epoch = self.store.write_epoch();
             for c in freed {
                 st.held.hold(c, epoch);
@@ -562,9 +534,6 @@ impl<S: FatStore> FatTable<S> {
         group: Range<usize>,
         value_of: impl Fn(usize) -> u32,
     ) -> Result<(), FsError> {
-        if group.len() == 1 {
-            return self.put_entry(st, clusters[group.start], value_of(group.start));
-        }
         let first = clusters[group.start];
         let values: Vec<u32> = group.map(value_of).collect();
         self.put_entries(st, first, &values)

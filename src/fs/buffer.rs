@@ -184,10 +184,10 @@ pub fn block_read_full_page(
     r
 }
 
-/// [`block_read_full_page`] that leaves its bios in `bios` for the caller to submit, so a
-/// readahead pass can queue a whole window at once and the device merges it. Bytes no bio
-/// covers are zeroed here, so the page needs no zeroing when it is allocated.
-pub fn block_read_full_page_into(
+/// [`block_read_full_page`] that leaves its bios in `bios` for the caller to submit (with
+/// [`MpageRead`]'s, for a page it cannot add to its bio). Bytes no bio covers are zeroed here,
+/// so the page needs no zeroing when it is allocated.
+fn block_read_full_page_into(
     map: &dyn BlockMap,
     cache: &Arc<PageCache>,
     page: &PageRef<'_>,
