@@ -327,6 +327,10 @@ fn start_race_workload(dir: &Path, shared: &Arc<Shared>) -> Vec<std::thread::Joi
                 if !going {
                     break;
                 }
+                // ftruncate and fsync hold the kernel's inode lock exclusively: back to back
+                // they leave the writers, whose overlap with the sync the race needs, little
+                // time in between (as repro's sizer pauses).
+                std::thread::sleep(Duration::from_micros(rng.below(4000)));
             }
         }));
     }
@@ -341,7 +345,11 @@ fn bug_under_on_bug_abort_kills_the_daemon_and_leaves_the_volume_dirty() {
     let m = Mounted::new(
         Fat::F16,
         "bug-abort",
-        "sync,era=v5.10,on_bug=abort,wake_delay_us=1000,io_latency_us=300,threads=17",
+        // As `fatcache repro` mounts for three files: a FUSE worker per workload thread and two
+        // spare, and a completion thread per file and two more. With the default two, a
+        // completion held in the wake_delay window holds up every other (the next writeback's
+        // among them) and the first hit took over 30 s in 5 runs of 6; with five, 1-3 s.
+        "sync,era=v5.10,on_bug=abort,wake_delay_us=1000,io_latency_us=300,threads=17,io_threads=5",
     );
     let shared = Arc::new(Shared::default());
     let _stop = StopOnDrop(Arc::clone(&shared));
