@@ -112,8 +112,8 @@ impl std::fmt::Debug for Bio {
 struct State {
     queue: VecDeque<Bio>,
     in_flight: usize,
-    /// Writes queued or running: what [`MAX_WRITES`] bounds.
-    writes: usize,
+    /// Bytes of the writes queued or running: what [`MAX_WRITE_BYTES`] bounds.
+    write_bytes: usize,
     plugged: bool,
     shutdown: bool,
 }
@@ -125,7 +125,7 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     idle: Condvar,
-    /// Submitters of writes waiting for the queue to drop below [`MAX_WRITES`].
+    /// Submitters of writes waiting for the queue to drop below [`MAX_WRITE_BYTES`].
     space: Condvar,
     latency_ns: AtomicU64,
     completed: AtomicU64,
@@ -146,21 +146,22 @@ const MAX_MERGE_BYTES: usize = 1 << 20;
 /// Most requests merged into one (a bio's vector is bounded too; IOV_MAX is 1024).
 const MAX_MERGE_BIOS: usize = 256;
 
-/// Writes a plug holds before it queues them on its own, so a long pass keeps the device busy
-/// instead of handing it everything at the end (blk_plug's request limit, larger here because
-/// a request here is a page, not a merged bio).
-const PLUG_MAX: usize = 256;
+/// Bytes of writes a plug holds before it queues them on its own, so a long pass keeps the
+/// device busy instead of handing it everything at the end (blk_plug's request limit): one
+/// full merged request.
+const PLUG_MAX_BYTES: usize = MAX_MERGE_BYTES;
 
-/// Writes a queue holds (queued or running) before a submitter of more waits for some to
-/// complete: the block layer's nr_requests, which makes a writer faster than its disk sleep
-/// for a request tag. Each write carries a copy of its page, so this also bounds that memory
-/// (2 MiB of 4 KiB writes, and a plug's 1 MiB) instead of letting every page under writeback
-/// have a copy queued (the dirty limit allows a fifth of the cache). Two full merged
-/// requests: one for each of the default two completion threads while the submitter fills
-/// the next. Four cost 1.3-1.9 MiB more peak RSS in `cp -a` and `tar x` of 2,000 files, once
-/// the flusher wrote whole slices, and wrote no faster (512 MiB dd: 0.556 s either way in
-/// cache=direct, 0.75 / 0.73 s in cache=kernel, means of five or six runs).
-const MAX_WRITES: usize = 2 * MAX_MERGE_BIOS;
+/// Bytes of writes a queue holds (queued or running) before a submitter of more waits for
+/// some to complete: the block layer's nr_requests, which makes a writer faster than its disk
+/// sleep for a request tag. Each write carries a copy of its pages, so this also bounds that
+/// memory instead of letting every page under writeback have a copy queued (the dirty limit
+/// allows a fifth of the cache). Counted in bytes, not requests, because a request is a page
+/// (metadata, a page written piece by piece) or up to 64 (a data bio of mpage_writepages).
+/// Two full merged requests: one for each of the default two completion threads while the
+/// submitter fills the next. Four cost 1.3-1.9 MiB more peak RSS in `cp -a` and `tar x` of
+/// 2,000 files, once the flusher wrote whole slices, and wrote no faster (512 MiB dd: 0.556 s
+/// either way in cache=direct, 0.75 / 0.73 s in cache=kernel, means of five or six runs).
+const MAX_WRITE_BYTES: usize = 2 * MAX_MERGE_BYTES;
 
 /// Source of queue identities for plugs.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
@@ -170,6 +171,8 @@ struct Plug {
     id: u64,
     shared: Arc<Shared>,
     bios: Vec<Bio>,
+    /// Bytes the held writes carry.
+    bytes: usize,
 }
 
 thread_local! {
@@ -180,9 +183,13 @@ thread_local! {
     static COMPLETING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether a bio is a write (what [`MAX_WRITES`] counts).
-fn is_write(bio: &Bio) -> bool {
-    matches!(bio.op, BioOp::Write { .. } | BioOp::WriteChain { .. })
+/// Bytes a bio writes (what [`MAX_WRITE_BYTES`] counts); 0 for a read or a flush.
+fn write_bytes(bio: &Bio) -> usize {
+    match &bio.op {
+        BioOp::Write { data, .. } => data.len(),
+        BioOp::WriteChain { parts } => parts.iter().map(|(_, d)| d.len()).sum(),
+        BioOp::Read { .. } | BioOp::ReadInto { .. } | BioOp::Flush => 0,
+    }
 }
 
 /// An active plug on the current thread; dropping it queues the held writes (blk_finish_plug).
@@ -233,20 +240,20 @@ impl Drop for Plug {
 }
 
 impl Shared {
-    /// The queue's state, once it has room for `writes` more writes: a submitter waits while
-    /// [`MAX_WRITES`] writes are queued or running (get_request's sleep for a tag). Never
+    /// The queue's state, once it has room for `bytes` more bytes of writes: a submitter waits
+    /// while [`MAX_WRITE_BYTES`] are queued or running (get_request's sleep for a tag). Never
     /// waits on a completion thread (only those make room), while the queue is held by
     /// [`IoQueue::plug`] (nothing would complete), or at shutdown. A batch may take the count
     /// past the limit by its own size: a plug's or readahead's batch is queued whole so that
     /// it can still merge.
-    fn lock_with_room(&self, writes: usize) -> MutexGuard<'_, State> {
+    fn lock_with_room(&self, bytes: usize) -> MutexGuard<'_, State> {
         let mut st = self.state.lock();
-        if writes > 0 && !COMPLETING.with(std::cell::Cell::get) {
-            while st.writes >= MAX_WRITES && !st.plugged && !st.shutdown {
+        if bytes > 0 && !COMPLETING.with(std::cell::Cell::get) {
+            while st.write_bytes >= MAX_WRITE_BYTES && !st.plugged && !st.shutdown {
                 self.space.wait(&mut st);
             }
         }
-        st.writes += writes;
+        st.write_bytes += bytes;
         st
     }
 
@@ -256,14 +263,14 @@ impl Shared {
         if n == 0 {
             return;
         }
-        let writes = bios.iter().filter(|b| is_write(b)).count();
+        let bytes = bios.iter().map(write_bytes).sum();
         // One completion thread per request the batch merges into: a readahead window of
         // 64 neighbouring pages is one request, and waking every thread for it woke all but
         // one for nothing. Waking fewer cannot strand work: a thread that finishes a request
         // takes the next queued one before it sleeps, so queued work waits at most for a
         // busy thread, and a batch that merges into k requests still gets k threads.
         let requests = requests_in(&bios);
-        self.lock_with_room(writes).queue.extend(bios);
+        self.lock_with_room(bytes).queue.extend(bios);
         for _ in 0..requests {
             if !self.work.notify_one() {
                 break;
@@ -341,16 +348,20 @@ impl IoQueue {
             let full = PLUG.try_with(|p| {
                 let mut p = p.borrow_mut();
                 let plug = p.as_mut().filter(|plug| plug.id == self.shared.id)?;
+                plug.bytes += bio.as_ref().map_or(0, write_bytes);
                 plug.bios.extend(bio.take());
-                (plug.bios.len() >= PLUG_MAX).then(|| std::mem::take(&mut plug.bios))
+                (plug.bytes >= PLUG_MAX_BYTES).then(|| {
+                    plug.bytes = 0;
+                    std::mem::take(&mut plug.bios)
+                })
             });
             if let Ok(Some(bios)) = full {
                 self.shared.push_batch(bios);
             }
         }
         if let Some(bio) = bio {
-            let writes = usize::from(is_write(&bio));
-            self.shared.lock_with_room(writes).queue.push_back(bio);
+            let bytes = write_bytes(&bio);
+            self.shared.lock_with_room(bytes).queue.push_back(bio);
             self.shared.work.notify_one();
         }
     }
@@ -406,6 +417,7 @@ impl IoQueue {
                     id: self.shared.id,
                     shared: Arc::clone(&self.shared),
                     bios: Vec::new(),
+                    bytes: 0,
                 });
                 true
             })
@@ -436,9 +448,10 @@ impl IoQueue {
         self.shared.work.notify_all();
     }
 
-    /// Writes queued or running (at most about [`MAX_WRITES`] while anyone submits).
-    pub fn writes_pending(&self) -> usize {
-        self.shared.state.lock().writes
+    /// Bytes of the writes queued or running (at most about [`MAX_WRITE_BYTES`] while anyone
+    /// submits).
+    pub fn write_bytes_pending(&self) -> usize {
+        self.shared.state.lock().write_bytes
     }
 
     /// Requests queued or running.
@@ -518,7 +531,7 @@ fn completion_thread(s: &Shared) {
             std::thread::sleep(Duration::from_nanos(ns));
         }
         let n = batch.len();
-        let writes = batch.iter().filter(|b| is_write(b)).count();
+        let bytes: usize = batch.iter().map(write_bytes).sum();
         let results = if n == 1 {
             vec![carry_out(s, &batch[0].op)]
         } else {
@@ -530,10 +543,10 @@ fn completion_thread(s: &Shared) {
         }
         let mut st = s.state.lock();
         st.in_flight -= n;
-        if writes > 0 {
-            let was_full = st.writes >= MAX_WRITES;
-            st.writes -= writes;
-            if was_full && st.writes < MAX_WRITES {
+        if bytes > 0 {
+            let was_full = st.write_bytes >= MAX_WRITE_BYTES;
+            st.write_bytes -= bytes;
+            if was_full && st.write_bytes < MAX_WRITE_BYTES {
                 s.space.notify_all();
             }
         }
@@ -802,13 +815,16 @@ mod tests {
         assert_eq!(q.pending(), 0);
     }
 
+    /// Bytes of a [`lone_write`].
+    const LONE: usize = 4096;
+
     /// A write of one byte pattern that merges with nothing queued next to it.
     fn lone_write(i: u64, done: mpsc::Sender<()>) -> Bio {
         Bio {
             op: BioOp::Write {
-                // Every other 512-byte block: no two writes continue each other.
-                offset: i * 1024,
-                data: vec![i as u8; 512],
+                // Every other 4 KiB block: no two writes continue each other.
+                offset: i * 2 * LONE as u64,
+                data: vec![i as u8; LONE],
             },
             end_io: Box::new(move |r| {
                 r.expect("write");
@@ -819,33 +835,37 @@ mod tests {
 
     #[test]
     fn a_writer_faster_than_the_device_waits_for_queue_space() {
-        let n = 3 * MAX_WRITES as u64;
-        let dev = Arc::new(MemDevice::new((n * 1024) as usize));
+        let n = 3 * (MAX_WRITE_BYTES / LONE) as u64;
+        let dev = Arc::new(MemDevice::new(n as usize * 2 * LONE));
         let q = IoQueue::new(dev.clone(), 1, Duration::from_micros(20)).expect("queue");
         let (tx, rx) = mpsc::channel();
         let mut most = 0;
         for i in 0..n {
             q.submit(lone_write(i, tx.clone()));
-            most = most.max(q.writes_pending());
+            most = most.max(q.write_bytes_pending());
         }
-        assert!(most <= MAX_WRITES, "{most} writes pending at once");
+        // A submitter waits only once the limit is reached, so one more write may join.
+        assert!(
+            most < MAX_WRITE_BYTES + LONE,
+            "{most} bytes of writes pending at once"
+        );
         for _ in 0..n {
             rx.recv_timeout(Duration::from_secs(60))
                 .expect("every write completes");
         }
         q.drain();
-        assert_eq!(q.writes_pending(), 0);
+        assert_eq!(q.write_bytes_pending(), 0);
         let bytes = dev.snapshot();
         for i in 0..n {
-            let at = (i * 1024) as usize;
-            assert_eq!(bytes[at..at + 512], vec![i as u8; 512][..], "write {i}");
+            let at = i as usize * 2 * LONE;
+            assert_eq!(bytes[at..at + LONE], vec![i as u8; LONE][..], "write {i}");
         }
     }
 
     #[test]
     fn an_end_io_that_submits_never_waits_for_space() {
-        let n = 2 * MAX_WRITES as u64;
-        let dev = Arc::new(MemDevice::new((2 * n * 1024) as usize));
+        let n = 2 * (MAX_WRITE_BYTES / LONE) as u64;
+        let dev = Arc::new(MemDevice::new(2 * n as usize * 2 * LONE));
         let q = Arc::new(IoQueue::new(dev, 1, Duration::ZERO).expect("queue"));
         let (tx, rx) = mpsc::channel();
         // The first write's completion submits n more from the completion thread while this
