@@ -25,7 +25,7 @@ use crate::fat::bpb::Bpb;
 use crate::fat::table::{FatStore, FatTable};
 use crate::fs::buffer::{
     BlockMap, MpageRead, block_read_full_page, block_write_full_page, cont_write_begin,
-    generic_cont_expand_simple, write_end,
+    generic_cont_expand_simple, mpage_writepages, write_end,
 };
 use crate::fs::fs_writeback::{Bdi, mark_mapping_dirty};
 use crate::mm::filemap::{AddressSpace, add_new_page, find_get_page, read_cache_page};
@@ -592,15 +592,19 @@ impl<S: FatStore + 'static> AddressSpaceOps for FileData<S> {
         block_write_full_page(self, mapping, page, wbc)
     }
 
-    /// fat_writepages = mpage_writepages, which plugs the queue for the pass: the writes of
-    /// neighbouring pages reach the device as one merged request instead of one each.
+    /// fat_writepages = mpage_writepages, which plugs the queue for the pass: neighbouring
+    /// pages go out as multi-page bios, which reach the device merged. On a read-only volume
+    /// every page goes to writepage, which refuses it.
     fn writepages(
         &self,
         mapping: &AddressSpace,
         wbc: &mut WritebackControl,
     ) -> Result<(), FsError> {
+        if self.shared.read_only {
+            return generic_writepages(mapping, wbc);
+        }
         let _plug = self.shared.queue.start_plug();
-        generic_writepages(mapping, wbc)
+        mpage_writepages(self, mapping, wbc)
     }
 
     /// __mark_inode_dirty(I_DIRTY_PAGES): onto the flusher's list.
