@@ -577,7 +577,8 @@ impl MpageWrite<'_> {
             // Room for this page and the ones after it that the pass will reach next (tagged,
             // no gap), at most a bio's worth and never past i_size: a random writer's bio
             // allocates a page, as before. Room for a whole bio up front cost random 4 KiB
-            // writes 5-10% (a 256 KiB allocation, mmapped below glibc's threshold, per page).
+            // writes 5-10% (a 256 KiB allocation per page, each an mmap under glibc's
+            // default threshold).
             let to_eof = (size - start).div_ceil(PAGE_SIZE as u64);
             let most = usize::try_from(to_eof).map_or(MPAGE_MAX_PAGES, |n| n.min(MPAGE_MAX_PAGES));
             let room = 1 + tagged_run(mapping, page.index() + 1, most - 1, wbc.tag());
@@ -628,7 +629,6 @@ impl MpageWrite<'_> {
             dev,
             mut data,
             pfns,
-            ..
         }) = self.run.take()
         else {
             return;
