@@ -1125,12 +1125,7 @@ mod tests {
     /// Writes `pages` pages and a 100-byte tail of numbered bytes through `f`, writes them
     /// back, and returns the bytes and a mapping of the same file with nothing cached.
     fn written_and_uncached(f: &Fixture, pages: usize) -> (Vec<u8>, AddressSpace) {
-        let data: Vec<u8> = (0..pages * PAGE_SIZE + 100)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let mut allocated = 0;
-        f.write(0, &data, &mut allocated).expect("write");
-        f.sync();
+        let (data, _) = written_back(f, pages);
         let fresh = AddressSpace::new(f.mapping.cache(), Arc::new(Aops(Arc::clone(&f.map), false)));
         (data, fresh)
     }
