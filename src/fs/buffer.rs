@@ -1273,7 +1273,7 @@ mod tests {
     }
 
     #[test]
-    fn writeback_skips_a_page_past_the_size_and_ends_the_bio_before_it() {
+    fn writeback_zeroes_the_tail_of_the_page_at_the_size_and_skips_a_page_past_it() {
         let f = fixture_aops(1, 64, 1200, u64::MAX, true);
         let mut allocated = 0;
         f.write(0, &[1; 3 * PAGE_SIZE], &mut allocated)
