@@ -437,20 +437,16 @@ pub fn block_write_full_page(
     page: &PageRef<'_>,
     _wbc: &mut WritebackControl,
 ) -> Result<(), FsError> {
-    let size = map.size();
     let start = page.index() << PAGE_SHIFT;
-    if start >= size {
+    let Some((in_page, len)) = write_len(map, start, map.size()) else {
         unlock_page(page.page());
         return Ok(());
-    }
-    let in_page = size - start;
-    if in_page < PAGE_SIZE as u64 {
+    };
+    if in_page < PAGE_SIZE {
         // Bytes past i_size are written as zeros: a stale tail must not reach the disk.
-        page.with_data_mut(|d| d[in_page as usize..].fill(0));
+        page.with_data_mut(|d| d[in_page..].fill(0));
     }
-    let bs = map.block_size().max(1);
-    let end = (start + in_page.div_ceil(bs) * bs).min(start + PAGE_SIZE as u64);
-    let extents = match page_extents(map, page.index(), end) {
+    let extents = match page_extents(map, page.index(), start + len as u64) {
         Ok(e) => e,
         Err(e) => {
             page.set_error();
@@ -503,6 +499,23 @@ pub fn block_write_full_page(
         });
     }
     Ok(())
+}
+
+/// For the page starting at file byte `start` of a file of `size` bytes: how many of its bytes
+/// lie below `size`, and how many a write of it covers (those, to the end of their block);
+/// `None` for a page wholly past `size`.
+fn write_len(map: &dyn BlockMap, start: u64, size: u64) -> Option<(usize, usize)> {
+    if start >= size {
+        return None;
+    }
+    // Both at most a page, so the casts cannot truncate.
+    let in_page = (size - start).min(PAGE_SIZE as u64);
+    let bs = map.block_size().max(1);
+    let len = in_page
+        .div_ceil(bs)
+        .saturating_mul(bs)
+        .min(PAGE_SIZE as u64);
+    Some((in_page as usize, len as usize))
 }
 
 /// mpage_writepages: a writepages pass whose pages go out as multi-page bios. A page whose
@@ -608,16 +621,7 @@ impl MpageWrite<'_> {
     /// bytes up to `size` rounded to a block are contiguous on the device: the device byte
     /// it starts at, how many of its bytes are below `size`, and how many to write.
     fn whole_on_device(&self, start: u64, size: u64) -> Option<(u64, usize, usize)> {
-        if start >= size {
-            return None;
-        }
-        // At most a page, so the casts cannot truncate.
-        let in_page = (size - start).min(PAGE_SIZE as u64) as usize;
-        let bs = self.map.block_size().max(1);
-        let len = (in_page as u64)
-            .div_ceil(bs)
-            .saturating_mul(bs)
-            .min(PAGE_SIZE as u64) as usize;
+        let (in_page, len) = write_len(self.map, start, size)?;
         let (dev, run) = self.map.map(start).ok().flatten()?;
         (run >= len as u64).then_some((dev, in_page, len))
     }
