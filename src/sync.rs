@@ -112,7 +112,9 @@ pub(crate) use std::sync::Arc;
 pub(crate) mod unchecked {
     pub(crate) use parking_lot::MutexGuard;
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
-    pub(crate) use parking_lot::{MappedRwLockWriteGuard, RwLockWriteGuard};
+    pub(crate) use parking_lot::{
+        MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLockReadGuard, RwLockWriteGuard,
+    };
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 }
 

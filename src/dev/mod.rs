@@ -11,7 +11,7 @@ pub mod queue;
 
 pub use file::{FileDevice, Placement};
 pub use mem::MemDevice;
-pub use queue::{Bio, BioOp, BlkPlug, IoBuf, IoQueue, IoSeg};
+pub use queue::{Bio, BioOp, BlkPlug, IoBuf, IoQueue, IoSeg, IoSource, IoSrcSeg};
 
 use crate::error::FsError;
 

@@ -21,7 +21,7 @@ use crate::dev::BlockDevice;
 use crate::error::FsError;
 use crate::sync::Arc;
 use crate::sync::unchecked::{
-    AtomicU64, Condvar, MappedRwLockWriteGuard, Mutex, MutexGuard, Ordering,
+    AtomicU64, Condvar, MappedRwLockReadGuard, MappedRwLockWriteGuard, Mutex, MutexGuard, Ordering,
 };
 
 /// What a request does.
@@ -48,6 +48,15 @@ pub enum BioOp {
         offset: u64,
         /// The bytes.
         data: Vec<u8>,
+    },
+    /// Write `buf.len()` bytes at `offset` straight out of `buf` (page frames under
+    /// writeback), with no copy. `buf` is dropped before `end_io` runs, so whatever it holds
+    /// for the transfer (the frames' references) is given back before the writeback ends.
+    WriteFrom {
+        /// Byte offset.
+        offset: u64,
+        /// Where the bytes come from.
+        buf: Box<dyn IoSource>,
     },
     /// Write each `(offset, data)` part in turn, each on the device before the next starts,
     /// as one request: a process killed meanwhile leaves a prefix of the parts written.
@@ -81,6 +90,29 @@ pub trait IoBuf: Send {
     /// A segment each, not a box each: a merged request of 256 pages borrows them into one
     /// vector (a boxed guard per page was a malloc and a free per page read).
     fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSeg<'s>>);
+}
+
+/// One segment of an [`IoSource`] borrowed for a transfer: bytes of a frame, held by the
+/// frame's data lock (shared) until the transfer ends.
+pub type IoSrcSeg<'a> = MappedRwLockReadGuard<'a, [u8]>;
+
+/// Memory a write is carried out from without a copy: page frames one after another on the
+/// device. The device borrows it only while the transfer runs, on the completion thread.
+pub trait IoSource: Send {
+    /// Its length in bytes: the sum of its segments'.
+    fn len(&self) -> usize;
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Borrows the bytes for the transfer: pushes its segments onto `out` in device order.
+    fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSrcSeg<'s>>);
+}
+
+impl std::fmt::Debug for dyn IoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoSource({} bytes)", self.len())
+    }
 }
 
 impl std::fmt::Debug for dyn IoBuf {
@@ -153,10 +185,10 @@ const PLUG_MAX_BYTES: usize = MAX_MERGE_BYTES;
 
 /// Bytes of writes a queue holds (queued or running) before a submitter of more waits for
 /// some to complete: the block layer's nr_requests, which makes a writer faster than its disk
-/// sleep for a request tag. Each write carries a copy of its pages, so this also bounds that
-/// memory instead of letting every page under writeback have a copy queued (the dirty limit
-/// allows a fifth of the cache). Counted in bytes, not requests, because a request is a page
-/// (metadata, a page written piece by piece) or up to 64 (a data bio of mpage_writepages).
+/// sleep for a request tag. It also bounds the memory of the writes that carry a copy
+/// (metadata); a file's data goes out from its frames. Counted in bytes, not requests, because
+/// a request is a page (metadata, a page written piece by piece) or up to 64 (a data bio of
+/// mpage_writepages).
 /// Two full merged requests: one for each of the default two completion threads while the
 /// submitter fills the next. Four cost 1.3-1.9 MiB more peak RSS in `cp -a` and `tar x` of
 /// 2,000 files, once the flusher wrote whole slices, and wrote no faster (512 MiB dd: 0.556 s
@@ -187,6 +219,7 @@ thread_local! {
 fn write_bytes(bio: &Bio) -> usize {
     match &bio.op {
         BioOp::Write { data, .. } => data.len(),
+        BioOp::WriteFrom { buf, .. } => buf.len(),
         BioOp::WriteChain { parts } => parts.iter().map(|(_, d)| d.len()).sum(),
         BioOp::Read { .. } | BioOp::ReadInto { .. } | BioOp::Flush => 0,
     }
@@ -341,7 +374,7 @@ impl IoQueue {
         if matches!(
             bio,
             Some(Bio {
-                op: BioOp::Write { .. },
+                op: BioOp::Write { .. } | BioOp::WriteFrom { .. },
                 ..
             })
         ) {
@@ -394,9 +427,10 @@ impl IoQueue {
             && self.shared.latency_ns.load(Ordering::Relaxed) == 0
             && !self.shared.state.lock().plugged
         {
-            for bio in bios {
-                let r = carry_out(&self.shared, &bio.op);
-                (bio.end_io)(r);
+            for Bio { op, end_io } in bios {
+                let r = carry_out(&self.shared, &op);
+                drop(op);
+                end_io(r);
                 self.shared.completed.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -537,8 +571,15 @@ fn completion_thread(s: &Shared) {
         } else {
             carry_out_merged(s, &batch)
         };
-        for (bio, result) in batch.into_iter().zip(results) {
-            (bio.end_io)(result);
+        // Every op goes before the first end_io: a WriteFrom gives its frames' references
+        // back once the transfer is over, never after the writeback it belongs to has ended
+        // (a reference held across end_page_writeback would hide the eras that drop the last
+        // one there, see mm::era).
+        let (ops, end_ios): (Vec<BioOp>, Vec<EndIo>) =
+            batch.into_iter().map(|b| (b.op, b.end_io)).unzip();
+        drop(ops);
+        for (end_io, result) in end_ios.into_iter().zip(results) {
+            end_io(result);
             s.completed.fetch_add(1, Ordering::Relaxed);
         }
         let mut st = s.state.lock();
@@ -562,6 +603,7 @@ fn extent(op: &BioOp) -> Option<(bool, u64, usize)> {
         BioOp::Read { offset, len } => Some((false, *offset, *len)),
         BioOp::ReadInto { offset, buf } => Some((false, *offset, buf.len())),
         BioOp::Write { offset, data } => Some((true, *offset, data.len())),
+        BioOp::WriteFrom { offset, buf } => Some((true, *offset, buf.len())),
         BioOp::WriteChain { .. } | BioOp::Flush => None,
     }
 }
@@ -663,6 +705,20 @@ fn carry_out(s: &Shared, op: &BioOp) -> Result<Vec<u8>, FsError> {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             s.dev.write_at(*offset, data).map(|()| Vec::new())
         }
+        BioOp::WriteFrom { offset, buf } => {
+            s.bytes_written
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            let mut segs = Vec::new();
+            buf.borrow_segments(&mut segs);
+            let r = match segs.as_slice() {
+                [one] => s.dev.write_at(*offset, one),
+                many => {
+                    let views: Vec<&[u8]> = many.iter().map(|g| &**g).collect();
+                    s.dev.write_vectored_at(*offset, &views)
+                }
+            };
+            r.map(|()| Vec::new())
+        }
         BioOp::WriteChain { parts } => {
             for (offset, data) in parts {
                 s.dev.write_at(*offset, data)?;
@@ -726,13 +782,26 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
             r.map(|_| own.into_iter().map(Ok).collect())
         }
         _ => {
-            let views: Vec<&[u8]> = batch
-                .iter()
-                .map(|b| match &b.op {
-                    BioOp::Write { data, .. } => data.as_slice(),
-                    _ => &[],
-                })
-                .collect();
+            // Every WriteFrom's segments first (borrowed for the whole transfer), then one
+            // view per bio's bytes in device order.
+            let mut segs: Vec<IoSrcSeg<'_>> = Vec::with_capacity(batch.len());
+            let mut ends = Vec::with_capacity(batch.len());
+            for b in batch {
+                if let BioOp::WriteFrom { buf, .. } = &b.op {
+                    buf.borrow_segments(&mut segs);
+                }
+                ends.push(segs.len());
+            }
+            let mut views: Vec<&[u8]> = Vec::with_capacity(segs.len() + batch.len());
+            let mut start = 0;
+            for (b, end) in batch.iter().zip(ends) {
+                match &b.op {
+                    BioOp::Write { data, .. } => views.push(data.as_slice()),
+                    BioOp::WriteFrom { .. } => views.extend(segs[start..end].iter().map(|g| &**g)),
+                    _ => {}
+                }
+                start = end;
+            }
             let total: usize = views.iter().map(|v| v.len()).sum();
             s.dev.write_vectored_at(offset, &views).map(|()| {
                 s.bytes_written.fetch_add(total as u64, Ordering::Relaxed);
@@ -759,7 +828,7 @@ fn carry_out_merged(s: &Shared, batch: &[Bio]) -> Vec<Result<Vec<u8>, FsError>> 
 mod tests {
     use super::*;
     use crate::dev::MemDevice;
-    use crate::sync::unchecked::{RwLock, RwLockWriteGuard};
+    use crate::sync::unchecked::{AtomicBool, RwLock, RwLockReadGuard, RwLockWriteGuard};
     use std::sync::mpsc;
 
     #[test]
@@ -1148,6 +1217,91 @@ mod tests {
 
     fn seg(len: usize) -> Arc<RwLock<Vec<u8>>> {
         Arc::new(RwLock::new(vec![0u8; len]))
+    }
+
+    /// Caller memory for WriteFrom: one segment per vector, in device order; `dropped` is set
+    /// when the queue lets go of it.
+    struct SrcBuf(Vec<Arc<RwLock<Vec<u8>>>>, Arc<AtomicBool>);
+
+    impl IoSource for SrcBuf {
+        fn len(&self) -> usize {
+            self.0.iter().map(|v| v.read().len()).sum()
+        }
+
+        fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSrcSeg<'s>>) {
+            for seg in &self.0 {
+                out.push(RwLockReadGuard::map(seg.read(), |v| v.as_slice()));
+            }
+        }
+    }
+
+    impl Drop for SrcBuf {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn writes_from_caller_memory_merge_with_copies_and_let_go_of_it_before_end_io() {
+        let dev = Arc::new(MemDevice::new(8192));
+        let q = IoQueue::new(dev.clone(), 1, Duration::ZERO).expect("queue");
+        let (a, b) = (seg(512), seg(1024));
+        a.write().fill(1);
+        b.write().fill(2);
+        let (tx, rx) = mpsc::channel();
+        let dropped = Arc::new(AtomicBool::new(false));
+        q.plug();
+        let from = |offset, segs: Vec<Arc<RwLock<Vec<u8>>>>| {
+            let (tx, dropped) = (tx.clone(), Arc::clone(&dropped));
+            Bio {
+                op: BioOp::WriteFrom {
+                    offset,
+                    buf: Box::new(SrcBuf(segs, Arc::clone(&dropped))),
+                },
+                end_io: Box::new(move |r: Result<Vec<u8>, FsError>| {
+                    // Every op of the merged request is gone before the first end_io.
+                    tx.send(r.is_ok() && dropped.load(Ordering::SeqCst))
+                        .expect("send");
+                }),
+            }
+        };
+        // [0, 1536) from caller memory in two segments, [1536, 2048) a copy, [2048, 2560)
+        // from caller memory again: one merged request of three bios.
+        q.submit_batch(vec![
+            from(0, vec![Arc::clone(&a), Arc::clone(&b)]),
+            Bio {
+                op: BioOp::Write {
+                    offset: 1536,
+                    data: vec![3; 512],
+                },
+                end_io: {
+                    let tx = tx.clone();
+                    Box::new(move |r| tx.send(r.is_ok()).expect("send"))
+                },
+            },
+            from(2048, vec![seg(512)]),
+        ]);
+        assert_eq!(q.write_bytes_pending(), 2560);
+        q.unplug();
+        for _ in 0..3 {
+            assert_eq!(rx.recv(), Ok(true));
+        }
+        q.drain();
+        assert_eq!(q.dispatched(), 1, "merged into one request");
+        assert_eq!(q.bytes().1, 2560);
+        let snap = dev.snapshot();
+        assert!(snap[..512].iter().all(|&x| x == 1));
+        assert!(snap[512..1536].iter().all(|&x| x == 2));
+        assert!(snap[1536..2048].iter().all(|&x| x == 3));
+        assert!(snap[2048..2560].iter().all(|&x| x == 0));
+        // On its own, in one segment.
+        a.write().fill(4);
+        dropped.store(false, Ordering::SeqCst);
+        q.submit(from(4096, vec![Arc::clone(&a)]));
+        assert_eq!(rx.recv(), Ok(true));
+        q.drain();
+        assert!(dev.snapshot()[4096..4608].iter().all(|&x| x == 4));
+        assert_eq!(q.write_bytes_pending(), 0);
     }
 
     #[test]

@@ -20,11 +20,9 @@
 //! share one bio; a page that does not fit is read or written on its own, one bio per
 //! contiguous device extent (the last part's completion ends its I/O).
 
-use crate::dev::{Bio, BioOp, IoBuf, IoQueue, IoSeg};
+use crate::dev::{Bio, BioOp, IoBuf, IoQueue, IoSeg, IoSource, IoSrcSeg};
 use crate::error::FsError;
-use crate::mm::filemap::{
-    AddressSpace, end_page_writeback, grab_cache_page_write_begin, tagged_run,
-};
+use crate::mm::filemap::{AddressSpace, end_page_writeback, grab_cache_page_write_begin};
 use crate::mm::waitqueue::{lock_page, unlock_page};
 use crate::mm::writeback::{
     WritebackControl, balance_dirty_pages_ratelimited, set_page_dirty, set_page_writeback,
@@ -130,6 +128,66 @@ impl IoBuf for PageRun {
                 .iter()
                 .map(|&pfn| self.cache.page(pfn).data_for_read_io(0..PAGE_SIZE)),
         );
+    }
+}
+
+/// Bytes of frames under writeback, one after another on the device: what a write bio is
+/// carried out from, with no copy. It holds a reference to each frame, taken under the page
+/// lock when PG_writeback was set, and puts them when dropped, which the queue does once the
+/// transfer is over and before the bio's completion ends the writeback.
+///
+/// Why a reference, when the kernel's bio holds none: PG_writeback pins the page there (reclaim
+/// skips it, truncate waits for it), but where a waiter takes a stale wake-up for the end of a
+/// writeback (v5.9), the page can be written again while its first writeback is in flight
+/// (the BUG this tool reproduces; `on_bug=continue` goes on past it). The first I/O's end then
+/// clears PG_writeback with the second still queued, truncate or reclaim may free the frame,
+/// and another file's bytes, written into it meanwhile, would land on this file's clusters.
+/// The reference only defers such a free until the device has read the frame; it is given back
+/// before end_page_writeback, so which thread drops the last one there, in every era, is as it
+/// was.
+struct FrameRun {
+    cache: Arc<PageCache>,
+    /// Each frame and the bytes of it to write, in device order.
+    segs: Vec<(Pfn, std::ops::Range<usize>)>,
+    len: usize,
+}
+
+impl FrameRun {
+    fn new(cache: &Arc<PageCache>, capacity: usize) -> Self {
+        FrameRun {
+            cache: Arc::clone(cache),
+            segs: Vec::with_capacity(capacity),
+            len: 0,
+        }
+    }
+
+    /// Appends bytes `range` of `page` (locked, under writeback), taking a reference to it.
+    fn push(&mut self, page: &PageRef<'_>, range: std::ops::Range<usize>) {
+        let _ = page.get().into_raw(); // put back in Drop
+        self.len += range.len();
+        self.segs.push((page.pfn(), range));
+    }
+}
+
+impl IoSource for FrameRun {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn borrow_segments<'s>(&'s self, out: &mut Vec<IoSrcSeg<'s>>) {
+        out.extend(
+            self.segs
+                .iter()
+                .map(|(pfn, range)| self.cache.page(*pfn).data_for_write_io(range.clone())),
+        );
+    }
+}
+
+impl Drop for FrameRun {
+    fn drop(&mut self) {
+        for (pfn, _) in self.segs.drain(..) {
+            drop(PageRef::from_raw(self.cache.page(pfn)));
+        }
     }
 }
 
@@ -263,8 +321,8 @@ fn block_read_full_page_into(
 }
 
 /// Pages per multi-page bio: a readahead window of 64 pages (256 KiB) is one bio, which a
-/// completion thread starts on while the next is built, and a writeback pass's 256 KiB of
-/// copies go to the queue a bio at a time. The kernel's limit is BIO_MAX_PAGES (256); the
+/// completion thread starts on while the next is built, and a writeback pass's pages go to
+/// the queue 256 KiB at a time. The kernel's limit is BIO_MAX_PAGES (256); the
 /// queue merges neighbouring bios up to its own request limit anyway.
 const MPAGE_MAX_PAGES: usize = 64;
 
@@ -456,24 +514,27 @@ pub fn block_write_full_page(
         }
     };
     set_page_writeback(page.page());
-    // The bios carry a copy taken under the page lock; a later redirty (write_begin does not
-    // wait for writeback) changes the page, not this I/O, and is written by the next pass.
-    let parts: Vec<(Extent, Vec<u8>)> = page.with_data(|d| {
-        extents
-            .iter()
-            .map(|e| (*e, d[e.at..e.at + e.len].to_vec()))
-            .collect()
-    });
+    // The bios write from the frame (see `FrameRun`): a redirty before the device reads it
+    // (write_begin does not wait for writeback) goes out with this I/O and again with the
+    // next pass, as in the kernel without stable pages.
+    let bufs: Vec<(Extent, FrameRun)> = extents
+        .iter()
+        .map(|e| {
+            let mut run = FrameRun::new(mapping.cache(), 1);
+            run.push(page, e.at..e.at + e.len);
+            (*e, run)
+        })
+        .collect();
     unlock_page(page.page());
     // One bio (the usual case): its completion is the last, no count of parts needed.
-    let state = (parts.len() > 1).then(|| PartState::new(parts.len()));
+    let state = (bufs.len() > 1).then(|| PartState::new(bufs.len()));
     let (pfn, mapping_id) = (page.pfn(), mapping.id());
-    for (ext, data) in parts {
+    for (ext, run) in bufs {
         let (cache, state) = (Arc::clone(mapping.cache()), state.clone());
         map.queue().submit(Bio {
-            op: BioOp::Write {
+            op: BioOp::WriteFrom {
                 offset: ext.dev,
-                data,
+                buf: Box::new(run),
             },
             end_io: Box::new(move |r| {
                 let ok = match r {
@@ -527,7 +588,7 @@ fn write_len(map: &dyn BlockMap, start: u64, size: u64) -> Option<(usize, usize)
 /// are submitted when the pass ends, so a caller's plug still sees them together.
 ///
 /// One bio per 64 pages instead of one per page: writing back 512 MiB made 131,072 bios, each
-/// with its own copy buffer, boxed completion and reference count.
+/// with its own buffer, boxed completion and reference count.
 ///
 /// Models: fs/mpage.c mpage_writepages() / __mpage_writepage() / mpage_end_io() (v5.10). The
 /// device mapping is looked up afresh for every page under its lock, as the kernel asks
@@ -556,11 +617,11 @@ struct MpageWrite<'a> {
     run: Option<WriteRun>,
 }
 
-/// Pages under writeback whose bytes follow one another on the device, with a copy of them
-/// taken under each page's lock (see [`block_write_full_page`] for why a copy).
+/// Pages under writeback whose bytes follow one another on the device: the frames the bio
+/// writes from, and the pages its completion ends the writeback of.
 struct WriteRun {
     dev: u64,
-    data: Vec<u8>,
+    frames: FrameRun,
     pfns: Vec<Pfn>,
 }
 
@@ -582,22 +643,17 @@ impl MpageWrite<'_> {
         let joins = self
             .run
             .as_ref()
-            .is_some_and(|r| r.dev + r.data.len() as u64 == dev);
+            .is_some_and(|r| r.dev + r.frames.len() as u64 == dev);
         if !joins {
             self.submit();
         }
         let run = self.run.get_or_insert_with(|| {
-            // Room for this page and the ones after it that the pass will reach next (tagged,
-            // no gap), at most a bio's worth and never past i_size: a random writer's bio
-            // allocates a page, as before. Room for a whole bio up front cost random 4 KiB
-            // writes 5-10% (a 256 KiB allocation per page, each an mmap under glibc's
-            // default threshold).
+            // Room for a bio's worth of pages, never past i_size: a few bytes a page.
             let to_eof = (size - start).div_ceil(PAGE_SIZE as u64);
-            let most = usize::try_from(to_eof).map_or(MPAGE_MAX_PAGES, |n| n.min(MPAGE_MAX_PAGES));
-            let room = 1 + tagged_run(mapping, page.index() + 1, most - 1, wbc.tag());
+            let room = usize::try_from(to_eof).map_or(MPAGE_MAX_PAGES, |n| n.min(MPAGE_MAX_PAGES));
             WriteRun {
                 dev,
-                data: Vec::with_capacity(room * PAGE_SIZE),
+                frames: FrameRun::new(mapping.cache(), room),
                 pfns: Vec::with_capacity(room),
             }
         });
@@ -606,7 +662,7 @@ impl MpageWrite<'_> {
             page.with_data_mut(|d| d[in_page..].fill(0));
         }
         set_page_writeback(page.page());
-        page.with_data(|d| run.data.extend_from_slice(&d[..len]));
+        run.frames.push(page, 0..len);
         run.pfns.push(page.pfn());
         unlock_page(page.page());
         if len < PAGE_SIZE || run.pfns.len() >= MPAGE_MAX_PAGES {
@@ -629,21 +685,15 @@ impl MpageWrite<'_> {
     /// Submits the bio being built: its completion ends the writeback of every page in it,
     /// with PG_error on each (and the error on the mapping) if it failed, as page_endio does.
     fn submit(&mut self) {
-        let Some(WriteRun {
-            dev,
-            mut data,
-            pfns,
-        }) = self.run.take()
-        else {
+        let Some(WriteRun { dev, frames, pfns }) = self.run.take() else {
             return;
         };
-        // Room left by pages the pass skipped after all (cleaned, truncated, or under
-        // writeback in a background pass): given back in place, the allocator does not copy a
-        // block it shrinks.
-        data.shrink_to_fit();
         let (cache, mapping_id) = (Arc::clone(self.mapping.cache()), self.mapping.id());
         self.map.queue().submit(Bio {
-            op: BioOp::Write { offset: dev, data },
+            op: BioOp::WriteFrom {
+                offset: dev,
+                buf: Box::new(frames),
+            },
             end_io: Box::new(move |r| {
                 if let Err(e) = &r {
                     log::error!("buffer: write of {} pages at {dev} failed: {e}", pfns.len());
@@ -1274,6 +1324,45 @@ mod tests {
         let e = filemap_fdatawait_range(&f.mapping, 0, u64::MAX)
             .expect_err("the mapping's error reaches fdatawait");
         assert_eq!(e.errno(), libc::EIO);
+    }
+
+    #[test]
+    fn writeback_pins_each_frame_while_the_device_reads_it_and_no_longer() {
+        // Contiguous (one multi-page bio) and split on the device (block_write_full_page, a
+        // bio per extent, each with its own reference).
+        for (stride, refs_in_flight) in [(1, 1), (2, 8)] {
+            let f = fixture_aops(stride, 64, 1200, u64::MAX, true);
+            let mut allocated = 0;
+            let data: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+            f.write(0, &data, &mut allocated).expect("write");
+            let pages: Vec<_> = (0..4)
+                .map(|i| find_get_page(&f.mapping, i).expect("cached"))
+                .collect();
+            let idle: Vec<u32> = pages.iter().map(|p| p.refcount()).collect();
+            f.map.queue.plug();
+            filemap_fdatawrite_range(&f.mapping, 0, u64::MAX).expect("writeback started");
+            for (p, &n) in pages.iter().zip(&idle) {
+                assert!(p.writeback() && !p.locked());
+                assert_eq!(p.refcount(), n + refs_in_flight, "stride {stride}: pinned");
+            }
+            // Written after the writeback started, before the device read it: the device gets
+            // the frame as it is then (no copy was taken), and the page is dirty again.
+            let page = pages[1].get();
+            lock_page(page.page());
+            page.with_data_mut(|d| d[..4].copy_from_slice(b"late"));
+            set_page_dirty(&f.mapping, page.page());
+            unlock_page(page.page());
+            drop(page);
+            f.map.queue.unplug();
+            for (p, &n) in pages.iter().zip(&idle) {
+                crate::mm::writeback::wait_on_page_writeback(p.page());
+                assert_eq!(p.refcount(), n, "stride {stride}: given back");
+            }
+            let mut want = data.clone();
+            want[PAGE_SIZE..PAGE_SIZE + 4].copy_from_slice(b"late");
+            assert_eq!(f.on_device(want.len() as u64), want, "stride {stride}");
+            assert!(pages[1].dirty());
+        }
     }
 
     #[test]

@@ -438,22 +438,6 @@ pub fn find_get_pages_range_tag<'m>(
     out
 }
 
-/// How many pages from `start` on, at most `max`, carry `tag` one after another: what a
-/// writeback pass walking `tag` reaches next without a gap. A hint (tags change under it),
-/// for sizing what the pass builds; not in the kernel, whose bios point at the pages.
-pub fn tagged_run(mapping: &AddressSpace, start: u64, max: usize, tag: Tag) -> usize {
-    if max == 0 {
-        return 0;
-    }
-    let end = start.saturating_add(max as u64 - 1);
-    let found = mapping.i_pages().find_marked(tag, start, end, max);
-    found
-        .iter()
-        .zip(start..)
-        .take_while(|((index, _), want)| index == want)
-        .count()
-}
-
 /// tag_pages_for_writeback: copy DIRTY to TOWRITE for every index in `[start, end]`.
 pub fn tag_pages_for_writeback(mapping: &AddressSpace, start: u64, end: u64) {
     mapping

@@ -214,6 +214,20 @@ impl<'a> Page<'a> {
         crate::sync::unchecked::RwLockWriteGuard::map(self.frame().data.write(), |d| &mut d[range])
     }
 
+    /// The bytes `range` of the page borrowed for a write I/O out of them (the device writes the
+    /// frame itself instead of a copy). The caller holds a reference for the transfer, taken
+    /// when it set PG_writeback under the page lock, so the frame cannot be freed and handed
+    /// to another file while the device reads it, even where a waiter has wrongly taken the
+    /// writeback for ended; writers of the page wait for the borrow to end (this is a read
+    /// lock on the frame's bytes), so the device never sees half of one copy into it.
+    pub fn data_for_write_io(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> crate::sync::unchecked::MappedRwLockReadGuard<'a, [u8]> {
+        vm_bug_on_page!(self.cache.bug(), self.refcount() == 0, self);
+        crate::sync::unchecked::RwLockReadGuard::map(self.frame().data.read(), |d| &d[range])
+    }
+
     /// get_page: take one more reference; the caller already holds one.
     pub fn get(&self) -> PageRef<'a> {
         let old = self.frame().refcount.fetch_add(1, Ordering::AcqRel);

@@ -490,24 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tagged_run_counts_neighbours_up_to_the_first_gap_or_the_limit() {
-        let c = cache_for(Era::V5_11, 64);
-        let m = AddressSpace::new(&c, Arc::new(SyncAops::default()));
-        // Pages 0-11 cached, all dirty but page 5: the run from 2 stops before it.
-        for i in 0..12 {
-            let p = find_or_create_page(&m, i).expect("page");
-            if i != 5 {
-                set_page_dirty(&m, *p);
-            }
-            unlock_page(*p);
-        }
-        let run = |start, max, tag| crate::mm::filemap::tagged_run(&m, start, max, tag);
-        assert_eq!(run(2, 64, Tag::Dirty), 3);
-        assert_eq!(run(6, 64, Tag::Dirty), 6, "up to the last page");
-        assert_eq!(run(6, 4, Tag::Dirty), 4, "up to the limit");
-        assert_eq!(run(6, 0, Tag::Dirty), 0);
-        assert_eq!(run(20, 64, Tag::Dirty), 0, "nothing there");
-        assert_eq!(run(0, 64, Tag::Towrite), 0, "no pass has tagged them");
+    fn integrity_passes_walk_towrite_and_background_ones_dirty() {
         let wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
         assert_eq!(wbc.tag(), Tag::Towrite);
         assert_eq!(WritebackControl::background(8).tag(), Tag::Dirty);
