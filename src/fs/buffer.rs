@@ -138,13 +138,14 @@ impl IoBuf for PageRun {
 ///
 /// Why a reference, when the kernel's bio holds none: PG_writeback pins the page there (reclaim
 /// skips it, truncate waits for it), but where a waiter takes a stale wake-up for the end of a
-/// writeback (v5.9), the page can be written again while its first writeback is in flight
-/// (the BUG this tool reproduces; `on_bug=continue` goes on past it). The first I/O's end then
-/// clears PG_writeback with the second still queued, truncate or reclaim may free the frame,
-/// and another file's bytes, written into it meanwhile, would land on this file's clusters.
-/// The reference only defers such a free until the device has read the frame; it is given back
-/// before end_page_writeback, so which thread drops the last one there, in every era, is as it
-/// was.
+/// writeback (v5.9, v5.10: S1's stale wake, seen by truncate's `if` wait instead of
+/// write_cache_pages'), truncate goes on while the page's next writeback is in flight and
+/// drops the page cache's reference. The frame is then only kept from reuse by the bad-page
+/// check that leaks a frame freed under writeback; with this reference, the bytes the device
+/// is about to read cannot become another file's, whatever a diagnostic does (the bad-page
+/// report of that case then comes from the completion thread that drops this reference, not
+/// from truncate). It is given back before end_page_writeback, so who drops the last
+/// reference there (Hugh's frame reuse, S2) is as in each era.
 struct FrameRun {
     cache: Arc<PageCache>,
     /// Each frame and the bytes of it to write, in device order.
