@@ -189,8 +189,9 @@ impl<'a> Page<'a> {
         self.frame().refcount.load(Ordering::Acquire)
     }
 
-    /// Read the page contents. Readers and the writeback copy run concurrently with each other;
-    /// writers hold the page lock (the kernel's rule), so the contents are stable enough.
+    /// Read the page contents. Readers and write I/O out of the frame run concurrently with
+    /// each other; writers hold the page lock (the kernel's rule), so the contents are stable
+    /// enough.
     pub fn with_data<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(&self.frame().data.read())
     }
