@@ -618,12 +618,10 @@ struct MpageWrite<'a> {
     run: Option<WriteRun>,
 }
 
-/// Pages under writeback whose bytes follow one another on the device: the frames the bio
-/// writes from, and the pages its completion ends the writeback of.
+/// Pages under writeback whose bytes follow one another on the device from `dev` on.
 struct WriteRun {
     dev: u64,
     frames: FrameRun,
-    pfns: Vec<Pfn>,
 }
 
 impl MpageWrite<'_> {
@@ -655,7 +653,6 @@ impl MpageWrite<'_> {
             WriteRun {
                 dev,
                 frames: FrameRun::new(mapping.cache(), room),
-                pfns: Vec::with_capacity(room),
             }
         });
         if in_page < PAGE_SIZE {
@@ -664,9 +661,8 @@ impl MpageWrite<'_> {
         }
         set_page_writeback(page.page());
         run.frames.push(page, 0..len);
-        run.pfns.push(page.pfn());
         unlock_page(page.page());
-        if len < PAGE_SIZE || run.pfns.len() >= MPAGE_MAX_PAGES {
+        if len < PAGE_SIZE || run.frames.segs.len() >= MPAGE_MAX_PAGES {
             // The page at i_size ends its bio (the next block on the device is not the next
             // page's), as does a full one.
             self.submit();
@@ -686,9 +682,11 @@ impl MpageWrite<'_> {
     /// Submits the bio being built: its completion ends the writeback of every page in it,
     /// with PG_error on each (and the error on the mapping) if it failed, as page_endio does.
     fn submit(&mut self) {
-        let Some(WriteRun { dev, frames, pfns }) = self.run.take() else {
+        let Some(WriteRun { dev, frames }) = self.run.take() else {
             return;
         };
+        // The completion's own list: the frames' references are gone by the time it runs.
+        let pfns: Vec<Pfn> = frames.segs.iter().map(|(pfn, _)| *pfn).collect();
         let (cache, mapping_id) = (Arc::clone(self.mapping.cache()), self.mapping.id());
         self.map.queue().submit(Bio {
             op: BioOp::WriteFrom {
