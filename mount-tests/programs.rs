@@ -408,6 +408,24 @@ fn sqlite_wal_cache_kernel_fat32() {
     sqlite(Fat::F32, "cache=kernel", "wal");
 }
 
+/// WAL in the default cache=direct: FOPEN_DIRECT_IO files take a shared writable mapping only
+/// with FUSE_DIRECT_IO_ALLOW_MMAP, which kernels offer from 6.6 on (before, sqlite3 fails with
+/// "disk I/O error" when it maps the -shm file).
+#[test]
+fn sqlite_wal_fat16() {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if version < (6, 6) {
+        println!("skipping sqlite_wal_fat16: kernel {release} has no FUSE_DIRECT_IO_ALLOW_MMAP");
+        return;
+    }
+    sqlite(Fat::F16, "", "wal");
+}
+
 fn fio(fat: Fat) {
     if optional_tool("fio", "fio").is_none() {
         return;

@@ -461,6 +461,18 @@ impl Filesystem for FatFuse {
         // to us, and FAT has none to kill: modes come from the masks and never carry suid,
         // sgid or sticky bits (`perm`), and no xattr can be set (`setxattr`), so no file ever
         // has a security.capability.
+        // cache=direct opens files FOPEN_DIRECT_IO, and without this flag the kernel refuses
+        // them a shared writable mapping (ENODEV): sqlite's WAL (it maps the -shm file) failed
+        // with "disk I/O error". With it (6.6 and later) the mapped pages live in the kernel's
+        // page cache and reach us as WRITEs when the kernel writes them back; the kernel
+        // writes them back before a direct read or write of their range and drops them after
+        // a direct write, so read(2), write(2) and the mapping agree.
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_err()
+        {
+            log::debug!("fuse: the kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP");
+        }
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
             log::debug!("fuse: the kernel does not offer {missing:?}");
         }
