@@ -408,25 +408,35 @@ fn sqlite_wal_cache_kernel_fat32() {
     sqlite(Fat::F32, "cache=kernel", "wal");
 }
 
-/// WAL in the default cache=direct: FOPEN_DIRECT_IO files take a shared writable mapping only
-/// with FUSE_DIRECT_IO_ALLOW_MMAP, which kernels offer from 6.6 on (before, sqlite3 fails with
-/// "disk I/O error" when it maps the -shm file).
-#[test]
-fn sqlite_wal_fat16() {
+/// Whether this kernel gives FOPEN_DIRECT_IO files (cache=direct) shared writable mappings:
+/// only with FUSE_DIRECT_IO_ALLOW_MMAP, which kernels offer from 6.6 on (before, MAP_SHARED
+/// fails with ENODEV). Says so when `test` is skipped for it.
+fn direct_io_mmap(test: &str) -> bool {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
     let mut v = release
         .trim()
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
-    if version < (6, 6) {
-        println!("skipping sqlite_wal_fat16: kernel {release} has no FUSE_DIRECT_IO_ALLOW_MMAP");
-        return;
+    let new_enough = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 6);
+    if !new_enough {
+        println!("skipping {test}: kernel {release} has no FUSE_DIRECT_IO_ALLOW_MMAP");
     }
-    sqlite(Fat::F16, "", "wal");
+    new_enough
 }
 
-fn fio(fat: Fat) {
+/// WAL in the default cache=direct: sqlite maps its -shm file MAP_SHARED (before
+/// FUSE_DIRECT_IO_ALLOW_MMAP, sqlite3 failed with "disk I/O error").
+#[test]
+fn sqlite_wal_fat16() {
+    if direct_io_mmap("sqlite_wal_fat16") {
+        sqlite(Fat::F16, "", "wal");
+    }
+}
+
+/// fio's random 4 KiB writes with crc32c verification through `engine` (psync: write(2);
+/// mmap: stores into a shared mapping, written back by the kernel), then the image must hold
+/// what the mount shows.
+fn fio(fat: Fat, engine: &str) {
     if optional_tool("fio", "fio").is_none() {
         return;
     }
@@ -435,8 +445,9 @@ fn fio(fat: Fat) {
     let out = sh_ok(
         m.scratch(),
         &format!(
-            "fio --name=v --filename={} --size=8M --rw=randwrite --bs=4k --verify=crc32c \
-             --do_verify=1 --randseed=1234 --verify_fatal=1 --output-format=terse",
+            "fio --name=v --filename={} --size=8M --ioengine={engine} --rw=randwrite --bs=4k \
+             --verify=crc32c --do_verify=1 --randseed=1234 --verify_fatal=1 \
+             --output-format=terse",
             q(&file)
         ),
     );
@@ -453,12 +464,21 @@ fn fio(fat: Fat) {
 
 #[test]
 fn fio_verify_fat16() {
-    fio(Fat::F16);
+    fio(Fat::F16, "psync");
 }
 
 #[test]
 fn fio_verify_fat32() {
-    fio(Fat::F32);
+    fio(Fat::F32, "psync");
+}
+
+/// Shared-mapping writes on a default (cache=direct) mount, which needs
+/// FUSE_DIRECT_IO_ALLOW_MMAP.
+#[test]
+fn fio_mmap_verify_fat32() {
+    if direct_io_mmap("fio_mmap_verify_fat32") {
+        fio(Fat::F32, "mmap");
+    }
 }
 
 /// dd of 200 MiB with conv=fsync onto a 256 MiB FAT32 image, cmp through the mount; after the
