@@ -454,13 +454,6 @@ impl Filesystem for FatFuse {
         if let Err(max) = config.set_max_readahead(MAX_WRITE) {
             log::debug!("fuse: max_readahead limited to {max}");
         }
-        // Without it the kernel asks for security.capability before every buffered write
-        // (file_remove_privs on a superblock without SB_NOSEC): one GETXATTR round trip per
-        // WRITE with cache=kernel, which cut 4 KiB random writes by a third. With it the
-        // kernel sets SB_NOSEC and leaves killing privileges on write, truncate and O_TRUNC
-        // to us, and FAT has none to kill: modes come from the masks and never carry suid,
-        // sgid or sticky bits (`perm`), and no xattr can be set (`setxattr`), so no file ever
-        // has a security.capability.
         // cache=direct opens files FOPEN_DIRECT_IO, and without this flag the kernel refuses
         // them a shared writable mapping (ENODEV): sqlite's WAL (it maps the -shm file) failed
         // with "disk I/O error". With it (6.6 and later) the mapped pages live in the kernel's
@@ -473,6 +466,13 @@ impl Filesystem for FatFuse {
         {
             log::debug!("fuse: the kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP");
         }
+        // Without it the kernel asks for security.capability before every buffered write
+        // (file_remove_privs on a superblock without SB_NOSEC): one GETXATTR round trip per
+        // WRITE with cache=kernel, which cut 4 KiB random writes by a third. With it the
+        // kernel sets SB_NOSEC and leaves killing privileges on write, truncate and O_TRUNC
+        // to us, and FAT has none to kill: modes come from the masks and never carry suid,
+        // sgid or sticky bits (`perm`), and no xattr can be set (`setxattr`), so no file ever
+        // has a security.capability.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
             log::debug!("fuse: the kernel does not offer {missing:?}");
         }
