@@ -71,16 +71,6 @@ impl WritebackControl {
             ..WritebackControl::range(SyncMode::None, 0, u64::MAX)
         }
     }
-
-    /// The tag a pass walks: TOWRITE (set when it starts) for data integrity or
-    /// tagged_writepages, DIRTY otherwise.
-    pub fn tag(&self) -> Tag {
-        if self.sync_mode == SyncMode::All || self.tagged_writepages {
-            Tag::Towrite
-        } else {
-            Tag::Dirty
-        }
-    }
 }
 
 /// set_page_dirty (`__set_page_dirty_nobuffers`): mark the page dirty and tag it; returns true
@@ -309,10 +299,12 @@ pub fn write_cache_pages(
             wbc.range_start == 0 && wbc.range_end == u64::MAX,
         )
     };
-    let tag = wbc.tag();
-    if tag == Tag::Towrite {
+    let tag = if wbc.sync_mode == SyncMode::All || wbc.tagged_writepages {
         tag_pages_for_writeback(mapping, index, end);
-    }
+        Tag::Towrite
+    } else {
+        Tag::Dirty
+    };
     mapping
         .cache()
         .hook(HookPoint::WcpAfterTag, crate::mm::Pfn(u32::MAX));
@@ -487,13 +479,6 @@ mod tests {
                 (0, 0, 40, 40)
             );
         }
-    }
-
-    #[test]
-    fn integrity_passes_walk_towrite_and_background_ones_dirty() {
-        let wbc = WritebackControl::range(SyncMode::All, 0, u64::MAX);
-        assert_eq!(wbc.tag(), Tag::Towrite);
-        assert_eq!(WritebackControl::background(8).tag(), Tag::Dirty);
     }
 
     #[test]

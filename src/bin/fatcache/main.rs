@@ -506,8 +506,9 @@ fn stats(dir: &Path) -> ExitCode {
 const DAEMON_MALLOC_ARENAS: libc::c_int = 2;
 
 /// Smallest allocation the daemon's malloc serves by mmap, unless MALLOC_MMAP_THRESHOLD_ says
-/// otherwise: above every buffer of the hot paths (a merged request or a read reply is at
-/// most 1 MiB, a write bio 256 KiB), below fuser's 16 MiB receive buffer of each worker.
+/// otherwise: above every buffer of the hot paths (a read reply is at most 512 KiB, a merged
+/// request's vectors and a metadata write's copy far less), below fuser's 16 MiB receive
+/// buffer of each worker.
 #[cfg(target_env = "gnu")]
 const DAEMON_MMAP_THRESHOLD: libc::c_int = 4 << 20;
 
@@ -524,8 +525,8 @@ const DAEMON_TRIM_THRESHOLD: libc::c_int = 8 << 20;
 /// arena keeps its own high-water mark of the daemon's short-lived buffers (directory
 /// listings, names, reply vectors): the mount benchmark's peak RSS at cache_mb=64 was 4-5 MiB
 /// above what two arenas give, with no change in its times beyond their noise (issue 6's note
-/// has the figures). The daemon's hot paths allocate little (frames, write copies and read
-/// buffers are reused), so two arenas are not a point of contention.
+/// has the figures). The daemon's hot paths allocate little (frames and read buffers are
+/// reused, data is written from the frames), so two arenas are not a point of contention.
 ///
 /// mmap threshold: glibc raises it past any mmapped block that is freed, up to 32 MiB. Once
 /// something of 16 MiB or more had been freed, fuser's 16 MiB receive buffers (one per
