@@ -549,9 +549,9 @@ print_table() {
     done
 }
 
-# Targets from the issue, for each fatcache mode: "name|value|ok".
+# Targets from the issue, for each fatcache mode: "name|value|ok|reach".
 TARGETS=()
-target() {   # NAME VALUE OP LIMIT; VALUE may be a bound (">X", "<X")
+target() {   # NAME VALUE OP LIMIT [REACH]; VALUE may be a bound (">X", "<X")
     local ok dir=${2%%[0-9]*} v=${2#[<>]}
     if is_num "$v"; then
         ok=$(awk -v d="$dir" -v v="$v" -v l="$4" -v op="$3" 'BEGIN {
@@ -565,15 +565,20 @@ target() {   # NAME VALUE OP LIMIT; VALUE may be a bound (">X", "<X")
     else
         ok="n/a"
     fi
-    TARGETS+=("$1|$2 $3 $4|$ok")
+    TARGETS+=("$1|$2 $3 $4|$ok|${5:-}")
 }
 for fc in fatcache-direct fatcache-kernel; do
     has "$fc" || continue
-    null=null-cached
-    [ "$fc" = fatcache-direct ] && null=null-direct
+    null=null-cached store=null-store-cached
+    [ "$fc" = fatcache-direct ] && null=null-direct store=null-store
     for wl in seq_write seq_read; do
-        target "$fc $wl vs $null" "$(speed_ratio $wl "$fc" "$null")" ">=" 0.60
-        target "$fc $wl vs fusefat" "$(speed_ratio $wl "$fc" fusefat)" ">=" 5
+        # What the storing null of the same mode reaches against the same reference: a
+        # filesystem that keeps its bytes on the image cannot expect more, so a target that
+        # the storing null misses too is out of reach on this machine, not only for fatcache.
+        target "$fc $wl vs $null" "$(speed_ratio $wl "$fc" "$null")" ">=" 0.60 \
+            "$(speed_ratio $wl "$store" "$null")"
+        target "$fc $wl vs fusefat" "$(speed_ratio $wl "$fc" fusefat)" ">=" 5 \
+            "$(speed_ratio $wl "$store" fusefat)"
     done
     target "$fc create_$FILES_BIG vs fusefat" \
         "$(speed_ratio "create_$FILES_BIG" "$fc" fusefat)" ">=" 100
@@ -614,10 +619,14 @@ report() {
     print_table
     for fs in "${!NOTE[@]}"; do printf 'skipped %s: %s\n' "$fs" "${NOTE[$fs]}"; done
     [ -s "$WORK/notes" ] && { printf '\nnotes:\n'; sed 's/^/  /' "$WORK/notes"; }
-    printf '\ntargets:\n'
+    printf '\ntargets (the last column: what the storing null of the mode reaches):\n'
     for t in "${TARGETS[@]}"; do
-        IFS='|' read -r name cond ok <<<"$t"
-        printf '  %-11s %-50s %s\n' "$ok" "$name" "$cond"
+        IFS='|' read -r name cond ok reach <<<"$t"
+        if [ -n "$reach" ]; then
+            printf '  %-11s %-50s %-16s %s\n' "$ok" "$name" "$cond" "storing null $reach"
+        else
+            printf '  %-11s %-50s %s\n' "$ok" "$name" "$cond"
+        fi
     done
     if [ ${#BOUNDS[@]} -gt 0 ]; then
         printf '\nthe cost of storing (a storing null over the null ceiling of its mode):\n'
@@ -681,10 +690,12 @@ write_json() {
     printf '\n  ],\n  "targets": [\n'
     first=1
     for t in "${TARGETS[@]}"; do
-        IFS='|' read -r name cond ok <<<"$t"
+        IFS='|' read -r name cond ok reach <<<"$t"
         [ $first = 1 ] || printf ',\n'
         first=0
-        printf '    {"target": "%s", "check": "%s", "result": "%s"}' "$name" "$cond" "$ok"
+        printf '    {"target": "%s", "check": "%s", "result": "%s"' "$name" "$cond" "$ok"
+        [ -n "$reach" ] && printf ', "storing_null": %s' "$(json_val "$reach")"
+        printf '}'
     done
     printf '\n  ],\n  "storing_cost": {'
     sep=""
