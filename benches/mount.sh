@@ -567,7 +567,9 @@ target() {   # NAME VALUE OP LIMIT [REACH]; VALUE may be a bound (">X", "<X")
     else
         ok="n/a"
     fi
-    TARGETS+=("$1|$2 $3 $4|$ok|${5:-}")
+    local reach=${5:-}
+    [ "$reach" = "-" ] && reach=""   # the storing null did not run
+    TARGETS+=("$1|$2 $3 $4|$ok|$reach")
 }
 for fc in fatcache-direct fatcache-kernel; do
     has "$fc" || continue
